@@ -1,0 +1,5 @@
+"""torch.nn.functional-shaped entry points: same names, argument names and defaults."""
+
+from .activation import gelu, leaky_relu, relu, sigmoid, silu, softplus, tanh
+
+__all__ = ["relu", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "softplus"]

@@ -1,0 +1,152 @@
+// Vectorized activation loops (at::vec), compiled once per ISA with CPU_CAPABILITY set by
+// setup.py. The math mirrors activation_math.h lane for lane; the scalar tail calls those very
+// functors, so vector and tail agree to the rounding of the libm/Sleef functions used.
+#include <ATen/OpMathType.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include "../dispatch.h"
+#include "activation_kernels.h"
+
+namespace backprop_ext::cpu {
+namespace CPU_CAPABILITY {  // DEFAULT, AVX2 or AVX512: see isa.h
+namespace {
+
+using at::vec::Vectorized;
+
+// --- the math on vectors of T (float or double)
+
+template <Activation A, typename T>
+struct VecForward {
+  using V = Vectorized<T>;
+  T p0, p1;
+  V operator()(V x) const {
+    using C = math::GeluConstants<T>;
+    const V zero(T(0)), one(T(1)), half(T(0.5));
+    if constexpr (A == Activation::kRelu) {
+      return V::blendv(x, zero, x < zero);
+    } else if constexpr (A == Activation::kLeakyRelu) {
+      return V::blendv(x * V(p0), x, x > zero);
+    } else if constexpr (A == Activation::kGelu) {
+      return x * half * (one + (x * V(C::kAlpha)).erf());
+    } else if constexpr (A == Activation::kGeluTanh) {
+      const V inner = V(C::kBeta) * (x + V(C::kKappa) * x * x * x);
+      return half * x * (one + inner.tanh());
+    } else if constexpr (A == Activation::kSilu) {
+      return x / (one + x.neg().exp());
+    } else if constexpr (A == Activation::kSigmoid) {
+      return one / (one + x.neg().exp());
+    } else if constexpr (A == Activation::kTanh) {
+      return x.tanh();
+    } else {  // kSoftplus
+      const V bx = x * V(p0);
+      return V::blendv(bx.exp().log1p() / V(p0), x, bx > V(p1));
+    }
+  }
+};
+
+template <Activation A, typename T>
+struct VecBackward {
+  using V = Vectorized<T>;
+  T p0, p1;
+  V operator()(V g, V s) const {
+    using C = math::GeluConstants<T>;
+    const V zero(T(0)), one(T(1)), half(T(0.5));
+    if constexpr (A == Activation::kRelu) {
+      return V::blendv(g, zero, s <= zero);
+    } else if constexpr (A == Activation::kLeakyRelu) {
+      return V::blendv(g * V(p0), g, s > zero);
+    } else if constexpr (A == Activation::kGelu) {
+      const V cdf = half * (one + (s * V(C::kAlpha)).erf());
+      const V pdf = V(C::kPdf) * (V(T(-0.5)) * s * s).exp();
+      return g * (cdf + s * pdf);
+    } else if constexpr (A == Activation::kGeluTanh) {
+      const V s2 = s * s;
+      const V t = (V(C::kBeta) * (s + V(C::kKappa) * s2 * s)).tanh();
+      const V d_left = half * (one + t);
+      const V d_right = half * s * (one - t * t) * V(C::kBeta) * (one + V(T(3) * C::kKappa) * s2);
+      return g * (d_left + d_right);
+    } else if constexpr (A == Activation::kSilu) {
+      const V sig = one / (one + s.neg().exp());
+      return g * sig * (one + s * (one - sig));
+    } else if constexpr (A == Activation::kSigmoid) {
+      return g * (one - s) * s;
+    } else if constexpr (A == Activation::kTanh) {
+      return g * (one - s * s);
+    } else {  // kSoftplus
+      const V bx = s * V(p0);
+      const V z = bx.exp();
+      return V::blendv(g * z / (z + one), g, bx > V(p1));
+    }
+  }
+};
+
+// --- loops: full vectors of scalar_t, then a scalar tail. Half types widen to two float vectors.
+
+template <typename scalar_t, typename ScalarOp, typename VecOp>
+void unary_loop(const scalar_t* x, scalar_t* y, int64_t n, const ScalarOp& op, const VecOp& vop) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using V = Vectorized<scalar_t>;
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) {
+    if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+      vop(V::loadu(x + i)).store(y + i);
+    } else {
+      auto [lo, hi] = at::vec::convert_to_float<scalar_t>(V::loadu(x + i));
+      at::vec::convert_from_float<scalar_t>(vop(lo), vop(hi)).store(y + i);
+    }
+  }
+  for (; i < n; ++i) y[i] = static_cast<scalar_t>(op(static_cast<opmath_t>(x[i])));
+}
+
+template <typename scalar_t, typename ScalarOp, typename VecOp>
+void binary_loop(const scalar_t* a, const scalar_t* b, scalar_t* y, int64_t n, const ScalarOp& op,
+                 const VecOp& vop) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using V = Vectorized<scalar_t>;
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) {
+    if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+      vop(V::loadu(a + i), V::loadu(b + i)).store(y + i);
+    } else {
+      auto [a_lo, a_hi] = at::vec::convert_to_float<scalar_t>(V::loadu(a + i));
+      auto [b_lo, b_hi] = at::vec::convert_to_float<scalar_t>(V::loadu(b + i));
+      at::vec::convert_from_float<scalar_t>(vop(a_lo, b_lo), vop(a_hi, b_hi)).store(y + i);
+    }
+  }
+  for (; i < n; ++i) {
+    y[i] = static_cast<scalar_t>(op(static_cast<opmath_t>(a[i]), static_cast<opmath_t>(b[i])));
+  }
+}
+
+}  // namespace
+
+// --- entry points
+
+void activation_fwd_kernel(c10::ScalarType dtype, const void* x, void* y, int64_t n,
+                           Activation act, double p0, double p1) {
+  BACKPROP_EXT_DISPATCH_FLOATS(dtype, "activation_fwd", [&] {
+    using T = at::opmath_type<scalar_t>;
+    visit_activation(act, [&](auto tag) {
+      constexpr Activation A = decltype(tag)::value;
+      unary_loop(static_cast<const scalar_t*>(x), static_cast<scalar_t*>(y), n,
+                 ActivationForward<A, T>{T(p0), T(p1)}, VecForward<A, T>{T(p0), T(p1)});
+    });
+  });
+}
+
+void activation_bwd_kernel(c10::ScalarType dtype, const void* grad, const void* saved,
+                           void* grad_input, int64_t n, Activation act, double p0, double p1) {
+  BACKPROP_EXT_DISPATCH_FLOATS(dtype, "activation_bwd", [&] {
+    using T = at::opmath_type<scalar_t>;
+    visit_activation(act, [&](auto tag) {
+      constexpr Activation A = decltype(tag)::value;
+      binary_loop(static_cast<const scalar_t*>(grad), static_cast<const scalar_t*>(saved),
+                  static_cast<scalar_t*>(grad_input), n, ActivationBackward<A, T>{T(p0), T(p1)},
+                  VecBackward<A, T>{T(p0), T(p1)});
+    });
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace backprop_ext::cpu

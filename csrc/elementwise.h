@@ -1,0 +1,26 @@
+// Layout rule of the elementwise ops, shared by the CPU and CUDA kernels and mirrored by the
+// fake kernels in backprop_ext/_elementwise.py: an operand that is non-overlapping and dense (any
+// permutation of dims, e.g. a transpose or channels-last) is walked as the flat array it occupies
+// and the output takes its strides, as torch's own elementwise ops do; anything else (slices,
+// broadcasts) is made contiguous once. Several operands share a layout only if their strides match.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <utility>
+
+namespace backprop_ext {
+
+inline at::Tensor as_flat(const at::Tensor& t) {
+  return t.is_non_overlapping_and_dense() ? t : t.contiguous();
+}
+
+inline std::pair<at::Tensor, at::Tensor> as_flat(const at::Tensor& a, const at::Tensor& b) {
+  if (a.is_non_overlapping_and_dense() && b.is_non_overlapping_and_dense() &&
+      a.strides() == b.strides()) {
+    return {a, b};
+  }
+  return {a.contiguous(), b.contiguous()};
+}
+
+}  // namespace backprop_ext

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine: a virtual environment in .venv with torch and the test tools, then
+# builds backprop_ext (CPU kernels, and CUDA kernels when a CUDA toolkit is present) in place.
+# Safe to run again: it reuses .venv and rebuilds only what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_SPEC=${BACKPROP_EXT_TORCH:-torch==2.14.1}
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip >/dev/null
+python -m pip install -q "$TORCH_SPEC" numpy ninja setuptools wheel pytest expecttest hypothesis \
+  matplotlib scikit-learn tqdm
+# The extension build needs torch at build time, hence no build isolation.
+MAX_JOBS=${MAX_JOBS:-$(nproc)} python -m pip install -q --no-build-isolation --no-deps -e .
+python - <<'PY'
+import backprop_ext
+print(f"backprop_ext built; CUDA kernels compiled: {backprop_ext.cuda_built()}")
+PY
