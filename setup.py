@@ -139,10 +139,16 @@ def _extension():
         s for s in glob.glob("csrc/cpu/*.cpp") if not s.endswith("_kernels.cpp")
     )
     cxx = ["-O3", "-fvisibility=hidden", "-Wno-psabi"]
+    link = []
+    if sys.platform.startswith("linux"):
+        # ATen's OpenMP backend inlines at::parallel_for into our code: without -fopenmp it would
+        # run on one thread. libgomp resolves to the copy torch has already loaded.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     cxx += [f"-DBACKPROP_EXT_HAVE_ISA_{isa}" for isa in isas]
     if not with_cuda:
         return cpp_extension.CppExtension(
-            "backprop_ext._C", sources, extra_compile_args={"cxx": cxx}
+            "backprop_ext._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
         ), isas
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         # Without a visible GPU torch would compile for every architecture it knows; Ampere and
@@ -157,6 +163,7 @@ def _extension():
         "backprop_ext._C", sources,
         include_dirs=_cuda_library_include_dirs(),
         extra_compile_args={"cxx": cxx + ["-DBACKPROP_EXT_WITH_CUDA"], "nvcc": nvcc},
+        extra_link_args=link,
     ), isas
 
 

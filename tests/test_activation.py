@@ -306,3 +306,60 @@ def test_output_layout_follows_dense_input(device):
     assert y.stride() == x.stride()
     x_cl = torch.randn(2, 3, 4, 5, device=device).to(memory_format=torch.channels_last)
     assert BF.silu(x_cl).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_dense_sweep_accuracy(dtype):
+    # Every representable region the approximations switch between (tanh's polynomial and
+    # exponential branches, softplus's threshold, the saturation of sigmoid, ...).
+    x = torch.linspace(-40, 40, 200_003, dtype=torch.float64)
+    x = torch.cat([x, torch.linspace(-1, 1, 100_001, dtype=torch.float64)]).to(dtype)
+    g = torch.randn(x.shape, dtype=torch.float64).to(dtype)
+    for case in ACTIVATION_CASES:
+        xo, xt = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+        xr = x.detach().double().clone().requires_grad_()
+        yo, yt, yr = case.ours(xo), case.torch(xt), case.torch(xr)
+        assert_matches(yo, yt, yr)
+        yo.backward(g)
+        yt.backward(g)
+        yr.backward(g.double())
+        assert_matches(xo.grad, xt.grad, xr.grad)
+
+
+_ISA_SCRIPT = """
+import torch, backprop_ext
+from backprop_ext.testing import ACTIVATION_CASES, compare
+x = torch.linspace(-12, 12, 10_007, dtype=torch.float64)
+bad = []
+for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+    xd = x.to(dtype)
+    for case in ACTIVATION_CASES:
+        xo, xt, xr = (xd.clone().requires_grad_(), xd.clone().requires_grad_(),
+                      xd.double().clone().requires_grad_())
+        yo, yt, yr = case.ours(xo), case.torch(xt), case.torch(xr)
+        yo.sum().backward(); yt.sum().backward(); yr.sum().backward()
+        for a, b, c in ((yo, yt, yr), (xo.grad, xt.grad, xr.grad)):
+            r = compare(a, b, c)
+            if not r.ok:
+                bad.append(f"{case.label} {dtype}: {r.message}")
+print(torch.backends.cpu.get_cpu_capability())
+assert not bad, bad
+"""
+
+
+@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+def test_every_cpu_isa_build_matches_torch(isa):
+    # The *_kernels.cpp objects are compiled per ISA; ATEN_CPU_CAPABILITY picks torch's and ours.
+    import os
+    import subprocess
+    import sys
+
+    if isa == "avx512" and torch.backends.cpu.get_cpu_capability() != "AVX512":
+        pytest.skip("this CPU has no AVX512")
+    if isa == "avx2" and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("this CPU has no AVX2")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)
+    out = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == isa.upper()

@@ -1,0 +1,190 @@
+"""Timing, bandwidth and reporting shared by every family's benchmark.
+
+Times are medians: of CUDA-event timings of single calls on a GPU, of wall-clock timings of
+single calls on the CPU. Ratios compare against torch measured in the same run, case by case,
+interleaved, so that a noisy neighbour slows both sides alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+@dataclasses.dataclass
+class Row:
+    family: str
+    op: str
+    shape: str
+    dtype: str
+    direction: str  # fwd, bwd, fwd+bwd
+    device: str
+    ms: float  # ours
+    torch_ms: float  # torch eager
+    compiled_ms: float | None = None  # torch.compile of torch's op (GPU only)
+    bytes: int = 0  # ideal traffic: every input read once, every output written once
+    flops: int = 0
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes / self.ms / 1e6 if self.bytes else 0.0
+
+    @property
+    def tflops(self) -> float:
+        return self.flops / self.ms / 1e9 if self.flops else 0.0
+
+    @property
+    def speedup(self) -> float:
+        """torch eager time / our time: above 1 means we are faster."""
+        return self.torch_ms / self.ms
+
+    @property
+    def speedup_compiled(self) -> float | None:
+        return None if self.compiled_ms is None else self.compiled_ms / self.ms
+
+    def as_dict(self, copy_gbps: float | None = None) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(gbps=self.gbps, tflops=self.tflops, speedup=self.speedup,
+                 speedup_compiled=self.speedup_compiled)
+        if copy_gbps and self.bytes:
+            d["copy_share"] = self.gbps / copy_gbps
+        return d
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_ms(fn: Callable[[], object], device: str, reps: int = 20, warmup: int = 3) -> float:
+    """Median milliseconds of one call of fn."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    samples = []
+    if device.startswith("cuda"):
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def time_pair(ours: Callable, theirs: Callable, device: str, reps: int = 20, rounds: int = 3):
+    """Median times of ours and theirs, measured in alternating rounds."""
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(time_ms(ours, device, reps))
+        b.append(time_ms(theirs, device, reps))
+    return statistics.median(a), statistics.median(b)
+
+
+def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
+    """Measured device copy bandwidth (read + write), the ceiling for memory-bound kernels."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device, reps=20)
+    return 2 * nbytes / ms / 1e6
+
+
+def environment(device: str) -> dict:
+    env = {"torch": torch.__version__, "python": platform.python_version(),
+           "machine": platform.machine(), "threads": torch.get_num_threads(), "device": device}
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name()
+        env["cuda"] = torch.version.cuda
+    else:
+        env["cpu"] = platform.processor() or platform.machine()
+        env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return env
+
+
+def format_table(rows: list[Row], copy_gbps: float | None = None) -> str:
+    head = ["op", "shape", "dtype", "dir", "ours ms", "torch ms", "x torch"]
+    gpu = any(r.compiled_ms is not None for r in rows)
+    if gpu:
+        head += ["compiled ms", "x compiled"]
+    head += ["GB/s", "TFLOP/s"]
+    if copy_gbps:
+        head += ["% copy"]
+    lines = [head]
+    for r in rows:
+        line = [r.op, r.shape, r.dtype, r.direction, f"{r.ms:.3f}", f"{r.torch_ms:.3f}",
+                f"{r.speedup:.2f}"]
+        if gpu:
+            line += ["-" if r.compiled_ms is None else f"{r.compiled_ms:.3f}",
+                     "-" if r.compiled_ms is None else f"{r.speedup_compiled:.2f}"]
+        line += [f"{r.gbps:.1f}" if r.bytes else "-", f"{r.tflops:.1f}" if r.flops else "-"]
+        if copy_gbps:
+            line += [f"{100 * r.gbps / copy_gbps:.0f}%" if r.bytes else "-"]
+        lines.append(line)
+    widths = [max(len(str(l[i])) for l in lines) for i in range(len(head))]
+    out = []
+    for i, l in enumerate(lines):
+        out.append("  ".join(str(c).rjust(w) if j >= 3 else str(c).ljust(w)
+                             for j, (c, w) in enumerate(zip(l, widths))))
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def write_json(path: str, rows: list[Row], env: dict, copy_gbps: float | None) -> None:
+    with open(path, "w") as f:
+        json.dump({"environment": env, "copy_gbps": copy_gbps,
+                   "rows": [r.as_dict(copy_gbps) for r in rows]}, f, indent=2)
+
+
+def write_csv(path: str, rows: list[Row], copy_gbps: float | None) -> None:
+    dicts = [r.as_dict(copy_gbps) for r in rows]
+    if not dicts:
+        return
+    keys = list(dicts[0].keys() | set().union(*dicts))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=sorted(keys))
+        w.writeheader()
+        w.writerows(dicts)
+
+
+def plot(path: str, rows: list[Row], copy_gbps: float | None) -> None:
+    """Achieved GB/s per case, ours vs torch eager (and compiled), with the copy line on GPU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mem = [r for r in rows if r.bytes]
+    labels = [f"{r.op} {r.dtype} {r.direction}\n{r.shape}" for r in mem]
+    ours = [r.gbps for r in mem]
+    eager = [r.bytes / r.torch_ms / 1e6 for r in mem]
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(mem)), 4.5))
+    xs = range(len(mem))
+    width = 0.4
+    ax.bar([x - width / 2 for x in xs], ours, width, label="backprop_ext")
+    ax.bar([x + width / 2 for x in xs], eager, width, label="torch eager")
+    comp = [(i, r.bytes / r.compiled_ms / 1e6) for i, r in enumerate(mem) if r.compiled_ms]
+    if comp:
+        ax.scatter([i for i, _ in comp], [g for _, g in comp], color="k", marker="_", s=200,
+                   label="torch.compile", zorder=3)
+    if copy_gbps:
+        ax.axhline(copy_gbps, color="r", linestyle="--", label=f"device copy {copy_gbps:.0f} GB/s")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(labels, rotation=90, fontsize=6)
+    ax.set_ylabel("achieved GB/s (ideal traffic)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,62 @@
+"""The benchmark runner: `python -m backprop_ext bench [--family activation] [--dtypes ...] ...`.
+
+Prints a table (ours vs torch eager, and vs torch.compile on a GPU, with the share of the
+measured device-copy bandwidth) and writes JSON/CSV/PNG on request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from . import bench_activation
+from .common import copy_bandwidth_gbps, environment, format_table, plot, write_csv, write_json
+
+FAMILIES = {"activation": bench_activation}
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="backprop_ext bench", description=__doc__)
+    p.add_argument("--family", nargs="*", choices=sorted(FAMILIES), default=None,
+                   help="families to run (default: all)")
+    p.add_argument("--ops", nargs="*", default=None, help="ops within the families")
+    p.add_argument("--dtypes", nargs="*", default=None,
+                   choices=["float64", "float32", "float16", "bfloat16"])
+    p.add_argument("--sizes", nargs="*", type=int, default=None, help="element counts")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile columns (GPU)")
+    p.add_argument("--json", help="write rows and environment as JSON")
+    p.add_argument("--csv", help="write rows as CSV")
+    p.add_argument("--plot", help="write a PNG of achieved bandwidth")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    device = args.device
+    compiled = device.startswith("cuda") and not args.no_compile
+    copy = copy_bandwidth_gbps(device) if device.startswith("cuda") else None
+    env = environment(device)
+    print("# " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    if copy:
+        print(f"# measured device copy bandwidth: {copy:.0f} GB/s")
+    rows = []
+    for name in args.family or sorted(FAMILIES):
+        family_ops = [o for o in (args.ops or []) if o in FAMILIES[name].OPS] or None
+        if args.ops and not family_ops:
+            continue
+        rows += FAMILIES[name].run(device, args.dtypes, args.sizes, family_ops, args.reps, compiled)
+    print(format_table(rows, copy))
+    if args.json:
+        write_json(args.json, rows, env, copy)
+    if args.csv:
+        write_csv(args.csv, rows, copy)
+    if args.plot:
+        plot(args.plot, rows, copy)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(build_parser().parse_args()))
