@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ._autograd import pick, twin
 from ._layout import elementwise_output
 
 __all__ = ["relu", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "softplus", "activation"]
@@ -103,7 +104,7 @@ class ActivationFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (saved,) = ctx.saved_tensors
-        grad = _backward_fn().apply(
+        grad = pick(_ACTIVATION_BWD).apply(
             grad_output, saved, ctx.activation, ctx.p0, ctx.p1
         )
         return grad, None, None, None
@@ -133,7 +134,7 @@ class ActivationBackwardFunction(torch.autograd.Function):
         grad_output, saved = ctx.saved_tensors
         d_grad = d_saved = None
         if ctx.needs_input_grad[0]:
-            d_grad = _backward_fn().apply(
+            d_grad = pick(_ACTIVATION_BWD).apply(
                 gg, saved, ctx.activation, ctx.p0, ctx.p1
             )
         if ctx.needs_input_grad[1]:
@@ -154,24 +155,8 @@ class ActivationBackwardFunction(torch.autograd.Function):
         return out if out is not None else torch.zeros_like(grad_output)
 
 
-# Dynamo cannot trace an autograd.Function that defines jvp, so under torch.compile the same
-# Functions run without it (forward-mode AD is then unavailable inside compiled regions; eager
-# forward-mode AD is unaffected).
-class _ActivationFunctionNoJvp(ActivationFunction):
-    jvp = torch.autograd.Function.jvp
-
-
-class _ActivationBackwardFunctionNoJvp(ActivationBackwardFunction):
-    jvp = torch.autograd.Function.jvp
-
-
-def _forward_fn():
-    return _ActivationFunctionNoJvp if torch.compiler.is_compiling() else ActivationFunction
-
-
-def _backward_fn():
-    compiling = torch.compiler.is_compiling()
-    return _ActivationBackwardFunctionNoJvp if compiling else ActivationBackwardFunction
+_ACTIVATION = twin(ActivationFunction)
+_ACTIVATION_BWD = twin(ActivationBackwardFunction)
 
 
 # --- public functions (torch.nn.functional names, arguments and defaults)
@@ -203,7 +188,7 @@ def activation(input: torch.Tensor, name: str, p0: float = 0.0, p1: float = 0.0,
         raise ValueError(f"backprop_ext: unknown activation {name!r}; expected one of {ACTIVATIONS}")
     p0, p1 = float(p0), float(p1)
     if not inplace:
-        return _forward_fn().apply(input, name, p0, p1)
+        return pick(_ACTIVATION).apply(input, name, p0, p1)
     if not _needs_autograd(input):
         _ops.activation_fwd_(input, name, p0, p1)
         return input
@@ -211,7 +196,7 @@ def activation(input: torch.Tensor, name: str, p0: float = 0.0, p1: float = 0.0,
     # modification (and, like torch, refuses it on a leaf). An activation whose backward reads
     # the input gets a copy of it, since the original is about to be overwritten.
     source = input if name in SAVES_OUTPUT else input.clone()
-    return input.copy_(_forward_fn().apply(source, name, p0, p1))
+    return input.copy_(pick(_ACTIVATION).apply(source, name, p0, p1))
 
 
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:

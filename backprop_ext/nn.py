@@ -11,7 +11,10 @@ import torch
 
 from . import functional as F
 
-__all__ = ["ReLU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh", "Softplus", "convert"]
+__all__ = [
+    "ReLU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh", "Softplus",
+    "Softmax", "LogSoftmax", "CrossEntropyLoss", "convert",
+]
 
 
 class ReLU(torch.nn.ReLU):
@@ -49,6 +52,22 @@ class Softplus(torch.nn.Softplus):
         return F.softplus(input, self.beta, self.threshold)
 
 
+class Softmax(torch.nn.Softmax):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.softmax(input, self.dim, _stacklevel=5)
+
+
+class LogSoftmax(torch.nn.LogSoftmax):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(input, self.dim, _stacklevel=5)
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                               reduction=self.reduction, label_smoothing=self.label_smoothing)
+
+
 # torch.nn class -> ours. Matched on the exact type, so user subclasses (which may override
 # forward) are left alone.
 _REPLACEMENTS: dict[type, type] = {
@@ -59,6 +78,9 @@ _REPLACEMENTS: dict[type, type] = {
     torch.nn.Sigmoid: Sigmoid,
     torch.nn.Tanh: Tanh,
     torch.nn.Softplus: Softplus,
+    torch.nn.Softmax: Softmax,
+    torch.nn.LogSoftmax: LogSoftmax,
+    torch.nn.CrossEntropyLoss: CrossEntropyLoss,
 }
 
 

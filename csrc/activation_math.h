@@ -63,6 +63,8 @@ C10_HOST_DEVICE inline float erf(float x) { return ::erff(x); }
 C10_HOST_DEVICE inline double erf(double x) { return ::erf(x); }
 C10_HOST_DEVICE inline float tanh(float x) { return ::tanhf(x); }
 C10_HOST_DEVICE inline double tanh(double x) { return ::tanh(x); }
+C10_HOST_DEVICE inline float log(float x) { return ::logf(x); }
+C10_HOST_DEVICE inline double log(double x) { return ::log(x); }
 C10_HOST_DEVICE inline float log1p(float x) { return ::log1pf(x); }
 C10_HOST_DEVICE inline double log1p(double x) { return ::log1p(x); }
 

@@ -14,6 +14,22 @@ TORCH_LIBRARY(backprop_ext, m) {
   // `saved` is the forward's output for relu, sigmoid and tanh and its input otherwise.
   m.def("activation_bwd(Tensor grad_output, Tensor saved, str activation, float p0=0., "
         "float p1=0.) -> Tensor");
+
+  // --- softmax family. One reduced dim; torch's dim tuples and keepdim are handled in Python.
+  // log=True gives log_softmax. Backward ops take the forward's output.
+  m.def("softmax_fwd(Tensor self, int dim, bool log=False) -> Tensor");
+  m.def("softmax_bwd(Tensor grad_output, Tensor output, int dim, bool log=False) -> Tensor");
+  // result keeps the reduced dim as size 1; the backward takes grad in that shape.
+  m.def("logsumexp_fwd(Tensor self, int dim) -> Tensor");
+  m.def("logsumexp_bwd(Tensor grad, Tensor self, Tensor result, int dim) -> Tensor");
+  // Class-index cross-entropy over rows of C logits, unreduced and unweighted per row:
+  //   nll[i] = lse[i] - logits[i, target[i]]
+  //   smooth[i] = sum_c weight[c] (lse[i] - logits[i, c])   (shape (0,) unless smoothing)
+  // Rows whose target is ignore_index give 0. nll, smooth and lse are in the opmath dtype.
+  m.def("cross_entropy_fwd(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "
+        "bool smoothing) -> (Tensor nll, Tensor smooth, Tensor lse)");
+  m.def("cross_entropy_bwd(Tensor logits, Tensor target, Tensor? weight, Tensor lse, "
+        "Tensor grad_nll, Tensor? grad_smooth, int ignore_index) -> Tensor");
 }
 
 // The compiled module only carries the registrations above; importing it runs them.

@@ -120,6 +120,36 @@ __global__ void __launch_bounds__(kElementwiseThreads)
   }
 }
 
+// --- reductions. Block sizes are multiples of 32; every thread of the block must call these.
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
+}
+
+// Sum over the block, returned to every thread.
+template <typename T>
+__device__ T block_sum(T v) {
+  __shared__ T partial[32];
+  __shared__ T total;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  v = warp_sum(v);
+  __syncthreads();  // the previous call's readers are done with `partial` and `total`
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < int(blockDim.x / 32) ? partial[lane] : T(0);
+    v = warp_sum(v);
+    if (lane == 0) total = v;
+  }
+  __syncthreads();
+  return total;
+}
+
 // --- launchers: 16-byte packs when every pointer allows it, single elements otherwise.
 
 template <typename scalar_t, typename Op>

@@ -1,0 +1,569 @@
+// Softmax-family ops on CUDA. Math and edge values: softmax_math.h.
+//
+// Last dim: one block per row. The first pass reads the row once, keeping per thread the online
+// pair (max m, sum s of exp(x - m)), updated once per 16-byte pack (the pack's own max first, so
+// one rescale per pack rather than per element); the pairs are merged across the block; the second
+// pass writes. Rows of any length work, and re-reading a row just read mostly hits L2.
+// Inner dim (dim is not the last): one thread per (outer, inner) column walks D with stride inner,
+// so a warp reads 32 neighbouring columns at once.
+// Cross-entropy: one block per row; forward reads the row once (twice with label smoothing),
+// backward reads it once and writes the gradient once.
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../checks.h"
+#include "../dispatch.h"
+#include "../softmax_math.h"
+#include "../softmax_shapes.h"
+#include "common.cuh"
+
+namespace backprop_ext::cuda {
+namespace {
+
+// --- block-level pieces
+
+template <typename T>
+__device__ OnlineStats<T> warp_merge(OnlineStats<T> st) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    OnlineStats<T> other;
+    other.m = __shfl_xor_sync(kFullMask, st.m, offset);
+    other.s = __shfl_xor_sync(kFullMask, st.s, offset);
+    st.merge(other);
+  }
+  return st;
+}
+
+// The row's (m, s), returned to every thread.
+template <typename T>
+__device__ OnlineStats<T> block_merge(OnlineStats<T> st) {
+  __shared__ T part_m[32], part_s[32], total_m, total_s;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  st = warp_merge(st);
+  if (lane == 0) {
+    part_m[warp] = st.m;
+    part_s[warp] = st.s;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    OnlineStats<T> w;
+    if (lane < int(blockDim.x / 32)) {
+      w.m = part_m[lane];
+      w.s = part_s[lane];
+    }
+    w = warp_merge(w);
+    if (lane == 0) {
+      total_m = w.m;
+      total_s = w.s;
+    }
+  }
+  __syncthreads();
+  OnlineStats<T> total;
+  total.m = total_m;
+  total.s = total_s;
+  return total;
+}
+
+// Adds a pack of kVec values to the running stats with a single rescale.
+template <int kVec, typename T>
+__device__ __forceinline__ void add_pack(OnlineStats<T>& st, const T (&v)[kVec]) {
+  T pm = v[0];
+#pragma unroll
+  for (int k = 1; k < kVec; ++k) pm = max_nan(pm, v[k]);
+  if (pm == neg_inf<T>()) return;  // all -inf: adds nothing
+  OnlineStats<T> p;
+  p.m = pm;
+  p.s = T(0);
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) p.s += math::exp(v[k] - pm);
+  st.merge(p);
+}
+
+// Row stats over a row of D elements starting at `row` (kVec divides D; row is aligned).
+template <int kVec, typename scalar_t, typename T = at::opmath_type<scalar_t>>
+__device__ OnlineStats<T> row_stats(const scalar_t* __restrict__ row, int64_t D) {
+  using P = Pack<scalar_t, kVec>;
+  OnlineStats<T> st;
+  for (int64_t p = threadIdx.x; p < D / kVec; p += blockDim.x) {
+    const P pack = reinterpret_cast<const P*>(row)[p];
+    T v[kVec];
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) v[k] = static_cast<T>(pack.v[k]);
+    add_pack<kVec>(st, v);
+  }
+  return block_merge(st);
+}
+
+// out[i] = f(in[i]) over a row, pack by pack.
+template <int kVec, typename scalar_t, typename F>
+__device__ void row_map(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, int64_t D,
+                        const F& f) {
+  using P = Pack<scalar_t, kVec>;
+  using T = at::opmath_type<scalar_t>;
+  for (int64_t p = threadIdx.x; p < D / kVec; p += blockDim.x) {
+    const P a = reinterpret_cast<const P*>(in)[p];
+    P o;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) o.v[k] = static_cast<scalar_t>(f(static_cast<T>(a.v[k])));
+    reinterpret_cast<P*>(out)[p] = o;
+  }
+}
+
+// --- kernels: last dim
+
+template <int kVec, typename scalar_t>
+__global__ void softmax_fwd_lastdim_kernel(const scalar_t* __restrict__ x,
+                                           scalar_t* __restrict__ y, int64_t D, bool log) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t off = int64_t(blockIdx.x) * D;
+  const OnlineStats<T> st = row_stats<kVec>(x + off, D);
+  if (log) {
+    const T shift = st.m + math::log(st.s);
+    row_map<kVec>(x + off, y + off, D, [&](T v) { return v - shift; });
+  } else {
+    const T m = st.m, r = T(1) / st.s;
+    row_map<kVec>(x + off, y + off, D, [&](T v) { return math::exp(v - m) * r; });
+  }
+}
+
+template <int kVec, typename scalar_t>
+__global__ void softmax_bwd_lastdim_kernel(const scalar_t* __restrict__ g,
+                                           const scalar_t* __restrict__ y,
+                                           scalar_t* __restrict__ gx, int64_t D, bool log) {
+  using T = at::opmath_type<scalar_t>;
+  using P = Pack<scalar_t, kVec>;
+  const int64_t off = int64_t(blockIdx.x) * D;
+  const P* gp = reinterpret_cast<const P*>(g + off);
+  const P* yp = reinterpret_cast<const P*>(y + off);
+  P* gxp = reinterpret_cast<P*>(gx + off);
+  T acc = T(0);  // sum(g y) for softmax, sum(g) for log_softmax
+  for (int64_t p = threadIdx.x; p < D / kVec; p += blockDim.x) {
+    const P a = gp[p], b = yp[p];
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      acc += log ? static_cast<T>(a.v[k]) : static_cast<T>(a.v[k]) * static_cast<T>(b.v[k]);
+    }
+  }
+  acc = block_sum(acc);
+  for (int64_t p = threadIdx.x; p < D / kVec; p += blockDim.x) {
+    const P a = gp[p], b = yp[p];
+    P o;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const T gv = static_cast<T>(a.v[k]), yv = static_cast<T>(b.v[k]);
+      o.v[k] = static_cast<scalar_t>(log ? gv - math::exp(yv) * acc : yv * (gv - acc));
+    }
+    gxp[p] = o;
+  }
+}
+
+template <int kVec, typename scalar_t>
+__global__ void logsumexp_lastdim_kernel(const scalar_t* __restrict__ x,
+                                         scalar_t* __restrict__ out, int64_t D) {
+  using T = at::opmath_type<scalar_t>;
+  const OnlineStats<T> st = row_stats<kVec>(x + int64_t(blockIdx.x) * D, D);
+  if (threadIdx.x == 0) out[blockIdx.x] = static_cast<scalar_t>(logsumexp_from_stats(st.m, st.s));
+}
+
+// --- kernels: inner dim, one thread per (outer, inner) column
+
+template <typename scalar_t>
+__global__ void softmax_fwd_inner_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                                         int64_t outer, int64_t D, int64_t inner, bool log) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t columns = outer * inner;
+  for (int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; col < columns;
+       col += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t base = (col / inner) * D * inner + col % inner;
+    OnlineStats<T> st;
+    for (int64_t d = 0; d < D; ++d) st.add(static_cast<T>(x[base + d * inner]));
+    const T shift = st.m + math::log(st.s), r = T(1) / st.s;
+    for (int64_t d = 0; d < D; ++d) {
+      const T v = static_cast<T>(x[base + d * inner]);
+      y[base + d * inner] = static_cast<scalar_t>(log ? v - shift : math::exp(v - st.m) * r);
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void softmax_bwd_inner_kernel(const scalar_t* __restrict__ g,
+                                         const scalar_t* __restrict__ y,
+                                         scalar_t* __restrict__ gx, int64_t outer, int64_t D,
+                                         int64_t inner, bool log) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t columns = outer * inner;
+  for (int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; col < columns;
+       col += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t base = (col / inner) * D * inner + col % inner;
+    T acc = T(0);
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t i = base + d * inner;
+      acc += log ? static_cast<T>(g[i]) : static_cast<T>(g[i]) * static_cast<T>(y[i]);
+    }
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t i = base + d * inner;
+      const T gv = static_cast<T>(g[i]), yv = static_cast<T>(y[i]);
+      gx[i] = static_cast<scalar_t>(log ? gv - math::exp(yv) * acc : yv * (gv - acc));
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void logsumexp_inner_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ out,
+                                       int64_t outer, int64_t D, int64_t inner) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t columns = outer * inner;
+  for (int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; col < columns;
+       col += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t base = (col / inner) * D * inner + col % inner;
+    OnlineStats<T> st;
+    for (int64_t d = 0; d < D; ++d) st.add(static_cast<T>(x[base + d * inner]));
+    out[col] = static_cast<scalar_t>(logsumexp_from_stats(st.m, st.s));
+  }
+}
+
+// dx = g exp(x - result), g and result indexed by (outer, inner).
+template <typename scalar_t>
+__global__ void logsumexp_bwd_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                                     const scalar_t* __restrict__ r, scalar_t* __restrict__ gx,
+                                     int64_t n, int64_t D, int64_t inner) {
+  using T = at::opmath_type<scalar_t>;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t col = (i / (D * inner)) * inner + i % inner;
+    gx[i] = static_cast<scalar_t>(static_cast<T>(g[col]) *
+                                  math::exp(static_cast<T>(x[i]) - static_cast<T>(r[col])));
+  }
+}
+
+// --- kernels: cross-entropy, one block per row
+
+template <int kVec, typename scalar_t, typename T = at::opmath_type<scalar_t>>
+__global__ void cross_entropy_fwd_kernel(const scalar_t* __restrict__ logits,
+                                         const int64_t* __restrict__ target,
+                                         const scalar_t* __restrict__ weight, int64_t C,
+                                         int64_t ignore_index, T* __restrict__ nll,
+                                         T* __restrict__ smooth, T* __restrict__ lse) {
+  using P = Pack<scalar_t, kVec>;
+  const int64_t row = blockIdx.x;
+  const int64_t t = target[row];
+  if (t == ignore_index) {
+    if (threadIdx.x == 0) {
+      nll[row] = T(0);
+      lse[row] = T(0);
+      if (smooth) smooth[row] = T(0);
+    }
+    return;
+  }
+  CUDA_KERNEL_ASSERT(t >= 0 && t < C && "cross_entropy: target out of bounds");
+  const scalar_t* x = logits + row * C;
+  const OnlineStats<T> st = row_stats<kVec>(x, C);
+  const T row_lse = st.m + math::log(st.s);
+  if (smooth) {
+    // sum_c w_c (lse - x_c): every term >= 0, no cancellation. A second read of the row.
+    T acc = T(0);
+    for (int64_t p = threadIdx.x; p < C / kVec; p += blockDim.x) {
+      const P a = reinterpret_cast<const P*>(x)[p];
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        const T w = weight ? static_cast<T>(weight[p * kVec + k]) : T(1);
+        acc += w * (row_lse - static_cast<T>(a.v[k]));
+      }
+    }
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) smooth[row] = acc;
+  }
+  if (threadIdx.x == 0) {
+    lse[row] = row_lse;
+    nll[row] = row_lse - static_cast<T>(x[t]);
+  }
+}
+
+// dx_c = (a + b W) exp(x_c - lse) - b w_c - a [c == t], W = sum(w)
+template <int kVec, typename scalar_t, typename T = at::opmath_type<scalar_t>>
+__global__ void cross_entropy_bwd_kernel(const scalar_t* __restrict__ logits,
+                                         const int64_t* __restrict__ target,
+                                         const scalar_t* __restrict__ weight,
+                                         const T* __restrict__ lse, const T* __restrict__ grad_nll,
+                                         const T* __restrict__ grad_smooth,
+                                         const T* __restrict__ total_weight, int64_t C,
+                                         int64_t ignore_index,
+                                         scalar_t* __restrict__ grad_logits) {
+  using P = Pack<scalar_t, kVec>;
+  const int64_t row = blockIdx.x;
+  const int64_t t = target[row];
+  const P* x = reinterpret_cast<const P*>(logits + row * C);
+  P* gx = reinterpret_cast<P*>(grad_logits + row * C);
+  if (t == ignore_index) {
+    P zero;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) zero.v[k] = scalar_t(0);
+    for (int64_t p = threadIdx.x; p < C / kVec; p += blockDim.x) gx[p] = zero;
+    return;
+  }
+  const T a = grad_nll[row];
+  const T b = grad_smooth ? grad_smooth[row] : T(0);
+  const T W = total_weight ? *total_weight : static_cast<T>(C);  // sum(w); C without weights
+  const T k_coef = a + b * W, row_lse = lse[row];
+  for (int64_t p = threadIdx.x; p < C / kVec; p += blockDim.x) {
+    const P in = x[p];
+    P o;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const int64_t c = p * kVec + k;
+      const T w = weight ? static_cast<T>(weight[c]) : T(1);
+      T v = k_coef * math::exp(static_cast<T>(in.v[k]) - row_lse) - b * w;
+      if (c == t) v -= a;
+      o.v[k] = static_cast<scalar_t>(v);
+    }
+    gx[p] = o;
+  }
+}
+
+// --- launchers
+
+// 16-byte packs when every row starts 16-byte aligned, single elements otherwise.
+template <typename scalar_t>
+int pack_width(int64_t D, std::initializer_list<const void*> ptrs) {
+  constexpr int kVec = kVecFor16Bytes<scalar_t>;
+  if (D % kVec != 0) return 1;
+  for (const void* p : ptrs) {
+    if (p != nullptr && !is_aligned(p, 16)) return 1;
+  }
+  return kVec;
+}
+
+// Threads per row-block: enough for one pack each up to 1024, a multiple of 32.
+inline int row_threads(int64_t packs) {
+  const int64_t t = std::min<int64_t>(1024, std::max<int64_t>(32, (packs + 31) / 32 * 32));
+  return static_cast<int>(t);
+}
+
+inline unsigned column_blocks(int64_t columns) {
+  return elementwise_blocks(columns, kElementwiseThreads);
+}
+
+inline void check_rows(const char* op, int64_t rows) {
+  TORCH_CHECK(rows < (int64_t(1) << 31), op, ": at most 2^31 - 1 rows are supported, got ", rows);
+}
+
+// Calls f(std::integral_constant<int, kVec>) for the chosen pack width.
+template <typename scalar_t, typename F>
+void with_pack_width(int vec, const F& f) {
+  constexpr int kVec = kVecFor16Bytes<scalar_t>;
+  if (vec == kVec) {
+    f(std::integral_constant<int, kVec>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
+  }
+}
+
+// --- ops
+
+at::Tensor softmax_fwd(const at::Tensor& self, int64_t dim, bool log) {
+  const char* op = log ? "log_softmax_fwd" : "softmax_fwd";
+  check_float(op, "self", self);
+  const ReductionShape s = reduction_shape(op, self, dim);
+  const c10::cuda::CUDAGuard guard(self.device());
+  const at::Tensor x = self.contiguous();
+  at::Tensor y = at::empty_like(x);
+  if (x.numel() == 0) return y;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  BACKPROP_EXT_DISPATCH_FLOATS(x.scalar_type(), "softmax_fwd", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    if (s.inner == 1) {
+      check_rows(op, s.outer);
+      const int vec = pack_width<scalar_t>(s.D, {xp, yp});
+      with_pack_width<scalar_t>(vec, [&](auto kv) {
+        constexpr int kVec = decltype(kv)::value;
+        softmax_fwd_lastdim_kernel<kVec><<<s.outer, row_threads(s.D / kVec), 0, stream>>>(
+            xp, yp, s.D, log);
+      });
+    } else {
+      softmax_fwd_inner_kernel<<<column_blocks(s.outer * s.inner), kElementwiseThreads, 0,
+                                 stream>>>(xp, yp, s.outer, s.D, s.inner, log);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return y;
+}
+
+at::Tensor softmax_bwd(const at::Tensor& grad_output, const at::Tensor& output, int64_t dim,
+                       bool log) {
+  const char* op = log ? "log_softmax_bwd" : "softmax_bwd";
+  check_float(op, "grad_output", grad_output);
+  check_same(op, "grad_output", grad_output, "output", output);
+  check_same_shape(op, "grad_output", grad_output, "output", output);
+  const ReductionShape s = reduction_shape(op, output, dim);
+  const c10::cuda::CUDAGuard guard(output.device());
+  const at::Tensor g = grad_output.contiguous(), y = output.contiguous();
+  at::Tensor gx = at::empty_like(y);
+  if (y.numel() == 0) return gx;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  BACKPROP_EXT_DISPATCH_FLOATS(y.scalar_type(), "softmax_bwd", [&] {
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+    if (s.inner == 1) {
+      check_rows(op, s.outer);
+      const int vec = pack_width<scalar_t>(s.D, {gp, yp, gxp});
+      with_pack_width<scalar_t>(vec, [&](auto kv) {
+        constexpr int kVec = decltype(kv)::value;
+        softmax_bwd_lastdim_kernel<kVec><<<s.outer, row_threads(s.D / kVec), 0, stream>>>(
+            gp, yp, gxp, s.D, log);
+      });
+    } else {
+      softmax_bwd_inner_kernel<<<column_blocks(s.outer * s.inner), kElementwiseThreads, 0,
+                                 stream>>>(gp, yp, gxp, s.outer, s.D, s.inner, log);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return gx;
+}
+
+at::Tensor logsumexp_fwd(const at::Tensor& self, int64_t dim) {
+  check_float("logsumexp_fwd", "self", self);
+  const ReductionShape s = reduction_shape("logsumexp_fwd", self, dim);
+  const c10::cuda::CUDAGuard guard(self.device());
+  const at::Tensor x = self.contiguous();
+  at::Tensor out = at::empty(keepdim_sizes(x, s.dim), x.options());
+  if (out.numel() == 0) return out;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  BACKPROP_EXT_DISPATCH_FLOATS(x.scalar_type(), "logsumexp_fwd", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    if (s.inner == 1) {
+      check_rows("logsumexp_fwd", s.outer);
+      const int vec = pack_width<scalar_t>(s.D, {xp});
+      with_pack_width<scalar_t>(vec, [&](auto kv) {
+        constexpr int kVec = decltype(kv)::value;
+        logsumexp_lastdim_kernel<kVec><<<s.outer, row_threads(s.D / kVec), 0, stream>>>(xp, op,
+                                                                                        s.D);
+      });
+    } else {
+      logsumexp_inner_kernel<<<column_blocks(s.outer * s.inner), kElementwiseThreads, 0,
+                               stream>>>(xp, op, s.outer, s.D, s.inner);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor logsumexp_bwd(const at::Tensor& grad, const at::Tensor& self, const at::Tensor& result,
+                         int64_t dim) {
+  check_float("logsumexp_bwd", "self", self);
+  check_same("logsumexp_bwd", "self", self, "grad", grad);
+  check_same("logsumexp_bwd", "self", self, "result", result);
+  const ReductionShape s = reduction_shape("logsumexp_bwd", self, dim);
+  check_keepdim_shape("logsumexp_bwd", "grad", grad, self, s.dim);
+  check_keepdim_shape("logsumexp_bwd", "result", result, self, s.dim);
+  const c10::cuda::CUDAGuard guard(self.device());
+  const at::Tensor g = grad.contiguous(), x = self.contiguous(), r = result.contiguous();
+  at::Tensor gx = at::empty_like(x);
+  const int64_t n = x.numel();
+  if (n == 0) return gx;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  BACKPROP_EXT_DISPATCH_FLOATS(x.scalar_type(), "logsumexp_bwd", [&] {
+    logsumexp_bwd_kernel<<<column_blocks(n), kElementwiseThreads, 0, stream>>>(
+        g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(),
+        gx.mutable_data_ptr<scalar_t>(), n, s.D, s.inner);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return gx;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd(
+    const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    int64_t ignore_index, bool smoothing) {
+  check_cross_entropy_args("cross_entropy_fwd", logits, target, weight);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t N = logits.size(0), C = logits.size(1);
+  check_rows("cross_entropy_fwd", N);
+  const at::Tensor x = logits.contiguous(), t = target.contiguous();
+  const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
+  const auto opts = x.options().dtype(at::toOpMathType(x.scalar_type()));
+  at::Tensor nll = at::empty({N}, opts), lse = at::empty({N}, opts);
+  at::Tensor smooth = at::empty({smoothing ? N : 0}, opts);
+  if (N == 0) return {nll, smooth, lse};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  BACKPROP_EXT_DISPATCH_FLOATS(x.scalar_type(), "cross_entropy_fwd", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const int vec = pack_width<scalar_t>(C, {xp});
+    with_pack_width<scalar_t>(vec, [&](auto kv) {
+      constexpr int kVec = decltype(kv)::value;
+      cross_entropy_fwd_kernel<kVec><<<N, row_threads(C / kVec), 0, stream>>>(
+          xp, t.const_data_ptr<int64_t>(), w.defined() ? w.const_data_ptr<scalar_t>() : nullptr,
+          C, ignore_index, nll.mutable_data_ptr<T>(),
+          smoothing ? smooth.mutable_data_ptr<T>() : nullptr, lse.mutable_data_ptr<T>());
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {nll, smooth, lse};
+}
+
+at::Tensor cross_entropy_bwd(const at::Tensor& logits, const at::Tensor& target,
+                             const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+                             const at::Tensor& grad_nll, const std::optional<at::Tensor>& grad_smooth,
+                             int64_t ignore_index) {
+  check_cross_entropy_args("cross_entropy_bwd", logits, target, weight);
+  check_cross_entropy_row_tensor("cross_entropy_bwd", "lse", lse, logits);
+  check_cross_entropy_row_tensor("cross_entropy_bwd", "grad_nll", grad_nll, logits);
+  if (grad_smooth.has_value()) {
+    check_cross_entropy_row_tensor("cross_entropy_bwd", "grad_smooth", *grad_smooth, logits);
+  }
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t N = logits.size(0), C = logits.size(1);
+  check_rows("cross_entropy_bwd", N);
+  const at::Tensor x = logits.contiguous(), t = target.contiguous(), l = lse.contiguous();
+  const at::Tensor gn = grad_nll.contiguous();
+  const at::Tensor gs = grad_smooth.has_value() ? grad_smooth->contiguous() : at::Tensor();
+  const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
+  at::Tensor gx = at::empty_like(x);
+  if (x.numel() == 0) return gx;
+  // sum(w) weighs the smoothing term; it stays on the device (reading it back would stall).
+  const at::Tensor total_weight = (w.defined() && gs.defined())
+                                      ? at::sum(w, at::toOpMathType(w.scalar_type()))
+                                      : at::Tensor();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  BACKPROP_EXT_DISPATCH_FLOATS(x.scalar_type(), "cross_entropy_bwd", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+    const int vec = pack_width<scalar_t>(C, {xp, gxp});
+    with_pack_width<scalar_t>(vec, [&](auto kv) {
+      constexpr int kVec = decltype(kv)::value;
+      cross_entropy_bwd_kernel<kVec><<<N, row_threads(C / kVec), 0, stream>>>(
+          xp, t.const_data_ptr<int64_t>(), w.defined() ? w.const_data_ptr<scalar_t>() : nullptr,
+          l.const_data_ptr<T>(), gn.const_data_ptr<T>(),
+          gs.defined() ? gs.const_data_ptr<T>() : nullptr,
+          total_weight.defined() ? total_weight.const_data_ptr<T>() : nullptr, C, ignore_index,
+          gxp);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return gx;
+}
+
+}  // namespace
+
+// --- registration
+
+TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) {
+  m.impl("softmax_fwd", &softmax_fwd);
+  m.impl("softmax_bwd", &softmax_bwd);
+  m.impl("logsumexp_fwd", &logsumexp_fwd);
+  m.impl("logsumexp_bwd", &logsumexp_bwd);
+  m.impl("cross_entropy_fwd", &cross_entropy_fwd);
+  m.impl("cross_entropy_bwd", &cross_entropy_bwd);
+}
+
+}  // namespace backprop_ext::cuda
