@@ -44,17 +44,49 @@ def _activation_checks() -> list[CheckCase]:
     return [CheckCase(c.label, c.ours, c.torch, make) for c in ACTIVATION_CASES]
 
 
+def _softmax_checks() -> list[CheckCase]:
+    import torch.nn.functional as TF
+
+    from . import functional as BF
+
+    def rows(device, dtype):
+        return (torch.randn(6, 37, dtype=torch.float64) * 3).to(device=device, dtype=dtype)
+
+    target = torch.tensor([0, 5, -100, 36, 2, 11])
+    weight = torch.rand(37, dtype=torch.float64) + 0.5
+
+    def ce(F, **kw):
+        def fn(x):
+            w = weight.to(device=x.device, dtype=x.dtype)
+            return F.cross_entropy(x, target.to(x.device), weight=w, **kw)
+        return fn
+
+    return [
+        CheckCase("softmax(dim=-1)", lambda x: BF.softmax(x, -1), lambda x: TF.softmax(x, -1), rows),
+        CheckCase("softmax(dim=0)", lambda x: BF.softmax(x, 0), lambda x: TF.softmax(x, 0), rows),
+        CheckCase("log_softmax(dim=-1)", lambda x: BF.log_softmax(x, -1),
+                  lambda x: TF.log_softmax(x, -1), rows),
+        CheckCase("logsumexp(dim=-1)", lambda x: BF.logsumexp(x, -1),
+                  lambda x: torch.logsumexp(x, -1), rows),
+        CheckCase("logsumexp(dim=(0,1))", lambda x: BF.logsumexp(x, (0, 1)),
+                  lambda x: torch.logsumexp(x, (0, 1)), rows),
+        CheckCase("cross_entropy(weight,ignore)", ce(BF), ce(TF), rows),
+        CheckCase("cross_entropy(smoothing=0.1,none)", ce(BF, label_smoothing=0.1, reduction="none"),
+                  ce(TF, label_smoothing=0.1, reduction="none"), rows),
+    ]
+
+
 def all_cases() -> list[CheckCase]:
-    return _activation_checks()
+    return _activation_checks() + _softmax_checks()
 
 
 def _parity(case: CheckCase, device: str, dtype: torch.dtype) -> CheckResult:
     x = case.make(device, dtype)
-    g = torch.randn(x.shape, dtype=torch.float64).to(device=device, dtype=dtype)
     xo, xt, xr = (x.detach().requires_grad_(), x.detach().requires_grad_(),
                   x.detach().double().requires_grad_())
     yo, yt, yr = case.ours(xo), case.theirs(xt), case.theirs(xr)
     fwd = compare(yo, yt, yr)
+    g = torch.randn(yr.shape, dtype=torch.float64).to(device=device, dtype=yo.dtype)
     yo.backward(g)
     yt.backward(g)
     yr.backward(g.double())

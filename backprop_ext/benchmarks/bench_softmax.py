@@ -1,0 +1,77 @@
+"""Softmax family: softmax, log_softmax, logsumexp, cross-entropy; forward, backward (autograd
+on a retained graph) and fwd+bwd, ours vs torch's on the same tensors.
+
+Ideal traffic counted (in passes over the input): softmax fwd 2, bwd 3, fwd+bwd 5; logsumexp
+fwd 1, bwd 2, fwd+bwd 3; cross-entropy fwd 1, bwd 2, fwd+bwd 3.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as TF
+
+from .. import functional as BF
+from .common import Row, time_ms, time_pair
+
+FAMILY = "softmax"
+DEFAULT_SHAPES = {
+    "cpu": {"softmax": (4096, 4096), "log_softmax": (4096, 4096), "logsumexp": (4096, 4096),
+            "cross_entropy": (8192, 32000)},
+    "cuda": {"softmax": (8192, 32768), "log_softmax": (8192, 32768), "logsumexp": (8192, 32768),
+             "cross_entropy": (8192, 65536)},
+}
+DEFAULT_DTYPES = {"cpu": ["float32"], "cuda": ["float32", "bfloat16"]}
+
+# name -> (ours, torch's, passes fwd, bwd, fwd+bwd); each takes (x, target)
+OPS = {
+    "softmax": (lambda x, t: BF.softmax(x, -1), lambda x, t: TF.softmax(x, -1), (2, 3, 5)),
+    "log_softmax": (lambda x, t: BF.log_softmax(x, -1), lambda x, t: TF.log_softmax(x, -1),
+                    (2, 3, 5)),
+    "logsumexp": (lambda x, t: BF.logsumexp(x, -1), lambda x, t: torch.logsumexp(x, -1),
+                  (1, 2, 3)),
+    "cross_entropy": (BF.cross_entropy, TF.cross_entropy, (1, 2, 3)),
+}
+
+
+def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled: bool = False):
+    kind = device.split(":")[0]
+    rows = []
+    for dtype_name in dtypes or DEFAULT_DTYPES[kind]:
+        dtype = getattr(torch, dtype_name)
+        for name in ops or OPS:
+            ours_fn, torch_fn, passes = OPS[name]
+            shape = DEFAULT_SHAPES[kind][name]
+            if sizes:  # element counts: rows of the default row length
+                shape = (max(1, sizes[0] // shape[1]), shape[1])
+            x = torch.randn(shape, device=device, dtype=dtype)
+            target = torch.randint(0, shape[1], (shape[0],), device=device)
+            nbytes = x.numel() * x.element_size()
+            comp_fn = torch.compile(torch_fn) if compiled else None
+            common = dict(family=FAMILY, op=name, shape=f"{shape}", dtype=dtype_name,
+                          device=device)
+
+            with torch.no_grad():
+                ms, tms = time_pair(lambda: ours_fn(x, target), lambda: torch_fn(x, target),
+                                    device, reps)
+                cms = time_ms(lambda: comp_fn(x, target), device, reps) if compiled else None
+            rows.append(Row(direction="fwd", ms=ms, torch_ms=tms, compiled_ms=cms,
+                            bytes=passes[0] * nbytes, **common))
+
+            xg = x.detach().requires_grad_()
+            y_ours, y_torch = ours_fn(xg, target), torch_fn(xg, target)
+            g = torch.randn_like(y_ours)
+            ms, tms = time_pair(
+                lambda: torch.autograd.grad(y_ours, xg, g, retain_graph=True),
+                lambda: torch.autograd.grad(y_torch, xg, g, retain_graph=True), device, reps)
+            rows.append(Row(direction="bwd", ms=ms, torch_ms=tms, bytes=passes[1] * nbytes,
+                            **common))
+            del y_ours, y_torch
+
+            def step(fn):
+                return lambda: torch.autograd.grad(fn(xg, target), xg, g)
+
+            ms, tms = time_pair(step(ours_fn), step(torch_fn), device, reps)
+            cms = time_ms(step(comp_fn), device, reps) if compiled else None
+            rows.append(Row(direction="fwd+bwd", ms=ms, torch_ms=tms, compiled_ms=cms,
+                            bytes=passes[2] * nbytes, **common))
+    return rows

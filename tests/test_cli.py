@@ -1,0 +1,55 @@
+"""The command line: demo, check and bench, each on a small setting, output checked."""
+
+import json
+
+import pytest
+import torch
+
+from backprop_ext import check as check_mod
+from backprop_ext.__main__ import main
+
+
+def test_demo_loss_curves_agree(capsys, tmp_path):
+    pytest.importorskip("sklearn")
+    png = tmp_path / "loss.png"
+    assert main(["demo", "--epochs", "1", "--device", "cpu", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "loss curves agree" in out
+    diff = float(out.split("max |difference| over")[1].split("=")[1].split()[0])
+    assert diff < 1e-4
+    assert "layers swapped for backprop_ext's" in out
+    assert png.stat().st_size > 0
+    assert " 0 failed" in out
+
+
+def test_check_passes_and_reports_a_planted_failure(capsys, monkeypatch):
+    cases = check_mod.all_cases()
+    relu = next(c for c in cases if c.label == "relu")
+    planted = check_mod.CheckCase("planted", lambda x: relu.ours(x) * 1.01, relu.theirs, relu.make)
+    monkeypatch.setattr(check_mod, "all_cases", lambda: [relu, planted])
+    assert main(["check"]) == 1
+    out = capsys.readouterr().out
+    assert "planted" in out and "FAIL" in out
+    assert any(line.startswith("relu ") and "pass" in line for line in out.splitlines())
+
+
+def test_check_all_green(capsys):
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].endswith(" 0 failed")
+    ops = {line.split()[0] for line in out[2:-1]}
+    assert {"relu", "gelu", "softmax(dim=-1)", "cross_entropy(weight,ignore)"} <= ops
+
+
+def test_bench_writes_table_json_csv(capsys, tmp_path):
+    js, cs = tmp_path / "b.json", tmp_path / "b.csv"
+    rc = main(["bench", "--family", "activation", "--ops", "gelu", "--dtypes", "float32",
+               "--sizes", "4096", "--reps", "2", "--json", str(js), "--csv", str(cs)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "gelu" in out and "x torch" in out
+    data = json.loads(js.read_text())
+    assert data["environment"]["torch"] == torch.__version__
+    assert {r["direction"] for r in data["rows"]} == {"fwd", "bwd", "fwd+bwd"}
+    assert all(r["ms"] > 0 and r["torch_ms"] > 0 for r in data["rows"])
+    assert cs.read_text().splitlines()[0].count(",") >= 8
