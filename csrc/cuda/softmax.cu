@@ -6,7 +6,7 @@
 // pass writes. Rows of any length work, and re-reading a row just read mostly hits L2.
 // Inner dim (dim is not the last): one thread per (outer, inner) column walks D with stride inner,
 // so a warp reads 32 neighbouring columns at once.
-// Cross-entropy: one block per row; forward reads the row once (twice with label smoothing),
+// Cross-entropy: one block per row (row kernels loop past 2^31 - 1 rows); forward reads the row once (twice with label smoothing),
 // backward reads it once and writes the gradient once.
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -120,56 +120,64 @@ __device__ void row_map(const scalar_t* __restrict__ in, scalar_t* __restrict__ 
 
 template <int kVec, typename scalar_t>
 __global__ void softmax_fwd_lastdim_kernel(const scalar_t* __restrict__ x,
-                                           scalar_t* __restrict__ y, int64_t D, bool log) {
+                                           scalar_t* __restrict__ y, int64_t rows, int64_t D,
+                                           bool log) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t off = int64_t(blockIdx.x) * D;
-  const OnlineStats<T> st = row_stats<kVec>(x + off, D);
-  if (log) {
-    const T shift = st.m + math::log(st.s);
-    row_map<kVec>(x + off, y + off, D, [&](T v) { return v - shift; });
-  } else {
-    const T m = st.m, r = T(1) / st.s;
-    row_map<kVec>(x + off, y + off, D, [&](T v) { return math::exp(v - m) * r; });
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t off = row * D;
+    const OnlineStats<T> st = row_stats<kVec>(x + off, D);
+    if (log) {
+      const T shift = st.m + math::log(st.s);
+      row_map<kVec>(x + off, y + off, D, [&](T v) { return v - shift; });
+    } else {
+      const T m = st.m, r = T(1) / st.s;
+      row_map<kVec>(x + off, y + off, D, [&](T v) { return math::exp(v - m) * r; });
+    }
   }
 }
 
 template <int kVec, typename scalar_t>
 __global__ void softmax_bwd_lastdim_kernel(const scalar_t* __restrict__ g,
                                            const scalar_t* __restrict__ y,
-                                           scalar_t* __restrict__ gx, int64_t D, bool log) {
+                                           scalar_t* __restrict__ gx, int64_t rows, int64_t D,
+                                           bool log) {
   using T = at::opmath_type<scalar_t>;
   using P = Pack<scalar_t, kVec>;
-  const int64_t off = int64_t(blockIdx.x) * D;
-  const P* gp = reinterpret_cast<const P*>(g + off);
-  const P* yp = reinterpret_cast<const P*>(y + off);
-  P* gxp = reinterpret_cast<P*>(gx + off);
-  T acc = T(0);  // sum(g y) for softmax, sum(g) for log_softmax
-  for (int64_t p = threadIdx.x; p < D / kVec; p += blockDim.x) {
-    const P a = gp[p], b = yp[p];
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t off = row * D;
+    const P* gp = reinterpret_cast<const P*>(g + off);
+    const P* yp = reinterpret_cast<const P*>(y + off);
+    P* gxp = reinterpret_cast<P*>(gx + off);
+    T acc = T(0);  // sum(g y) for softmax, sum(g) for log_softmax
+    for (int64_t p = threadIdx.x; p < D / kVec; p += blockDim.x) {
+      const P a = gp[p], b = yp[p];
 #pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      acc += log ? static_cast<T>(a.v[k]) : static_cast<T>(a.v[k]) * static_cast<T>(b.v[k]);
+      for (int k = 0; k < kVec; ++k) {
+        acc += log ? static_cast<T>(a.v[k]) : static_cast<T>(a.v[k]) * static_cast<T>(b.v[k]);
+      }
     }
-  }
-  acc = block_sum(acc);
-  for (int64_t p = threadIdx.x; p < D / kVec; p += blockDim.x) {
-    const P a = gp[p], b = yp[p];
-    P o;
+    acc = block_sum(acc);
+    for (int64_t p = threadIdx.x; p < D / kVec; p += blockDim.x) {
+      const P a = gp[p], b = yp[p];
+      P o;
 #pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      const T gv = static_cast<T>(a.v[k]), yv = static_cast<T>(b.v[k]);
-      o.v[k] = static_cast<scalar_t>(log ? gv - math::exp(yv) * acc : yv * (gv - acc));
+      for (int k = 0; k < kVec; ++k) {
+        const T gv = static_cast<T>(a.v[k]), yv = static_cast<T>(b.v[k]);
+        o.v[k] = static_cast<scalar_t>(log ? gv - math::exp(yv) * acc : yv * (gv - acc));
+      }
+      gxp[p] = o;
     }
-    gxp[p] = o;
   }
 }
 
 template <int kVec, typename scalar_t>
 __global__ void logsumexp_lastdim_kernel(const scalar_t* __restrict__ x,
-                                         scalar_t* __restrict__ out, int64_t D) {
+                                         scalar_t* __restrict__ out, int64_t rows, int64_t D) {
   using T = at::opmath_type<scalar_t>;
-  const OnlineStats<T> st = row_stats<kVec>(x + int64_t(blockIdx.x) * D, D);
-  if (threadIdx.x == 0) out[blockIdx.x] = static_cast<scalar_t>(logsumexp_from_stats(st.m, st.s));
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const OnlineStats<T> st = row_stats<kVec>(x + row * D, D);
+    if (threadIdx.x == 0) out[row] = static_cast<scalar_t>(logsumexp_from_stats(st.m, st.s));
+  }
 }
 
 // --- kernels: inner dim, one thread per (outer, inner) column
@@ -246,13 +254,12 @@ __global__ void logsumexp_bwd_kernel(const scalar_t* __restrict__ g, const scala
 // --- kernels: cross-entropy, one block per row
 
 template <int kVec, typename scalar_t, typename T = at::opmath_type<scalar_t>>
-__global__ void cross_entropy_fwd_kernel(const scalar_t* __restrict__ logits,
-                                         const int64_t* __restrict__ target,
-                                         const scalar_t* __restrict__ weight, int64_t C,
-                                         int64_t ignore_index, T* __restrict__ nll,
-                                         T* __restrict__ smooth, T* __restrict__ lse) {
+__device__ void cross_entropy_fwd_row(int64_t row, const scalar_t* __restrict__ logits,
+                                      const int64_t* __restrict__ target,
+                                      const scalar_t* __restrict__ weight, int64_t C,
+                                      int64_t ignore_index, T* __restrict__ nll,
+                                      T* __restrict__ smooth, T* __restrict__ lse) {
   using P = Pack<scalar_t, kVec>;
-  const int64_t row = blockIdx.x;
   const int64_t t = target[row];
   if (t == ignore_index) {
     if (threadIdx.x == 0) {
@@ -286,18 +293,26 @@ __global__ void cross_entropy_fwd_kernel(const scalar_t* __restrict__ logits,
   }
 }
 
+template <int kVec, typename scalar_t, typename T = at::opmath_type<scalar_t>>
+__global__ void cross_entropy_fwd_kernel(const scalar_t* __restrict__ logits,
+                                         const int64_t* __restrict__ target,
+                                         const scalar_t* __restrict__ weight, int64_t rows,
+                                         int64_t C, int64_t ignore_index, T* __restrict__ nll,
+                                         T* __restrict__ smooth, T* __restrict__ lse) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    cross_entropy_fwd_row<kVec>(row, logits, target, weight, C, ignore_index, nll, smooth, lse);
+  }
+}
+
 // dx_c = (a + b W) exp(x_c - lse) - b w_c - a [c == t], W = sum(w)
 template <int kVec, typename scalar_t, typename T = at::opmath_type<scalar_t>>
-__global__ void cross_entropy_bwd_kernel(const scalar_t* __restrict__ logits,
-                                         const int64_t* __restrict__ target,
-                                         const scalar_t* __restrict__ weight,
-                                         const T* __restrict__ lse, const T* __restrict__ grad_nll,
-                                         const T* __restrict__ grad_smooth,
-                                         const T* __restrict__ total_weight, int64_t C,
-                                         int64_t ignore_index,
-                                         scalar_t* __restrict__ grad_logits) {
+__device__ void cross_entropy_bwd_row(int64_t row, const scalar_t* __restrict__ logits,
+                                      const int64_t* __restrict__ target,
+                                      const scalar_t* __restrict__ weight,
+                                      const T* __restrict__ lse, const T* __restrict__ grad_nll,
+                                      const T* __restrict__ grad_smooth, T W, int64_t C,
+                                      int64_t ignore_index, scalar_t* __restrict__ grad_logits) {
   using P = Pack<scalar_t, kVec>;
-  const int64_t row = blockIdx.x;
   const int64_t t = target[row];
   const P* x = reinterpret_cast<const P*>(logits + row * C);
   P* gx = reinterpret_cast<P*>(grad_logits + row * C);
@@ -310,7 +325,6 @@ __global__ void cross_entropy_bwd_kernel(const scalar_t* __restrict__ logits,
   }
   const T a = grad_nll[row];
   const T b = grad_smooth ? grad_smooth[row] : T(0);
-  const T W = total_weight ? *total_weight : static_cast<T>(C);  // sum(w); C without weights
   const T k_coef = a + b * W, row_lse = lse[row];
   for (int64_t p = threadIdx.x; p < C / kVec; p += blockDim.x) {
     const P in = x[p];
@@ -324,6 +338,22 @@ __global__ void cross_entropy_bwd_kernel(const scalar_t* __restrict__ logits,
       o.v[k] = static_cast<scalar_t>(v);
     }
     gx[p] = o;
+  }
+}
+
+template <int kVec, typename scalar_t, typename T = at::opmath_type<scalar_t>>
+__global__ void cross_entropy_bwd_kernel(const scalar_t* __restrict__ logits,
+                                         const int64_t* __restrict__ target,
+                                         const scalar_t* __restrict__ weight,
+                                         const T* __restrict__ lse, const T* __restrict__ grad_nll,
+                                         const T* __restrict__ grad_smooth,
+                                         const T* __restrict__ total_weight, int64_t rows,
+                                         int64_t C, int64_t ignore_index,
+                                         scalar_t* __restrict__ grad_logits) {
+  const T W = total_weight ? *total_weight : static_cast<T>(C);  // sum(w); C without weights
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    cross_entropy_bwd_row<kVec>(row, logits, target, weight, lse, grad_nll, grad_smooth, W, C,
+                                ignore_index, grad_logits);
   }
 }
 
@@ -350,8 +380,9 @@ inline unsigned column_blocks(int64_t columns) {
   return elementwise_blocks(columns, kElementwiseThreads);
 }
 
-inline void check_rows(const char* op, int64_t rows) {
-  TORCH_CHECK(rows < (int64_t(1) << 31), op, ": at most 2^31 - 1 rows are supported, got ", rows);
+// One block per row, up to the grid's limit; row kernels loop when there are more rows.
+inline unsigned row_blocks(int64_t rows) {
+  return static_cast<unsigned>(std::min<int64_t>(rows, (int64_t(1) << 31) - 1));
 }
 
 // Calls f(std::integral_constant<int, kVec>) for the chosen pack width.
@@ -380,12 +411,11 @@ at::Tensor softmax_fwd(const at::Tensor& self, int64_t dim, bool log) {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     if (s.inner == 1) {
-      check_rows(op, s.outer);
       const int vec = pack_width<scalar_t>(s.D, {xp, yp});
       with_pack_width<scalar_t>(vec, [&](auto kv) {
         constexpr int kVec = decltype(kv)::value;
-        softmax_fwd_lastdim_kernel<kVec><<<s.outer, row_threads(s.D / kVec), 0, stream>>>(
-            xp, yp, s.D, log);
+        softmax_fwd_lastdim_kernel<kVec><<<row_blocks(s.outer), row_threads(s.D / kVec), 0,
+                                           stream>>>(xp, yp, s.outer, s.D, log);
       });
     } else {
       softmax_fwd_inner_kernel<<<column_blocks(s.outer * s.inner), kElementwiseThreads, 0,
@@ -413,12 +443,11 @@ at::Tensor softmax_bwd(const at::Tensor& grad_output, const at::Tensor& output, 
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
     if (s.inner == 1) {
-      check_rows(op, s.outer);
       const int vec = pack_width<scalar_t>(s.D, {gp, yp, gxp});
       with_pack_width<scalar_t>(vec, [&](auto kv) {
         constexpr int kVec = decltype(kv)::value;
-        softmax_bwd_lastdim_kernel<kVec><<<s.outer, row_threads(s.D / kVec), 0, stream>>>(
-            gp, yp, gxp, s.D, log);
+        softmax_bwd_lastdim_kernel<kVec><<<row_blocks(s.outer), row_threads(s.D / kVec), 0,
+                                           stream>>>(gp, yp, gxp, s.outer, s.D, log);
       });
     } else {
       softmax_bwd_inner_kernel<<<column_blocks(s.outer * s.inner), kElementwiseThreads, 0,
@@ -441,12 +470,11 @@ at::Tensor logsumexp_fwd(const at::Tensor& self, int64_t dim) {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     if (s.inner == 1) {
-      check_rows("logsumexp_fwd", s.outer);
       const int vec = pack_width<scalar_t>(s.D, {xp});
       with_pack_width<scalar_t>(vec, [&](auto kv) {
         constexpr int kVec = decltype(kv)::value;
-        logsumexp_lastdim_kernel<kVec><<<s.outer, row_threads(s.D / kVec), 0, stream>>>(xp, op,
-                                                                                        s.D);
+        logsumexp_lastdim_kernel<kVec><<<row_blocks(s.outer), row_threads(s.D / kVec), 0,
+                                         stream>>>(xp, op, s.outer, s.D);
       });
     } else {
       logsumexp_inner_kernel<<<column_blocks(s.outer * s.inner), kElementwiseThreads, 0,
@@ -486,7 +514,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd(
   check_cross_entropy_args("cross_entropy_fwd", logits, target, weight);
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t N = logits.size(0), C = logits.size(1);
-  check_rows("cross_entropy_fwd", N);
   const at::Tensor x = logits.contiguous(), t = target.contiguous();
   const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
   const auto opts = x.options().dtype(at::toOpMathType(x.scalar_type()));
@@ -500,9 +527,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd(
     const int vec = pack_width<scalar_t>(C, {xp});
     with_pack_width<scalar_t>(vec, [&](auto kv) {
       constexpr int kVec = decltype(kv)::value;
-      cross_entropy_fwd_kernel<kVec><<<N, row_threads(C / kVec), 0, stream>>>(
+      cross_entropy_fwd_kernel<kVec><<<row_blocks(N), row_threads(C / kVec), 0, stream>>>(
           xp, t.const_data_ptr<int64_t>(), w.defined() ? w.const_data_ptr<scalar_t>() : nullptr,
-          C, ignore_index, nll.mutable_data_ptr<T>(),
+          N, C, ignore_index, nll.mutable_data_ptr<T>(),
           smoothing ? smooth.mutable_data_ptr<T>() : nullptr, lse.mutable_data_ptr<T>());
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -522,7 +549,6 @@ at::Tensor cross_entropy_bwd(const at::Tensor& logits, const at::Tensor& target,
   }
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t N = logits.size(0), C = logits.size(1);
-  check_rows("cross_entropy_bwd", N);
   const at::Tensor x = logits.contiguous(), t = target.contiguous(), l = lse.contiguous();
   const at::Tensor gn = grad_nll.contiguous();
   const at::Tensor gs = grad_smooth.has_value() ? grad_smooth->contiguous() : at::Tensor();
@@ -541,12 +567,12 @@ at::Tensor cross_entropy_bwd(const at::Tensor& logits, const at::Tensor& target,
     const int vec = pack_width<scalar_t>(C, {xp, gxp});
     with_pack_width<scalar_t>(vec, [&](auto kv) {
       constexpr int kVec = decltype(kv)::value;
-      cross_entropy_bwd_kernel<kVec><<<N, row_threads(C / kVec), 0, stream>>>(
+      cross_entropy_bwd_kernel<kVec><<<row_blocks(N), row_threads(C / kVec), 0, stream>>>(
           xp, t.const_data_ptr<int64_t>(), w.defined() ? w.const_data_ptr<scalar_t>() : nullptr,
           l.const_data_ptr<T>(), gn.const_data_ptr<T>(),
           gs.defined() ? gs.const_data_ptr<T>() : nullptr,
-          total_weight.defined() ? total_weight.const_data_ptr<T>() : nullptr, C, ignore_index,
-          gxp);
+          total_weight.defined() ? total_weight.const_data_ptr<T>() : nullptr, N, C,
+          ignore_index, gxp);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
