@@ -80,4 +80,39 @@ inline void check_cross_entropy_row_tensor(const char* op, const char* arg, cons
               t.device());
 }
 
+// --- the checks of each backward op, shared by its CPU and CUDA kernels
+
+inline ReductionShape check_softmax_bwd_args(const char* op, const at::Tensor& grad_output,
+                                             const at::Tensor& output, int64_t dim) {
+  check_float(op, "grad_output", grad_output);
+  check_same(op, "grad_output", grad_output, "output", output);
+  check_same_shape(op, "grad_output", grad_output, "output", output);
+  return reduction_shape(op, output, dim);
+}
+
+inline ReductionShape check_logsumexp_bwd_args(const at::Tensor& grad, const at::Tensor& self,
+                                               const at::Tensor& result, int64_t dim) {
+  const char* op = "logsumexp_bwd";
+  check_float(op, "self", self);
+  check_same(op, "self", self, "grad", grad);
+  check_same(op, "self", self, "result", result);
+  const ReductionShape s = reduction_shape(op, self, dim);
+  check_keepdim_shape(op, "grad", grad, self, s.dim);
+  check_keepdim_shape(op, "result", result, self, s.dim);
+  return s;
+}
+
+inline void check_cross_entropy_bwd_args(const at::Tensor& logits, const at::Tensor& target,
+                                         const std::optional<at::Tensor>& weight,
+                                         const at::Tensor& lse, const at::Tensor& grad_nll,
+                                         const std::optional<at::Tensor>& grad_smooth) {
+  const char* op = "cross_entropy_bwd";
+  check_cross_entropy_args(op, logits, target, weight);
+  check_cross_entropy_row_tensor(op, "lse", lse, logits);
+  check_cross_entropy_row_tensor(op, "grad_nll", grad_nll, logits);
+  if (grad_smooth.has_value()) {
+    check_cross_entropy_row_tensor(op, "grad_smooth", *grad_smooth, logits);
+  }
+}
+
 }  // namespace backprop_ext

@@ -50,11 +50,8 @@ at::Tensor softmax_fwd(const at::Tensor& self, int64_t dim, bool log) {
 
 at::Tensor softmax_bwd(const at::Tensor& grad_output, const at::Tensor& output, int64_t dim,
                        bool log) {
-  const char* op = log ? "log_softmax_bwd" : "softmax_bwd";
-  check_float(op, "grad_output", grad_output);
-  check_same(op, "grad_output", grad_output, "output", output);
-  check_same_shape(op, "grad_output", grad_output, "output", output);
-  const ReductionShape s = reduction_shape(op, output, dim);
+  const ReductionShape s =
+      check_softmax_bwd_args(log ? "log_softmax_bwd" : "softmax_bwd", grad_output, output, dim);
   const at::Tensor g = grad_output.contiguous(), y = output.contiguous();
   at::Tensor gx = at::empty_like(y);
   if (y.numel() == 0) return gx;
@@ -83,12 +80,7 @@ at::Tensor logsumexp_fwd(const at::Tensor& self, int64_t dim) {
 
 at::Tensor logsumexp_bwd(const at::Tensor& grad, const at::Tensor& self, const at::Tensor& result,
                          int64_t dim) {
-  check_float("logsumexp_bwd", "self", self);
-  check_same("logsumexp_bwd", "self", self, "grad", grad);
-  check_same("logsumexp_bwd", "self", self, "result", result);
-  const ReductionShape s = reduction_shape("logsumexp_bwd", self, dim);
-  check_keepdim_shape("logsumexp_bwd", "grad", grad, self, s.dim);
-  check_keepdim_shape("logsumexp_bwd", "result", result, self, s.dim);
+  const ReductionShape s = check_logsumexp_bwd_args(grad, self, result, dim);
   const at::Tensor g = grad.contiguous(), x = self.contiguous(), r = result.contiguous();
   at::Tensor gx = at::empty_like(x);
   if (x.numel() == 0) return gx;
@@ -137,12 +129,7 @@ at::Tensor cross_entropy_bwd(const at::Tensor& logits, const at::Tensor& target,
                              const std::optional<at::Tensor>& weight, const at::Tensor& lse,
                              const at::Tensor& grad_nll, const std::optional<at::Tensor>& grad_smooth,
                              int64_t ignore_index) {
-  check_cross_entropy_args("cross_entropy_bwd", logits, target, weight);
-  check_cross_entropy_row_tensor("cross_entropy_bwd", "lse", lse, logits);
-  check_cross_entropy_row_tensor("cross_entropy_bwd", "grad_nll", grad_nll, logits);
-  if (grad_smooth.has_value()) {
-    check_cross_entropy_row_tensor("cross_entropy_bwd", "grad_smooth", *grad_smooth, logits);
-  }
+  check_cross_entropy_bwd_args(logits, target, weight, lse, grad_nll, grad_smooth);
   const int64_t N = logits.size(0), C = logits.size(1);
   const at::Tensor x = logits.contiguous(), t = target.contiguous(), l = lse.contiguous();
   const at::Tensor gn = grad_nll.contiguous();
