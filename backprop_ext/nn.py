@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 
 from . import functional as F
+from .checkpoint import Checkpoint, CheckpointedSequential
 
-__all__ = ["ReLU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh", "Softplus", "convert"]
+__all__ = ["ReLU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh", "Softplus", "convert",
+           "Checkpoint", "CheckpointedSequential"]
 
 
 class ReLU(torch.nn.ReLU):
