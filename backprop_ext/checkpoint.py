@@ -25,8 +25,10 @@ RNG state is saved and replayed for recomputation (dropout draws the same masks 
 un-checkpointed run), it works with .backward() and torch.autograd.grad, with inputs that do not
 require grad, with keyword arguments, nested, under autocast (the autocast state is replayed too)
 and under torch.compile. "selective" adds torch's selective-activation-checkpoint contexts
-(create_selective_checkpoint_contexts) with the policy above; it refuses in-place updates of a
-kept output (e.g. ReLU(inplace=True) right after a Linear): use "full" there.
+(create_selective_checkpoint_contexts) with the policy above, and torch's two limits of it: a
+kept output must not be updated in place (ReLU(inplace=True) right after a Linear raises in
+backward), and a region allows one backward per forward (no retain_graph=True second pass, so no
+gradcheck); "full" has neither limit (gradcheck, gradgradcheck and forward-mode AD pass).
 
 state_dict keys: Checkpoint adds no prefix. Its state_dict is the wrapped module's, key for key,
 and load_state_dict accepts the same keys, so a layer can be wrapped or unwrapped without

@@ -25,7 +25,9 @@ __all__ = ["LayerStats", "GradientFlowReport", "gradient_flow"]
 
 _ops = torch.ops.backprop_ext
 
-OK, VANISHING, EXPLODING, NONFINITE, NO_GRAD = "ok", "vanishing", "exploding", "non-finite", "no grad"
+# Layer statuses.
+OK, VANISHING, EXPLODING = "ok", "vanishing", "exploding"
+NONFINITE, NO_GRAD = "non-finite", "no grad"
 
 
 @dataclasses.dataclass
@@ -100,7 +102,8 @@ class GradientFlowReport:
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = [
             f"Gradient flow: L{order} norms per {self.by}; {self.metric} below "
-            f"{self.vanishing_threshold:.0e} vanishes, above {self.exploding_threshold:.0e} explodes"]
+            f"{self.vanishing_threshold:.0e} vanishes, above "
+            f"{self.exploding_threshold:.0e} explodes"]
         for i, r in enumerate(rows):
             lines.append("  ".join(c.ljust(w) if j in (0, 5) else c.rjust(w)
                                    for j, (c, w) in enumerate(zip(r, widths))).rstrip())
@@ -215,14 +218,16 @@ def gradient_flow(model: torch.nn.Module | Iterable, *, by: str = "parameter",
     include_frozen. plot: also write the PNG there. Reads the norms on the host (one sync).
     """
     if by not in ("parameter", "module"):
-        raise ValueError(f"backprop_ext.gradient_flow: by must be 'parameter' or 'module', got {by!r}")
+        raise ValueError(
+            f"backprop_ext.gradient_flow: by must be 'parameter' or 'module', got {by!r}")
     if metric not in ("grad_norm", "ratio"):
         raise ValueError(
             f"backprop_ext.gradient_flow: metric must be 'grad_norm' or 'ratio', got {metric!r}")
     p = float(norm_type)
     if not p > 0:
         raise ValueError(
-            f"backprop_ext.gradient_flow: norm_type must be a positive number or inf, got {norm_type!r}")
+            "backprop_ext.gradient_flow: norm_type must be a positive number or inf, got "
+            f"{norm_type!r}")
     if not 0 <= vanishing_threshold < exploding_threshold:
         raise ValueError(
             "backprop_ext.gradient_flow: expected 0 <= vanishing_threshold < exploding_threshold, "

@@ -4,10 +4,11 @@ under backprop_ext.utils' gradient clipping and gradient-flow report.
 Ops (csrc/registration.cpp; math in csrc/multi_tensor_math.h). Each takes a list of tensors on
 one device (the device of tensors[0]), float64/float32/float16/bfloat16 mixed freely, of any
 shapes and layouts:
-    multi_tensor_norm(tensors, p) -> 0-d tensor         ||all tensors as one vector||_p
-    multi_tensor_norm_per_tensor(tensors, p) -> [n]     ||tensors[i]||_p for each i
-    multi_tensor_scale_(tensors, total_norm, max_norm)  in place: *= min(1, max_norm / (total_norm + 1e-6))
-    multi_tensor_clamp_(tensors, lo, hi)                in place: clamp(x, lo, hi)
+    multi_tensor_norm(tensors, p) -> 0-d tensor        ||all tensors as one vector||_p
+    multi_tensor_norm_per_tensor(tensors, p) -> [n]    ||tensors[i]||_p for each i
+    multi_tensor_scale_(tensors, total_norm, max_norm) in place:
+                                              x *= min(1, max_norm / (total_norm + 1e-6))
+    multi_tensor_clamp_(tensors, lo, hi)               in place: x = clamp(x, lo, hi)
 p is any positive number or inf. Norms accumulate in float32 (float64 when any tensor is float64),
 are returned in that dtype on the tensors' device, and are never read back to the host: the scale
 op takes the norm as a device tensor and computes the coefficient on the device.

@@ -20,8 +20,10 @@ error_if_nonfinite=True (then one, as in torch). Where they differ from torch, o
 * Arguments that torch accepts but that cannot clip are refused with a ValueError: norm_type 0
   (a count of nonzeros), negative or NaN norm_type, and a negative or NaN max_norm or clip_value
   (torch flips the gradients' sign).
-* `foreach`: None or True run the fused ops (one call per device for every gradient); False runs
-  the same kernels one tensor per call. Gradients our kernels cannot take (devices other than CPU
+* `foreach`: None or True run the fused ops (one call per device for every gradient; True is
+  accepted on CPU too, where torch has no foreach kernels and raises); False runs the same
+  kernels one tensor per call.
+* An empty gradient counts as no elements for every norm order; torch raises for the inf norm. Gradients our kernels cannot take (devices other than CPU
   and CUDA, complex dtypes, sparse layouts, tensor subclasses) go through torch's own
   implementation, with torch's rules for `foreach` (True raises where torch has no foreach).
 """

@@ -163,6 +163,25 @@ def test_selective_refuses_inplace_update_of_a_kept_output():
     bnn.Checkpoint(model, policy="full")(torch.randn(3, 8)).sum().backward()  # "full" is fine
 
 
+def test_full_is_twice_differentiable_selective_backwards_once():
+    w = torch.randn(5, 5, dtype=torch.float64)
+
+    def fn(x):
+        return bnn.GELU()(x @ w).sin()
+
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: checkpoint(fn, t), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: checkpoint(fn, t), (x,))
+    tangent = torch.randn_like(x)
+    _, jvp = torch.func.jvp(lambda t: checkpoint(fn, t), (x.detach(),), (tangent,))
+    _, jvp_ref = torch.func.jvp(fn, (x.detach(),), (tangent,))
+    torch.testing.assert_close(jvp, jvp_ref)
+    y = checkpoint(fn, x, policy="selective").sum()
+    y.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward an extra time"):
+        y.backward()
+
+
 # --- what is kept and what is recomputed
 
 
