@@ -83,20 +83,26 @@ def _nonnegative(fn: str, name: str, value) -> float:
     return v
 
 
-def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[torch.Tensor]]:
-    groups: dict[torch.device, list[torch.Tensor]] = {}
+def _kernels_on(device: torch.device) -> bool:
+    """Whether our kernels run on `device`: CPU, CUDA when built, meta (the fake kernels)."""
+    return device.type in ("cpu", "meta") or (device.type == "cuda" and _CUDA_BUILT)
+
+
+def _takes(t: torch.Tensor) -> bool:
+    """Whether our kernels take t: a plain dense float64/32/16/bfloat16 tensor."""
+    return (type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided
+            and t.dtype in FLOAT_DTYPES)
+
+
+def _partition(tensors: list[torch.Tensor]):
+    """(device, tensors for our kernels, tensors for torch's path) per device, in first-seen
+    order. torch's path takes what our kernels cannot: other devices, complex dtypes, sparse
+    layouts, tensor subclasses."""
+    groups: dict[torch.device, tuple[list, list]] = {}
     for t in tensors:
-        groups.setdefault(t.device, []).append(t)
-    return groups
-
-
-def _ours(tensors: list[torch.Tensor], device: torch.device) -> bool:
-    """True when our kernels take these tensors: plain dense float tensors on CPU, or on CUDA when
-    the CUDA kernels are built (meta tensors use the fake kernels)."""
-    if device.type not in ("cpu", "meta") and not (device.type == "cuda" and _CUDA_BUILT):
-        return False
-    return all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided
-               and t.dtype in FLOAT_DTYPES for t in tensors)
+        ours, rest = groups.setdefault(t.device, ([], []))
+        (ours if _kernels_on(t.device) and _takes(t) else rest).append(t)
+    return [(device, ours, rest) for device, (ours, rest) in groups.items()]
 
 
 def _torch_foreach(tensors: list[torch.Tensor], device: torch.device, foreach) -> bool:
@@ -128,16 +134,15 @@ def _accumulated_norm(tensors: list[torch.Tensor], p: float, foreach) -> torch.T
     tensor's device; no host sync."""
     first_device = tensors[0].device
     norms = []
-    for device, group in _by_device(tensors).items():
-        if _ours(group, device):
-            if foreach is False:
-                norms.extend(_ops.multi_tensor_norm([t], p) for t in group)
-            else:
-                norms.append(_ops.multi_tensor_norm(group, p))
-        elif _torch_foreach(group, device, foreach):
-            norms.extend(torch._foreach_norm(group, p))
-        else:
-            norms.extend(torch.linalg.vector_norm(t, p) for t in group)
+    for device, ours, rest in _partition(tensors):
+        if ours and foreach is False:
+            norms.extend(_ops.multi_tensor_norm([t], p) for t in ours)
+        elif ours:
+            norms.append(_ops.multi_tensor_norm(ours, p))
+        if rest and _torch_foreach(rest, device, foreach):
+            norms.extend(torch._foreach_norm(rest, p))
+        elif rest:
+            norms.extend(torch.linalg.vector_norm(t, p) for t in rest)
     if len(norms) == 1 and norms[0].dtype in (torch.float32, torch.float64):
         return norms[0]
     dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
@@ -178,22 +183,22 @@ def get_total_norm(tensors: _TensorOrTensors, norm_type: float = 2.0,
 def _scale(grads: list[torch.Tensor], max_norm: float, total_norm: torch.Tensor, foreach) -> None:
     """grads *= min(1, max_norm / (total_norm + 1e-6)), the coefficient computed on the device."""
     coef = None  # torch's clip_coef_clamped, only needed for tensors our kernels cannot take
-    for device, group in _by_device(grads).items():
-        norm = total_norm.to(device)  # no copy when already there
-        if _ours(group, device):
+    for device, ours, rest in _partition(grads):
+        if ours:
+            norm = total_norm.to(device)  # no copy when already there
             if foreach is False:
-                for g in group:
+                for g in ours:
                     _ops.multi_tensor_scale_([g], norm, max_norm)
             else:
-                _ops.multi_tensor_scale_(group, norm, max_norm)
-            continue
-        if coef is None:
-            coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
-        if _torch_foreach(group, device, foreach):
-            torch._foreach_mul_(group, coef.to(device))
-        else:
-            for g in group:
-                g.mul_(coef.to(device))
+                _ops.multi_tensor_scale_(ours, norm, max_norm)
+        if rest:
+            if coef is None:
+                coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+            if _torch_foreach(rest, device, foreach):
+                torch._foreach_mul_(rest, coef.to(device))
+            else:
+                for g in rest:
+                    g.mul_(coef.to(device))
 
 
 @torch.no_grad()
@@ -254,16 +259,15 @@ def clip_grad_value_(parameters: _TensorOrTensors, clip_value: float,
     torch.nn.utils.clip_grad_value_ (NaN stays NaN). clip_value must be >= 0."""
     parameters = _as_list(parameters)
     clip_value = _nonnegative("clip_grad_value_", "clip_value", clip_value)
-    for device, group in _by_device(_grads(parameters)).items():
-        if _ours(group, device):
-            if foreach is False:
-                for g in group:
-                    _ops.multi_tensor_clamp_([g], -clip_value, clip_value)
-            else:
-                _ops.multi_tensor_clamp_(group, -clip_value, clip_value)
-        elif _torch_foreach(group, device, foreach):
-            torch._foreach_clamp_min_(group, -clip_value)
-            torch._foreach_clamp_max_(group, clip_value)
-        else:
-            for g in group:
+    for device, ours, rest in _partition(_grads(parameters)):
+        if ours and foreach is False:
+            for g in ours:
+                _ops.multi_tensor_clamp_([g], -clip_value, clip_value)
+        elif ours:
+            _ops.multi_tensor_clamp_(ours, -clip_value, clip_value)
+        if rest and _torch_foreach(rest, device, foreach):
+            torch._foreach_clamp_min_(rest, -clip_value)
+            torch._foreach_clamp_max_(rest, clip_value)
+        elif rest:
+            for g in rest:
                 g.clamp_(min=-clip_value, max=clip_value)

@@ -235,6 +235,34 @@ def test_parameters_forms(device):
     BU.clip_grads_with_norm_([q], 1.0, torch.tensor(3.0))
 
 
+def test_gradients_our_kernels_cannot_take_go_through_torch(device):
+    # Complex gradients (our kernels are real-only) mixed with real ones: torch's path for them,
+    # the results combined as torch combines per-device norms.
+    params = _make_params(device, [torch.float32])
+    z = torch.nn.Parameter(torch.randn(6, dtype=torch.complex64, device=device))
+    z.grad = torch.randn(6, dtype=torch.complex64, device=device)
+    params.append(z)
+    theirs = _clone(params)
+    total = BU.clip_grad_norm_(params, 1.0)
+    total_theirs = torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    torch.testing.assert_close(total, total_theirs)
+    for a, b in zip(params, theirs):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.cuda
+def test_gradients_on_two_devices():
+    params = _make_params("cuda", [torch.float32]) + _make_params("cpu", [torch.bfloat16])
+    theirs, ref = _clone(params), _clone(params, torch.float64)
+    total = BU.clip_grad_norm_(params, 1.0)
+    total_theirs = torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    ref_total = torch.nn.utils.clip_grad_norm_(ref, 1.0)
+    assert total.device == total_theirs.device == torch.device("cuda", 0)
+    assert_matches(total, total_theirs, ref_total)
+    _assert_grads_match(params, theirs, ref)
+
+
 def test_nonfinite_norms_behave_like_torch(device):
     for bad in (float("nan"), INF):
         params = _make_params(device, [torch.float32])
