@@ -76,8 +76,78 @@ def _softmax_checks() -> list[CheckCase]:
     ]
 
 
+def _checkpoint_checks() -> list[CheckCase]:
+    """A small MLP (GEMMs and our activations) under Checkpoint(policy="full") against the same
+    MLP run plainly. ("selective" allows one backward per forward, so it cannot be gradchecked;
+    its parity is in tests/test_checkpoint.py.)"""
+    from . import functional as BF
+    from .checkpoint import checkpoint
+
+    g = torch.Generator().manual_seed(0)
+    w1, w2 = torch.randn(1, 8, generator=g, dtype=torch.float64), torch.randn(
+        8, generator=g, dtype=torch.float64)
+
+    def mlp(x):
+        a, b = w1.to(x.device, x.dtype), w2.to(x.device, x.dtype)
+        return BF.silu(BF.gelu(x[:, None] @ a)) @ b
+
+    def make(device, dtype):
+        return torch.randn(257, dtype=torch.float64).to(device=device, dtype=dtype)
+
+    return [CheckCase("checkpoint(full) Linear+GELU+SiLU", lambda x: checkpoint(mlp, x), mlp,
+                      make)]
+
+
 def all_cases() -> list[CheckCase]:
-    return _activation_checks() + _softmax_checks()
+    return _activation_checks() + _softmax_checks() + _checkpoint_checks()
+
+
+def _clip_checks(device: str, dtypes) -> list[CheckResult]:
+    """clip_grad_norm_ (every norm order) and clip_grad_value_ against torch.nn.utils' on the
+    same gradients, by the float64-reference rule: returned norm and clipped gradients."""
+    from . import utils as BU
+
+    results = []
+    sizes = (1, 7, 1023, 70_001)
+    for dtype in dtypes:
+        for p in (2.0, float("inf"), 1.0, 0.5, 3.0):
+            scale = 1e-3 if dtype == torch.float16 else 1.0  # keep torch's float16 norms finite
+            grads = [torch.randn(n, dtype=torch.float64) * scale for n in sizes]
+            if dtype == torch.float16 and p < 1:
+                grads = grads[:3]
+            sets = []
+            for d in (dtype, dtype, torch.float64):
+                params = [torch.nn.Parameter(torch.empty(g.shape, dtype=d, device=device))
+                          for g in grads]
+                for q, g in zip(params, grads):
+                    q.grad = g.to(device=device, dtype=d).clone()  # each set its own copy
+                sets.append(params)
+            ours, theirs, ref = sets
+            ref_norm = torch.nn.utils.get_total_norm([q.grad for q in ref], p)
+            max_norm = 0.5 * ref_norm.item()  # clipping happens
+            torch.nn.utils.clip_grad_norm_(ref, max_norm, p)
+            norms = compare(BU.clip_grad_norm_(ours, max_norm, p),
+                            torch.nn.utils.clip_grad_norm_(theirs, max_norm, p), ref_norm)
+            grad_results = [compare(a.grad, b.grad, r.grad) for a, b, r in zip(ours, theirs, ref)]
+            worst = max(grad_results, key=lambda c: c.max_err)
+            ok = norms.ok and all(c.ok for c in grad_results)
+            results.append(CheckResult(f"clip_grad_norm_(norm_type={p:g})", device,
+                                       str(dtype).removeprefix("torch."), "parity norm+grads",
+                                       ok, max(norms.max_err, worst.max_err),
+                                       norms.message or worst.message))
+        grads = [torch.randn(n, dtype=torch.float64).to(device=device, dtype=dtype)
+                 for n in sizes]
+        pairs = []
+        for fn in (BU.clip_grad_value_, torch.nn.utils.clip_grad_value_):
+            params = [torch.nn.Parameter(torch.empty_like(g)) for g in grads]
+            for q, g in zip(params, grads):
+                q.grad = g.clone()
+            fn(params, 0.5)
+            pairs.append(params)
+        ok = all(torch.equal(a.grad, b.grad) for a, b in zip(*pairs))
+        results.append(CheckResult("clip_grad_value_", device, str(dtype).removeprefix("torch."),
+                                   "bitwise torch", ok))
+    return results
 
 
 def _parity(case: CheckCase, device: str, dtype: torch.dtype) -> CheckResult:
@@ -121,6 +191,9 @@ def run_checks(cases: Iterable[CheckCase] | None = None, device_list=None, dtype
             for dtype in dtypes:
                 results.append(_parity(case, device, dtype))
             results.extend(_autograd(case, device))
+    if cases is None:
+        for device in device_list or devices():
+            results.extend(_clip_checks(device, dtypes))
     return results
 
 

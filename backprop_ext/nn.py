@@ -10,10 +10,12 @@ from __future__ import annotations
 import torch
 
 from . import functional as F
+from .checkpoint import Checkpoint, CheckpointedSequential
 
 __all__ = [
     "ReLU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh", "Softplus",
     "Softmax", "LogSoftmax", "CrossEntropyLoss", "convert",
+    "Checkpoint", "CheckpointedSequential",
 ]
 
 

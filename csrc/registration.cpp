@@ -30,6 +30,18 @@ TORCH_LIBRARY(backprop_ext, m) {
         "bool smoothing) -> (Tensor nll, Tensor smooth, Tensor lse)");
   m.def("cross_entropy_bwd(Tensor logits, Tensor target, Tensor? weight, Tensor lse, "
         "Tensor grad_nll, Tensor? grad_smooth, int ignore_index) -> Tensor");
+
+  // --- multi-tensor family (gradient clipping); see multi_tensor_math.h for the math.
+  // One call covers a whole list of tensors on one device, dtypes mixed. Norms are float64 when
+  // any tensor is float64, float32 otherwise, and stay on the device (no host sync).
+  // ||all tensors as one vector||_p for p > 0 or inf, as a 0-d tensor.
+  m.def("multi_tensor_norm(Tensor[] tensors, float p) -> Tensor");
+  // ||tensors[i]||_p for each i, as a 1-d tensor of len(tensors).
+  m.def("multi_tensor_norm_per_tensor(Tensor[] tensors, float p) -> Tensor");
+  // tensors *= min(1, max_norm / (total_norm + 1e-6)), the coefficient computed on the device.
+  m.def("multi_tensor_scale_(Tensor(a!)[] tensors, Tensor total_norm, float max_norm) -> ()");
+  // tensors = clamp(tensors, lo, hi).
+  m.def("multi_tensor_clamp_(Tensor(a!)[] tensors, float lo, float hi) -> ()");
 }
 
 // The compiled module only carries the registrations above; importing it runs them.

@@ -31,6 +31,9 @@ class Row:
     compiled_ms: float | None = None  # torch.compile of torch's op (GPU only)
     bytes: int = 0  # ideal traffic: every input read once, every output written once
     flops: int = 0
+    vs: str = ""  # what torch_ms (and torch_peak_bytes) measured, when not torch's own op
+    peak_bytes: int = 0  # ours: peak memory of the case (benchmarks that measure it)
+    torch_peak_bytes: int = 0  # the comparison's peak memory
 
     @property
     def gbps(self) -> float:
@@ -46,13 +49,18 @@ class Row:
         return self.torch_ms / self.ms
 
     @property
+    def memory_ratio(self) -> float | None:
+        """our peak memory / the comparison's: below 1 means we use less."""
+        return self.peak_bytes / self.torch_peak_bytes if self.torch_peak_bytes else None
+
+    @property
     def speedup_compiled(self) -> float | None:
         return None if self.compiled_ms is None else self.compiled_ms / self.ms
 
     def as_dict(self, copy_gbps: float | None = None) -> dict:
         d = dataclasses.asdict(self)
         d.update(gbps=self.gbps, tflops=self.tflops, speedup=self.speedup,
-                 speedup_compiled=self.speedup_compiled)
+                 speedup_compiled=self.speedup_compiled, memory_ratio=self.memory_ratio)
         if copy_gbps and self.bytes:
             d["copy_share"] = self.gbps / copy_gbps
         return d
@@ -115,28 +123,38 @@ def environment(device: str) -> dict:
 
 
 def format_table(rows: list[Row], copy_gbps: float | None = None) -> str:
-    head = ["op", "shape", "dtype", "dir", "ours ms", "torch ms", "x torch"]
+    with_vs = any(r.vs for r in rows)
+    with_mem = any(r.peak_bytes for r in rows)
+    head = ["op", "shape", "dtype", "dir"] + (["vs"] if with_vs else []) + [
+        "ours ms", "torch ms", "x torch"]
     gpu = any(r.compiled_ms is not None for r in rows)
     if gpu:
         head += ["compiled ms", "x compiled"]
     head += ["GB/s", "TFLOP/s"]
     if copy_gbps:
         head += ["% copy"]
+    if with_mem:
+        head += ["peak MB", "torch peak MB", "x mem"]
     lines = [head]
     for r in rows:
-        line = [r.op, r.shape, r.dtype, r.direction, f"{r.ms:.3f}", f"{r.torch_ms:.3f}",
-                f"{r.speedup:.2f}"]
+        line = [r.op, r.shape, r.dtype, r.direction] + ([r.vs or "torch"] if with_vs else []) + [
+            f"{r.ms:.3f}", f"{r.torch_ms:.3f}", f"{r.speedup:.2f}"]
         if gpu:
             line += ["-" if r.compiled_ms is None else f"{r.compiled_ms:.3f}",
                      "-" if r.compiled_ms is None else f"{r.speedup_compiled:.2f}"]
         line += [f"{r.gbps:.1f}" if r.bytes else "-", f"{r.tflops:.1f}" if r.flops else "-"]
         if copy_gbps:
             line += [f"{100 * r.gbps / copy_gbps:.0f}%" if r.bytes else "-"]
+        if with_mem:
+            line += [f"{r.peak_bytes / 1e6:.1f}" if r.peak_bytes else "-",
+                     f"{r.torch_peak_bytes / 1e6:.1f}" if r.torch_peak_bytes else "-",
+                     f"{r.memory_ratio:.2f}" if r.memory_ratio is not None else "-"]
         lines.append(line)
     widths = [max(len(str(l[i])) for l in lines) for i in range(len(head))]
     out = []
     for i, l in enumerate(lines):
-        out.append("  ".join(str(c).rjust(w) if j >= 3 else str(c).ljust(w)
+        text_cols = 4 if with_vs else 3
+        out.append("  ".join(str(c).rjust(w) if j >= text_cols else str(c).ljust(w)
                              for j, (c, w) in enumerate(zip(l, widths))))
         if i == 0:
             out.append("  ".join("-" * w for w in widths))

@@ -11,10 +11,10 @@ import sys
 
 import torch
 
-from . import bench_activation, bench_softmax
+from . import bench_activation, bench_softmax, bench_utils
 from .common import copy_bandwidth_gbps, environment, format_table, plot, write_csv, write_json
 
-FAMILIES = {"activation": bench_activation, "softmax": bench_softmax}
+FAMILIES = {"activation": bench_activation, "softmax": bench_softmax, "utils": bench_utils}
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

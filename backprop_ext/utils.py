@@ -1,0 +1,273 @@
+"""Gradient clipping on the fused multi-tensor kernels, with torch.nn.utils' signatures, and the
+gradient-flow report (backprop_ext.diagnostics, re-exported here).
+
+    clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None)
+    get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=None)
+    clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None)
+    clip_grad_value_(parameters, clip_value, foreach=None)
+    gradient_flow(model, ...) -> GradientFlowReport
+
+Drop-ins for torch.nn.utils' functions of the same names: same arguments, the same return value
+(dtype and device included), gradients modified in place the same way, and no host sync unless
+error_if_nonfinite=True (then one, as in torch). Where they differ from torch, on purpose:
+
+* Accuracy. The norm is accumulated in float32 (float64 when any gradient is float64) over all
+  elements at once. torch rounds each tensor's norm to the tensor's dtype first, so with float16
+  or bfloat16 gradients ours is the more accurate; the value returned is still rounded to torch's
+  dtype (float16 for all-float16 gradients), but the clipping coefficient is computed from the
+  float32 norm. For float16 gradients whose norm exceeds 65504 both return inf, yet torch then
+  zeroes the gradients while ours scales them correctly.
+* Arguments that torch accepts but that cannot clip are refused with a ValueError: norm_type 0
+  (a count of nonzeros), negative or NaN norm_type, and a negative or NaN max_norm or clip_value
+  (torch flips the gradients' sign).
+* `foreach`: None or True run the fused ops (one call per device for every gradient; True is
+  accepted on CPU too, where torch has no foreach kernels and raises); False runs the same
+  kernels one tensor per call.
+* An empty gradient counts as no elements for every norm order; torch raises for the inf norm. Gradients our kernels cannot take (devices other than CPU
+  and CUDA, complex dtypes, sparse layouts, tensor subclasses) go through torch's own
+  implementation, with torch's rules for `foreach` (True raises where torch has no foreach).
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+import warnings
+from collections.abc import Iterable
+from typing import Union
+
+import torch
+from torch.utils._foreach_utils import _device_has_foreach_support, _has_foreach_support
+
+from .diagnostics import GradientFlowReport, LayerStats, gradient_flow
+from .multi_tensor import FLOAT_DTYPES
+
+__all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm",
+           "gradient_flow", "GradientFlowReport", "LayerStats"]
+
+_TensorOrTensors = Union[torch.Tensor, Iterable[torch.Tensor]]
+
+_ops = torch.ops.backprop_ext
+# Whether this build has the CUDA kernels (a constant, read once: cheap to consult while tracing).
+_CUDA_BUILT = torch._C._dispatch_has_kernel_for_dispatch_key("backprop_ext::multi_tensor_norm",
+                                                             "CUDA")
+
+
+# --- argument handling
+
+
+def _as_list(tensors: _TensorOrTensors) -> list[torch.Tensor]:
+    return [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
+
+
+def _grads(parameters: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [p.grad for p in parameters if p.grad is not None]
+
+
+def _norm_order(fn: str, norm_type) -> float:
+    p = float(norm_type)
+    if not p > 0:  # also catches NaN
+        raise ValueError(
+            f"backprop_ext.utils.{fn}: norm_type must be a positive number or inf, got "
+            f"{norm_type!r} (0 counts nonzero elements and negative orders are not norms; "
+            "neither can clip gradients)")
+    return p
+
+
+def _nonnegative(fn: str, name: str, value) -> float:
+    v = float(value)
+    if not v >= 0:  # also catches NaN
+        raise ValueError(
+            f"backprop_ext.utils.{fn}: {name} must be >= 0, got {value!r} (a negative bound "
+            "would flip the sign of the gradients)")
+    return v
+
+
+def _kernels_on(device: torch.device) -> bool:
+    """Whether our kernels run on `device`: CPU, CUDA when built, meta (the fake kernels)."""
+    return device.type in ("cpu", "meta") or (device.type == "cuda" and _CUDA_BUILT)
+
+
+def _takes(t: torch.Tensor) -> bool:
+    """Whether our kernels take t: a plain dense float64/32/16/bfloat16 tensor."""
+    return (type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided
+            and t.dtype in FLOAT_DTYPES)
+
+
+def _partition(tensors: list[torch.Tensor]):
+    """(device, tensors for our kernels, tensors for torch's path) per device, in first-seen
+    order. torch's path takes what our kernels cannot: other devices, complex dtypes, sparse
+    layouts, tensor subclasses."""
+    groups: dict[torch.device, tuple[list, list]] = {}
+    for t in tensors:
+        ours, rest = groups.setdefault(t.device, ([], []))
+        (ours if _kernels_on(t.device) and _takes(t) else rest).append(t)
+    return [(device, ours, rest) for device, (ours, rest) in groups.items()]
+
+
+def _torch_foreach(tensors: list[torch.Tensor], device: torch.device, foreach) -> bool:
+    """torch's own choice between its foreach and per-tensor paths, for tensors ours cannot take."""
+    if (foreach is None and _has_foreach_support(tensors, device)) or (
+            foreach and _device_has_foreach_support(device)):
+        return True
+    if foreach:
+        raise RuntimeError(
+            f"foreach=True was passed, but can't use the foreach API on {device.type} tensors")
+    return False
+
+
+def _real_dtype(t: torch.Tensor) -> torch.dtype:
+    return t.dtype.to_real() if t.dtype.is_complex else t.dtype
+
+
+def _torch_norm_dtype(tensors: list[torch.Tensor]) -> torch.dtype:
+    """The dtype torch.nn.utils.get_total_norm returns: its per-tensor norms, in each tensor's
+    dtype, stacked (which promotes)."""
+    return functools.reduce(torch.promote_types, (_real_dtype(t) for t in tensors))
+
+
+# --- the norm
+
+
+def _accumulated_norm(tensors: list[torch.Tensor], p: float, foreach) -> torch.Tensor:
+    """||tensors||_p as a 0-d float32 (float64 if any tensor is float64) tensor on the first
+    tensor's device; no host sync."""
+    first_device = tensors[0].device
+    norms = []
+    for device, ours, rest in _partition(tensors):
+        if ours and foreach is False:
+            norms.extend(_ops.multi_tensor_norm([t], p) for t in ours)
+        elif ours:
+            norms.append(_ops.multi_tensor_norm(ours, p))
+        if rest and _torch_foreach(rest, device, foreach):
+            norms.extend(torch._foreach_norm(rest, p))
+        elif rest:
+            norms.extend(torch.linalg.vector_norm(t, p) for t in rest)
+    if len(norms) == 1 and norms[0].dtype in (torch.float32, torch.float64):
+        return norms[0]
+    dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
+    return torch.linalg.vector_norm(torch.stack([n.to(first_device, dtype) for n in norms]), p)
+
+
+def _raise_if_nonfinite(total_norm: torch.Tensor, norm_type: float) -> None:
+    if torch.logical_or(total_norm.isnan(), total_norm.isinf()):  # the one host sync
+        raise RuntimeError(
+            f"The total norm of order {norm_type} for gradients from `parameters` is non-finite, "
+            "so it cannot be clipped. To disable this error and scale the gradients by the "
+            "non-finite norm anyway, set `error_if_nonfinite=False`")
+
+
+@torch.no_grad()
+def get_total_norm(tensors: _TensorOrTensors, norm_type: float = 2.0,
+                   error_if_nonfinite: bool = False, foreach: bool | None = None) -> torch.Tensor:
+    """The p-norm of `tensors` viewed as one vector, like torch.nn.utils.get_total_norm.
+
+    tensors: a tensor or an iterable of tensors of any shapes, dtypes and devices.
+    norm_type: p > 0, or inf. Returns a 0-d tensor on the first tensor's device, in the dtype torch
+    returns (the promotion of the tensors' dtypes), tensor(0.) for no tensors. Raises RuntimeError
+    for a NaN or infinite norm when error_if_nonfinite (which reads the norm on the host).
+    """
+    tensors = _as_list(tensors)
+    p = _norm_order("get_total_norm", norm_type)
+    if not tensors:
+        return torch.tensor(0.0)
+    total_norm = _accumulated_norm(tensors, p, foreach).to(_torch_norm_dtype(tensors))
+    if error_if_nonfinite:
+        _raise_if_nonfinite(total_norm, p)
+    return total_norm
+
+
+# --- scaling and clamping
+
+
+def _scale(grads: list[torch.Tensor], max_norm: float, total_norm: torch.Tensor, foreach) -> None:
+    """grads *= min(1, max_norm / (total_norm + 1e-6)), the coefficient computed on the device."""
+    coef = None  # torch's clip_coef_clamped, only needed for tensors our kernels cannot take
+    for device, ours, rest in _partition(grads):
+        if ours:
+            norm = total_norm.to(device)  # no copy when already there
+            if foreach is False:
+                for g in ours:
+                    _ops.multi_tensor_scale_([g], norm, max_norm)
+            else:
+                _ops.multi_tensor_scale_(ours, norm, max_norm)
+        if rest:
+            if coef is None:
+                coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+            if _torch_foreach(rest, device, foreach):
+                torch._foreach_mul_(rest, coef.to(device))
+            else:
+                for g in rest:
+                    g.mul_(coef.to(device))
+
+
+@torch.no_grad()
+def clip_grads_with_norm_(parameters: _TensorOrTensors, max_norm: float,
+                          total_norm: torch.Tensor, foreach: bool | None = None) -> None:
+    """Scales the gradients of `parameters` in place by min(1, max_norm / (total_norm + 1e-6)),
+    like torch.nn.utils.clip_grads_with_norm_.
+
+    total_norm: a tensor (as get_total_norm returns; any device) or a number. Parameters without
+    a gradient are skipped. max_norm must be >= 0.
+    """
+    parameters = _as_list(parameters)
+    max_norm = _nonnegative("clip_grads_with_norm_", "max_norm", max_norm)
+    grads = _grads(parameters)
+    if not grads:
+        return
+    if not isinstance(total_norm, torch.Tensor):
+        total_norm = torch.tensor(float(total_norm))
+    _scale(grads, max_norm, total_norm, foreach)
+
+
+@torch.no_grad()
+def clip_grad_norm_(parameters: _TensorOrTensors, max_norm: float, norm_type: float = 2.0,
+                    error_if_nonfinite: bool = False, foreach: bool | None = None) -> torch.Tensor:
+    """Clips the gradients of `parameters` in place so that their joint p-norm is at most
+    max_norm, like torch.nn.utils.clip_grad_norm_: get_total_norm, then clip_grads_with_norm_.
+
+    parameters: a tensor or an iterable of tensors (their .grad is clipped; None grads skipped).
+    max_norm >= 0; norm_type p > 0 or inf. Returns the total norm of the gradients before
+    clipping, as torch does (0-d, torch's dtype, first gradient's device). No host sync unless
+    error_if_nonfinite=True.
+    """
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    else:
+        is_generator = isinstance(parameters, types.GeneratorType)
+        parameters = list(parameters)  # a generator would be exhausted by the first pass
+        if is_generator and not parameters:
+            warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.",
+                          stacklevel=3)
+    max_norm = _nonnegative("clip_grad_norm_", "max_norm", max_norm)
+    p = _norm_order("clip_grad_norm_", norm_type)
+    grads = _grads(parameters)
+    if not grads:
+        return torch.tensor(0.0)
+    norm = _accumulated_norm(grads, p, foreach)
+    total_norm = norm.to(_torch_norm_dtype(grads))
+    if error_if_nonfinite:
+        _raise_if_nonfinite(total_norm, p)
+    _scale(grads, max_norm, norm, foreach)
+    return total_norm
+
+
+@torch.no_grad()
+def clip_grad_value_(parameters: _TensorOrTensors, clip_value: float,
+                     foreach: bool | None = None) -> None:
+    """Clamps the gradients of `parameters` in place to [-clip_value, clip_value], like
+    torch.nn.utils.clip_grad_value_ (NaN stays NaN). clip_value must be >= 0."""
+    parameters = _as_list(parameters)
+    clip_value = _nonnegative("clip_grad_value_", "clip_value", clip_value)
+    for device, ours, rest in _partition(_grads(parameters)):
+        if ours and foreach is False:
+            for g in ours:
+                _ops.multi_tensor_clamp_([g], -clip_value, clip_value)
+        elif ours:
+            _ops.multi_tensor_clamp_(ours, -clip_value, clip_value)
+        if rest and _torch_foreach(rest, device, foreach):
+            torch._foreach_clamp_min_(rest, -clip_value)
+            torch._foreach_clamp_max_(rest, clip_value)
+        elif rest:
+            for g in rest:
+                g.clamp_(min=-clip_value, max=clip_value)

@@ -1,0 +1,33 @@
+// Entry points of csrc/cpu/multi_tensor_kernels.cpp, one per compiled ISA. Each runs serially over
+// one contiguous chunk of n elements; the caller (multi_tensor.cpp) plans the chunks across all
+// tensors and splits them across threads.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+#include "../multi_tensor_math.h"
+#include "isa.h"
+
+namespace backprop_ext::cpu {
+
+// The chunk's norm partial (see multi_tensor_math.h): sum of |x|^p, or max |x| for kLinf.
+// Accumulated in float lanes for float32/float16/bfloat16, in double for float64.
+BACKPROP_EXT_DECLARE_ISA_KERNEL(
+    multi_tensor_norm_kernel,
+    double multi_tensor_norm_kernel(c10::ScalarType dtype, const void* x, int64_t n, NormKind kind,
+                                    double p))
+
+// x *= coef, in place, in opmath (coef is rounded to float first for the non-double types).
+BACKPROP_EXT_DECLARE_ISA_KERNEL(
+    multi_tensor_scale_kernel,
+    void multi_tensor_scale_kernel(c10::ScalarType dtype, void* x, int64_t n, double coef))
+
+// x = clamp(x, lo, hi), in place.
+BACKPROP_EXT_DECLARE_ISA_KERNEL(
+    multi_tensor_clamp_kernel,
+    void multi_tensor_clamp_kernel(c10::ScalarType dtype, void* x, int64_t n, double lo,
+                                   double hi))
+
+}  // namespace backprop_ext::cpu

@@ -1,0 +1,312 @@
+// Multi-tensor ops on CUDA (gradient clipping), on multi_tensor_apply.cuh:
+//   norm:  one partial per chunk, sum |x|^p (or max |x|) in opmath, block-reduced into a float64
+//          workspace; a finalize kernel combines the partials and takes the p-th root.
+//   scale: x *= min(1, max_norm / (norm + 1e-6)), each block reading the norm from device memory.
+//   clamp: x = clamp(x, lo, hi).
+// Tensors are grouped by dtype (one kernel instantiation per dtype), each group packed into as
+// few launches as the argument space allows. Nothing waits for the device: all work, including
+// copies of non-dense tensors, is queued on the current stream.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <utility>
+#include <vector>
+
+#include "../dispatch.h"
+#include "../multi_tensor.h"
+#include "../multi_tensor_math.h"
+#include "common.cuh"
+#include "multi_tensor_apply.cuh"
+
+namespace backprop_ext::cuda {
+namespace {
+
+constexpr int kFinalizeThreads = 256;
+
+// --- jobs (see multi_tensor_apply.cuh)
+
+template <typename scalar_t, NormKind K>
+struct NormPartialJob {
+  using T = at::opmath_type<scalar_t>;
+  double* partials;  // one per chunk of the whole call
+  T p;
+
+  __device__ void operator()(void* data, int64_t begin, int64_t n, int64_t chunk) const {
+    const NormOp<K, T> op{p};
+    T acc = T(0);
+    chunk_read(static_cast<const scalar_t*>(data) + begin, n,
+               [&](T v) { acc = op.combine(acc, op.map(v)); });
+    acc = block_reduce(acc, [](T a, T b) { return NormOp<K, T>::combine(a, b); });
+    if (threadIdx.x == 0) partials[chunk] = static_cast<double>(acc);
+  }
+};
+
+// norm_t: float for a float32 (or narrower) norm, double for a float64 one, as in torch.
+template <typename scalar_t, typename norm_t>
+struct ScaleJob {
+  const norm_t* norm;
+  norm_t max_norm;
+
+  __device__ void operator()(void* data, int64_t begin, int64_t n, int64_t) const {
+    using T = at::opmath_type<scalar_t>;
+    const T coef = static_cast<T>(clip_coefficient<norm_t>(*norm, max_norm));
+    chunk_update(static_cast<scalar_t*>(data) + begin, n, [coef](T v) { return v * coef; });
+  }
+};
+
+template <typename scalar_t>
+struct ClampJob {
+  using T = at::opmath_type<scalar_t>;
+  T lo, hi;
+
+  __device__ void operator()(void* data, int64_t begin, int64_t n, int64_t) const {
+    const T l = lo, h = hi;
+    chunk_update(static_cast<scalar_t*>(data) + begin, n,
+                 [l, h](T v) { return clamp_value(v, l, h); });
+  }
+};
+
+// --- kernels: combine the chunk partials
+
+// Norm of chunks [begin, end) by one block; valid in thread 0.
+template <NormKind K>
+__device__ double reduce_partials(const double* partials, int64_t begin, int64_t end, double p) {
+  double acc = 0;
+  for (int64_t c = begin + threadIdx.x; c < end; c += blockDim.x) {
+    acc = NormOp<K, double>::combine(acc, partials[c]);
+  }
+  acc = block_reduce(acc, [](double a, double b) { return NormOp<K, double>::combine(a, b); });
+  return NormOp<K, double>{p}.finalize(acc);
+}
+
+template <NormKind K, typename out_t>
+__global__ void __launch_bounds__(kFinalizeThreads)
+    total_norm_kernel(const double* partials, int64_t n, double p, out_t* out) {
+  const double norm = reduce_partials<K>(partials, 0, n, p);
+  if (threadIdx.x == 0) *out = static_cast<out_t>(norm);
+}
+
+// The chunk range of each of up to kMaxTensorsPerLaunch tensors, passed by value.
+struct ChunkRanges {
+  int64_t begin[kMaxTensorsPerLaunch];
+  int64_t end[kMaxTensorsPerLaunch];
+  int64_t first_out;
+};
+
+// Block t writes the norm of tensor first_out + t.
+template <NormKind K, typename out_t>
+__global__ void __launch_bounds__(kFinalizeThreads)
+    per_tensor_norm_kernel(const ChunkRanges ranges, const double* partials, double p,
+                           out_t* out) {
+  const int t = blockIdx.x;
+  const double norm = reduce_partials<K>(partials, ranges.begin[t], ranges.end[t], p);
+  if (threadIdx.x == 0) out[ranges.first_out + t] = static_cast<out_t>(norm);
+}
+
+// --- the plan: tensors grouped by dtype, chunks numbered across groups
+
+struct DtypeGroup {
+  c10::ScalarType dtype;
+  std::vector<at::Tensor> tensors;  // dense, non-empty
+  int64_t first_chunk;
+};
+
+struct Plan {
+  std::vector<FlatView> views;          // per input tensor
+  std::vector<DtypeGroup> groups;       // in order of first appearance
+  std::vector<int64_t> chunk_begin;     // per input tensor: its chunks are [begin, end)
+  std::vector<int64_t> chunk_end;
+  int64_t chunks = 0;
+};
+
+Plan make_plan(at::TensorList tensors) {
+  Plan plan;
+  const size_t n = tensors.size();
+  plan.views.reserve(n);
+  for (const at::Tensor& t : tensors) plan.views.push_back(flat_view(t));
+  std::vector<int> group_of(n);
+  for (size_t i = 0; i < n; ++i) {
+    const c10::ScalarType dtype = tensors[i].scalar_type();
+    size_t g = 0;
+    while (g < plan.groups.size() && plan.groups[g].dtype != dtype) ++g;
+    if (g == plan.groups.size()) plan.groups.push_back({dtype, {}, 0});
+    group_of[i] = static_cast<int>(g);
+  }
+  // Number the chunks group by group, tensor by tensor: the order multi_tensor_apply walks them.
+  plan.chunk_begin.assign(n, 0);
+  plan.chunk_end.assign(n, 0);
+  for (size_t g = 0; g < plan.groups.size(); ++g) {
+    plan.groups[g].first_chunk = plan.chunks;
+    for (size_t i = 0; i < n; ++i) {
+      if (group_of[i] != static_cast<int>(g)) continue;
+      plan.chunk_begin[i] = plan.chunks;
+      const at::Tensor& flat = plan.views[i].flat;
+      if (flat.numel() > 0) {
+        plan.groups[g].tensors.push_back(flat);
+        plan.chunks += num_chunks(flat.numel());
+      }
+      plan.chunk_end[i] = plan.chunks;
+    }
+  }
+  return plan;
+}
+
+// --- launchers
+
+// One float64 partial per chunk of every tensor.
+at::Tensor norm_partials(const Plan& plan, NormKind kind, double p, const at::Tensor& like) {
+  at::Tensor partials = at::empty({plan.chunks}, like.options().dtype(at::kDouble));
+  double* out = partials.mutable_data_ptr<double>();
+  for (const DtypeGroup& group : plan.groups) {
+    BACKPROP_EXT_DISPATCH_FLOATS(group.dtype, "multi_tensor_norm", [&] {
+      using T = at::opmath_type<scalar_t>;
+      visit_norm_kind(kind, [&](auto tag) {
+        constexpr NormKind K = decltype(tag)::value;
+        multi_tensor_apply(group.tensors, group.first_chunk,
+                           NormPartialJob<scalar_t, K>{out, static_cast<T>(p)});
+      });
+    });
+  }
+  return partials;
+}
+
+template <typename out_t>
+void launch_total_norm(const at::Tensor& partials, NormKind kind, double p, out_t* out) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  visit_norm_kind(kind, [&](auto tag) {
+    total_norm_kernel<decltype(tag)::value><<<1, kFinalizeThreads, 0, stream>>>(
+        partials.const_data_ptr<double>(), partials.numel(), p, out);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+template <typename out_t>
+void launch_per_tensor_norm(const Plan& plan, const at::Tensor& partials, NormKind kind, double p,
+                            out_t* out) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const auto n = static_cast<int64_t>(plan.chunk_begin.size());
+  for (int64_t first = 0; first < n; first += kMaxTensorsPerLaunch) {
+    const int64_t count = std::min<int64_t>(kMaxTensorsPerLaunch, n - first);
+    ChunkRanges ranges;
+    ranges.first_out = first;
+    for (int64_t t = 0; t < count; ++t) {
+      ranges.begin[t] = plan.chunk_begin[first + t];
+      ranges.end[t] = plan.chunk_end[first + t];
+    }
+    visit_norm_kind(kind, [&](auto tag) {
+      per_tensor_norm_kernel<decltype(tag)::value>
+          <<<static_cast<unsigned>(count), kFinalizeThreads, 0, stream>>>(
+              ranges, partials.const_data_ptr<double>(), p, out);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+}
+
+// --- ops
+
+at::Tensor multi_tensor_norm(at::TensorList tensors, double p) {
+  check_tensor_list("multi_tensor_norm", tensors);
+  const NormKind kind = parse_norm_kind("multi_tensor_norm", p);
+  const c10::cuda::CUDAGuard guard(tensors[0].device());
+  const auto options = tensors[0].options().dtype(norm_result_dtype(tensors));
+  const Plan plan = make_plan(tensors);
+  if (plan.chunks == 0) return at::zeros({}, options);
+  const at::Tensor partials = norm_partials(plan, kind, p, tensors[0]);
+  at::Tensor out = at::empty({}, options);
+  if (out.scalar_type() == at::kDouble) {
+    launch_total_norm(partials, kind, p, out.mutable_data_ptr<double>());
+  } else {
+    launch_total_norm(partials, kind, p, out.mutable_data_ptr<float>());
+  }
+  return out;
+}
+
+at::Tensor multi_tensor_norm_per_tensor(at::TensorList tensors, double p) {
+  check_tensor_list("multi_tensor_norm_per_tensor", tensors);
+  const NormKind kind = parse_norm_kind("multi_tensor_norm_per_tensor", p);
+  const c10::cuda::CUDAGuard guard(tensors[0].device());
+  const auto options = tensors[0].options().dtype(norm_result_dtype(tensors));
+  const auto n = static_cast<int64_t>(tensors.size());
+  const Plan plan = make_plan(tensors);
+  if (plan.chunks == 0) return at::zeros({n}, options);
+  const at::Tensor partials = norm_partials(plan, kind, p, tensors[0]);
+  at::Tensor out = at::empty({n}, options);
+  if (out.scalar_type() == at::kDouble) {
+    launch_per_tensor_norm(plan, partials, kind, p, out.mutable_data_ptr<double>());
+  } else {
+    launch_per_tensor_norm(plan, partials, kind, p, out.mutable_data_ptr<float>());
+  }
+  return out;
+}
+
+// Results of non-dense tensors were computed on contiguous copies: write them back (queued on
+// the stream like everything else).
+void copy_back(at::TensorList tensors, const Plan& plan) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (plan.views[i].is_copy) tensors[i].copy_(plan.views[i].flat);
+  }
+}
+
+void multi_tensor_scale_(at::TensorList tensors, const at::Tensor& total_norm, double max_norm) {
+  check_tensor_list("multi_tensor_scale_", tensors);
+  check_writable("multi_tensor_scale_", tensors);
+  TORCH_CHECK(total_norm.numel() == 1, "multi_tensor_scale_: expected total_norm to hold one "
+              "value, but got a tensor of shape ", total_norm.sizes());
+  check_float("multi_tensor_scale_", "total_norm", total_norm);
+  TORCH_CHECK(total_norm.device() == tensors[0].device(), "multi_tensor_scale_: expected "
+              "total_norm on the tensors' device (", tensors[0].device(), "), but it is on ",
+              total_norm.device());
+  TORCH_CHECK(max_norm >= 0, "multi_tensor_scale_: expected max_norm >= 0, but got ", max_norm);
+  const c10::cuda::CUDAGuard guard(tensors[0].device());
+  // The coefficient is computed in the norm's precision, as torch does: float64 stays, float32
+  // stays, float16/bfloat16 are read as float32 (their opmath).
+  const at::Tensor norm = total_norm.scalar_type() == at::kDouble
+      ? total_norm.contiguous() : total_norm.to(at::kFloat).contiguous();
+  const Plan plan = make_plan(tensors);
+  for (const DtypeGroup& group : plan.groups) {
+    BACKPROP_EXT_DISPATCH_FLOATS(group.dtype, "multi_tensor_scale_", [&] {
+      if (norm.scalar_type() == at::kDouble) {
+        multi_tensor_apply(group.tensors, 0,
+                           ScaleJob<scalar_t, double>{norm.const_data_ptr<double>(), max_norm});
+      } else {
+        multi_tensor_apply(group.tensors, 0,
+                           ScaleJob<scalar_t, float>{norm.const_data_ptr<float>(),
+                                                     static_cast<float>(max_norm)});
+      }
+    });
+  }
+  copy_back(tensors, plan);
+}
+
+void multi_tensor_clamp_(at::TensorList tensors, double lo, double hi) {
+  check_tensor_list("multi_tensor_clamp_", tensors);
+  check_writable("multi_tensor_clamp_", tensors);
+  TORCH_CHECK(lo <= hi, "multi_tensor_clamp_: expected lo <= hi (and neither NaN), but got lo = ",
+              lo, " and hi = ", hi);
+  const c10::cuda::CUDAGuard guard(tensors[0].device());
+  const Plan plan = make_plan(tensors);
+  for (const DtypeGroup& group : plan.groups) {
+    BACKPROP_EXT_DISPATCH_FLOATS(group.dtype, "multi_tensor_clamp_", [&] {
+      using T = at::opmath_type<scalar_t>;
+      multi_tensor_apply(group.tensors, 0,
+                         ClampJob<scalar_t>{static_cast<T>(lo), static_cast<T>(hi)});
+    });
+  }
+  copy_back(tensors, plan);
+}
+
+}  // namespace
+
+// --- registration
+
+TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) {
+  m.impl("multi_tensor_norm", &multi_tensor_norm);
+  m.impl("multi_tensor_norm_per_tensor", &multi_tensor_norm_per_tensor);
+  m.impl("multi_tensor_scale_", &multi_tensor_scale_);
+  m.impl("multi_tensor_clamp_", &multi_tensor_clamp_);
+}
+
+}  // namespace backprop_ext::cuda
