@@ -15,10 +15,10 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken instal
         "`python setup.py build_ext --inplace`) using the same torch you import."
     ) from e
 
-from . import activation, functional, nn  # noqa: E402
+from . import activation, functional, linear, nn  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["activation", "functional", "nn", "cuda_built"]
+__all__ = ["activation", "functional", "linear", "nn", "cuda_built"]
 
 
 def cuda_built() -> bool:

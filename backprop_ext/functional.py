@@ -1,5 +1,6 @@
 """torch.nn.functional-shaped entry points: same names, argument names and defaults."""
 
 from .activation import gelu, leaky_relu, relu, sigmoid, silu, softplus, tanh
+from .linear import linear
 
-__all__ = ["relu", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "softplus"]
+__all__ = ["relu", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "softplus", "linear"]
