@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .testing import ACTIVATION_CASES, DTYPES, compare, devices
+from .testing import ACTIVATION_CASES, DTYPES, LINEAR_CASES, compare, devices
 
 
 @dataclasses.dataclass
@@ -44,16 +44,33 @@ def _activation_checks() -> list[CheckCase]:
     return [CheckCase(c.label, c.ours, c.torch, make) for c in ACTIVATION_CASES]
 
 
+def _linear_checks() -> list[CheckCase]:
+    """linear() with each activation, as a function of its input; the weight and bias are fixed
+    (tests/test_linear.py checks the gradients of all three)."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(24, 16, generator=g, dtype=torch.float64) / 4
+    bias = torch.randn(24, generator=g, dtype=torch.float64) / 4
+
+    def make(device, dtype):
+        x = torch.randn(37, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        return x.to(device=device, dtype=dtype)
+
+    def bind(fn):
+        return lambda x: fn(x, weight.to(x), bias.to(x))
+
+    return [CheckCase(c.label, bind(c.ours), bind(c.torch), make) for c in LINEAR_CASES]
+
+
 def all_cases() -> list[CheckCase]:
-    return _activation_checks()
+    return _activation_checks() + _linear_checks()
 
 
 def _parity(case: CheckCase, device: str, dtype: torch.dtype) -> CheckResult:
     x = case.make(device, dtype)
-    g = torch.randn(x.shape, dtype=torch.float64).to(device=device, dtype=dtype)
     xo, xt, xr = (x.detach().requires_grad_(), x.detach().requires_grad_(),
                   x.detach().double().requires_grad_())
     yo, yt, yr = case.ours(xo), case.theirs(xt), case.theirs(xr)
+    g = torch.randn(yr.shape, dtype=torch.float64).to(device=device, dtype=dtype)
     fwd = compare(yo, yt, yr)
     yo.backward(g)
     yt.backward(g)
