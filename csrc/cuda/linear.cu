@@ -52,10 +52,11 @@ constexpr int kBwdRowThreads = 8;   // warps of a block, each on its own rows
 constexpr int kBwdRowUnroll = 4;    // rows in flight per thread
 constexpr int64_t kMinRowsPerSplit = 32;
 
-// gz = op(g, s) over rows [blockIdx.y * rows_per_split, ...) of the column strip of this block;
-// with kSum, also the strip's column sums of gz (unrounded, in opmath) into partial[blockIdx.y].
-// With kVec > 1, n is a multiple of kVec and the pointers 16-byte aligned.
-template <int kVec, bool kSum, typename scalar_t, typename Op>
+// gz = op(g, s) over rows [blockIdx.y * rows_per_split, ...) of the column strip of this block,
+// and the strip's column sums of gz over those rows (unrounded, in opmath) into
+// partial[blockIdx.y]. With kVec > 1, n is a multiple of kVec and the pointers 16-byte aligned.
+// (Without a bias to differentiate, common.cuh's launch_binary does the elementwise part alone.)
+template <int kVec, typename scalar_t, typename Op>
 __global__ void __launch_bounds__(kBwdColThreads * kBwdRowThreads)
     bias_act_bwd_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ s,
                         scalar_t* __restrict__ gz, at::opmath_type<scalar_t>* __restrict__ partial,
@@ -90,27 +91,25 @@ __global__ void __launch_bounds__(kBwdColThreads * kBwdRowThreads)
           for (int k = 0; k < kVec; ++k) {
             const T d = op(static_cast<T>(in_g[u].v[k]), static_cast<T>(in_s[u].v[k]));
             out.v[k] = static_cast<scalar_t>(d);
-            if constexpr (kSum) acc[k] += d;
+            acc[k] += d;
           }
           *reinterpret_cast<P*>(gz + r * n + col) = out;
         }
       }
     }
   }
-  if constexpr (kSum) {
-    // The block's kBwdRowThreads partial sums of each column, added in a fixed order.
-    __shared__ T sums[kBwdRowThreads][kBwdColThreads * kVec];
+  // The block's kBwdRowThreads partial sums of each column, added in a fixed order.
+  __shared__ T sums[kBwdRowThreads][kBwdColThreads * kVec];
 #pragma unroll
-    for (int k = 0; k < kVec; ++k) sums[threadIdx.y][threadIdx.x * kVec + k] = acc[k];
-    __syncthreads();
-    if (threadIdx.y == 0 && col < n) {
+  for (int k = 0; k < kVec; ++k) sums[threadIdx.y][threadIdx.x * kVec + k] = acc[k];
+  __syncthreads();
+  if (threadIdx.y == 0 && col < n) {
 #pragma unroll
-      for (int k = 0; k < kVec; ++k) {
-        T total = T(0);
+    for (int k = 0; k < kVec; ++k) {
+      T total = T(0);
 #pragma unroll
-        for (int y = 0; y < kBwdRowThreads; ++y) total += sums[y][threadIdx.x * kVec + k];
-        partial[int64_t(blockIdx.y) * n + col + k] = total;
-      }
+      for (int y = 0; y < kBwdRowThreads; ++y) total += sums[y][threadIdx.x * kVec + k];
+      partial[int64_t(blockIdx.y) * n + col + k] = total;
     }
   }
 }
@@ -166,7 +165,8 @@ std::tuple<at::Tensor, at::Tensor> bias_act_bwd(const at::Tensor& g, const at::T
     splits = std::min<int64_t>(splits, 65535);
     const int64_t rows_per_split = (m + splits - 1) / splits;
     splits = (m + rows_per_split - 1) / rows_per_split;
-    at::Tensor partial = at::empty({splits, n}, g.options().dtype(at::toOpMathType(g.scalar_type())));
+    at::Tensor partial =
+        at::empty({splits, n}, g.options().dtype(at::toOpMathType(g.scalar_type())));
 
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     const dim3 grid(static_cast<unsigned>(strips), static_cast<unsigned>(splits));
@@ -175,12 +175,12 @@ std::tuple<at::Tensor, at::Tensor> bias_act_bwd(const at::Tensor& g, const at::T
       constexpr Activation A = decltype(tag)::value;
       const ActivationBackward<A, T> op{T(p0), T(p1)};
       if (vectorized) {
-        bias_act_bwd_kernel<kVec, true><<<grid, block, 0, stream>>>(
+        bias_act_bwd_kernel<kVec><<<grid, block, 0, stream>>>(
             g.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(),
             gz.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<T>(), m, n, rows_per_split,
             op);
       } else {
-        bias_act_bwd_kernel<1, true><<<grid, block, 0, stream>>>(
+        bias_act_bwd_kernel<1><<<grid, block, 0, stream>>>(
             g.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(),
             gz.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<T>(), m, n, rows_per_split,
             op);
@@ -340,8 +340,9 @@ bool run_lt_gemm(const LtGemm& g, at::ScalarType dtype) {
   int found = 0;
   const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
       handle, desc.raw, a.raw, b.raw, d.raw, d.raw, pref.raw, 1, &heuristic, &found);
-  if (status == CUBLAS_STATUS_NOT_SUPPORTED || found == 0) return false;
-  TORCH_CUDABLAS_CHECK(status);
+  // An epilogue, type or alignment cuBLASLt does not support shows here, as an error status or as
+  // no algorithm found: either way the caller takes the ATen route.
+  if (status != CUBLAS_STATUS_SUCCESS || found == 0) return false;
   TORCH_CUDABLAS_CHECK(cublasLtMatmul(handle, desc.raw, alpha, g.a, a.raw, g.b, b.raw, beta, g.d,
                                       d.raw, g.d, d.raw, &heuristic.algo,
                                       at::cuda::getCUDABlasLtWorkspace(), workspace_size,
