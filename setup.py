@@ -101,12 +101,14 @@ def _cublaslt_link_args():
     run time the copy torch has already loaded is the one used.
     """
     home = cpp_extension.CUDA_HOME
-    for lib_dir in [os.path.join(home, "lib64")] + glob.glob(os.path.join(home, "targets", "*", "lib")):
+    lib_dirs = [os.path.join(home, "lib64")] + glob.glob(os.path.join(home, "targets", "*", "lib"))
+    for lib_dir in lib_dirs:
         if os.path.exists(os.path.join(lib_dir, "libcublasLt.so")):
             return [f"-L{lib_dir}", "-lcublasLt"]
     major = torch.version.cuda.split(".")[0]
     for site in sys.path:
-        found = sorted(glob.glob(os.path.join(site, "nvidia", "*", "lib", f"libcublasLt.so.{major}*")))
+        pattern = os.path.join(site, "nvidia", "*", "lib", f"libcublasLt.so.{major}*")
+        found = sorted(glob.glob(pattern))
         if found:
             lib_dir, name = os.path.split(found[-1])
             _log(f"cuBLASLt taken from {found[-1]}")

@@ -78,7 +78,8 @@ def parse_activation(spec) -> tuple[str, float, float]:
         )
     if name not in ACTIVATIONS:
         raise ValueError(
-            f"backprop_ext.linear: unknown activation {name!r}; expected None or one of {ACTIVATIONS}"
+            f"backprop_ext.linear: unknown activation {name!r}; expected None or one of "
+            f"{ACTIVATIONS}"
         )
     params = _ACTIVATION_PARAMS.get(name, ())
     if len(args) > len(params):

@@ -41,8 +41,8 @@ inline void check_linear_args(const char* op, const at::Tensor& input, const at:
               weight.sizes());
   check_same(op, "input", input, "weight", weight);
   TORCH_CHECK(input.size(-1) == weight.size(1), op,
-              ": expected input.shape[-1] == weight.shape[1] (in_features), but got input of shape ",
-              input.sizes(), " and weight of shape ", weight.sizes());
+              ": expected input.shape[-1] == weight.shape[1] (in_features), but got input of "
+              "shape ", input.sizes(), " and weight of shape ", weight.sizes());
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
                 ": expected bias of shape (out_features,) = (", weight.size(0),

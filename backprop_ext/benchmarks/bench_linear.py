@@ -31,6 +31,10 @@ OPS = {
 }
 
 
+def _ours_fn(spec):
+    return lambda x, w, b: BF.linear(x, w, b, activation=spec)
+
+
 def _torch_fn(act):
     if act is None:
         return TF.linear
@@ -65,8 +69,7 @@ def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled
             for name in ops or OPS:
                 spec, act, act_bwd = OPS[name]
                 op_name, p0, p1 = parse_activation(spec)
-                ours_fn = lambda x, w, b, spec=spec: BF.linear(x, w, b, activation=spec)  # noqa: E731
-                torch_fn = _torch_fn(act)
+                ours_fn, torch_fn = _ours_fn(spec), _torch_fn(act)
                 comp_fn = torch.compile(torch_fn) if compiled else None
                 common = dict(family=FAMILY, op=name, shape=f"M={m},K={k},N={n}",
                               dtype=dtype_name, device=device)

@@ -153,8 +153,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_bwd(
 
   at::Tensor grad_preact, grad_bias;
   if (act.has_value()) {
-    std::tie(grad_preact, grad_bias) = bias_act_bwd(g.contiguous(), saved.reshape({m, n}).contiguous(),
-                                                    *act, p0, p1, output_mask[2]);
+    std::tie(grad_preact, grad_bias) = bias_act_bwd(
+        g.contiguous(), saved.reshape({m, n}).contiguous(), *act, p0, p1, output_mask[2]);
   } else {
     grad_preact = g;
     if (output_mask[2]) grad_bias = g.sum(0);

@@ -324,11 +324,13 @@ bool run_lt_gemm(const LtGemm& g, at::ScalarType dtype) {
   set(pref.raw, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignment_of(g.b));
   set(pref.raw, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignment_of(g.d));
   set(pref.raw, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignment_of(g.d));
-  if (reduction.has_value() && *reduction != at::CuBLASReductionOption::AllowReducedPrecisionWithSplitK) {
+  using at::CuBLASReductionOption;
+  if (reduction.has_value() &&
+      *reduction != CuBLASReductionOption::AllowReducedPrecisionWithSplitK) {
     // Reduced-precision reductions are those in the output type (in place or staged); split-K
     // stays allowed with an fp32 reduction unless split-K itself is off.
     const uint32_t mask =
-        *reduction == at::CuBLASReductionOption::DisallowReducedPrecisionAllowSplitK
+        *reduction == CuBLASReductionOption::DisallowReducedPrecisionAllowSplitK
             ? uint32_t(CUBLASLT_REDUCTION_SCHEME_NONE) |
                   uint32_t(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)
             : uint32_t(CUBLASLT_REDUCTION_SCHEME_NONE);
