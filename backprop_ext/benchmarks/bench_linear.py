@@ -56,6 +56,12 @@ def _fwd_bwd(fn, leaves, g):
 
 
 def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled: bool = False):
+    # The GEMMs dominate and the two sides differ by a few percent at most: many short
+    # alternating rounds (rather than a few long ones) keep a load that comes and goes from
+    # landing on one side only.
+    def pair(ours, theirs):
+        return time_pair(ours, theirs, device, reps=max(3, reps // 4), rounds=12)
+
     rows = []
     kind = device.split(":")[0]
     shapes = [(s, s, s) for s in sizes] if sizes else DEFAULT_SHAPES[kind]
@@ -76,8 +82,7 @@ def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled
                 flops = 2 * m * n * k
 
                 with torch.no_grad():
-                    ms, tms = time_pair(lambda: ours_fn(x, w, b), lambda: torch_fn(x, w, b),
-                                        device, reps)
+                    ms, tms = pair(lambda: ours_fn(x, w, b), lambda: torch_fn(x, w, b))
                     cms = time_ms(lambda: comp_fn(x, w, b), device, reps) if compiled else None
                 rows.append(Row(direction="fwd", ms=ms, torch_ms=tms, compiled_ms=cms,
                                 flops=flops, **common))
@@ -87,16 +92,15 @@ def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled
                 y = z if act is None else act(z)
                 _, preact = torch.ops.backprop_ext.linear_fwd(x, w, b, op_name, p0, p1, True)
                 saved = preact if preact.numel() else y
-                ms, tms = time_pair(
+                ms, tms = pair(
                     lambda: torch.ops.backprop_ext.linear_bwd(g, x, w, saved, op_name, p0, p1,
                                                               [True, True, True]),
-                    lambda: _torch_backward(act_bwd, g, x, w, z, y), device, reps)
+                    lambda: _torch_backward(act_bwd, g, x, w, z, y))
                 rows.append(Row(direction="bwd", ms=ms, torch_ms=tms, flops=2 * flops, **common))
                 del z, y, preact, saved
 
                 leaves = [t.detach().requires_grad_() for t in (x, w, b)]
-                ms, tms = time_pair(_fwd_bwd(ours_fn, leaves, g), _fwd_bwd(torch_fn, leaves, g),
-                                    device, reps)
+                ms, tms = pair(_fwd_bwd(ours_fn, leaves, g), _fwd_bwd(torch_fn, leaves, g))
                 cms = time_ms(_fwd_bwd(comp_fn, leaves, g), device, reps) if compiled else None
                 rows.append(Row(direction="fwd+bwd", ms=ms, torch_ms=tms, compiled_ms=cms,
                                 flops=3 * flops, **common))

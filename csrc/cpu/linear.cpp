@@ -72,7 +72,8 @@ std::tuple<at::Tensor, at::Tensor> bias_act_bwd(const at::Tensor& g, const at::T
   }
   const int64_t tile_cols = std::min(n, kLinearMaxTileCols);
   const int64_t col_tiles = (n + tile_cols - 1) / tile_cols;
-  const int64_t tile_rows = std::max<int64_t>(32, kBwdTaskElems / tile_cols);
+  // At least 64 rows a tile keeps `partial` under 1/64 of the gradient's size.
+  const int64_t tile_rows = std::max<int64_t>(64, kBwdTaskElems / tile_cols);
   const int64_t row_tiles = (m + tile_rows - 1) / tile_rows;
   at::Tensor partial = want_bias ? at::empty({row_tiles, n}, g.options().dtype(opmath))
                                  : at::Tensor();
