@@ -230,14 +230,23 @@ class LinearFunction(torch.autograd.Function):
         mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 ctx.needs_input_grad[2] and ctx.has_bias)
         empty = input.new_empty((0,))
+        # A plain backward (no create_graph, no functorch transform) builds no graph: it calls
+        # the ops directly, without the differentiable Functions' bookkeeping.
+        plain = not torch.is_grad_enabled()
         if ctx.recompute:
-            # z = x W^T + b once more, through this Function so that a double backward sees it.
-            saved = _forward_fn().apply(input, weight, bias, "none", 0.0, 0.0, False)[0]
+            # z = x W^T + b once more; through this Function when a double backward will see it.
+            args = (input, weight, bias, "none", 0.0, 0.0, False)
+            saved = (_ops.linear_fwd(*args) if plain else _forward_fn().apply(*args))[0]
+        saved = saved if saved is not None else empty
+        if plain and grad_out is not None and grad_preact is None:
+            grads = _ops.linear_bwd(grad_out, input, weight, saved, ctx.activation, ctx.p0,
+                                    ctx.p1, list(mask))
+            return (*(g if m else None for g, m in zip(grads, mask)), None, None, None, None)
         grads = [None, None, None]
         bwd = _backward_fn()
         if grad_out is not None:
-            grads = list(bwd.apply(grad_out, input, weight, saved if saved is not None else empty,
-                                   ctx.activation, ctx.p0, ctx.p1, mask))
+            grads = list(bwd.apply(grad_out, input, weight, saved, ctx.activation, ctx.p0, ctx.p1,
+                                   mask))
         if grad_preact is not None and ctx.preact_kept:
             # Only a double backward sends a gradient into preact: dz adds to dz from dout.
             extra = bwd.apply(grad_preact, input, weight, empty, "none", 0.0, 0.0, mask)
