@@ -7,6 +7,8 @@ TFLOP/s count the matrix products only: 2 M N K forward, 4 M N K backward, 6 M N
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 import torch.nn.functional as TF
 
@@ -56,11 +58,19 @@ def _fwd_bwd(fn, leaves, g):
 
 
 def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled: bool = False):
-    # The GEMMs dominate and the two sides differ by a few percent at most: many short
-    # alternating rounds (rather than a few long ones) keep a load that comes and goes from
-    # landing on one side only.
+    # The GEMMs dominate and the two sides differ by a few percent at most: many short rounds
+    # (rather than a few long ones), each side going first in every other one, keep a load that
+    # comes and goes, or the order, from favouring one side.
     def pair(ours, theirs):
-        return time_pair(ours, theirs, device, reps=max(3, reps // 4), rounds=12)
+        a, b = [], []
+        for r in range(12):
+            if r % 2 == 0:
+                ms, tms = time_pair(ours, theirs, device, reps=max(3, reps // 4), rounds=1)
+            else:
+                tms, ms = time_pair(theirs, ours, device, reps=max(3, reps // 4), rounds=1)
+            a.append(ms)
+            b.append(tms)
+        return statistics.median(a), statistics.median(b)
 
     rows = []
     kind = device.split(":")[0]
