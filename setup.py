@@ -92,6 +92,31 @@ def _cuda_library_include_dirs():
     return dirs
 
 
+def _cublaslt_link_args():
+    """Linker arguments for cuBLASLt (csrc/cuda/linear.cu calls it directly).
+
+    A full toolkit has libcublasLt.so in lib64 (or targets/<arch>/lib). A toolkit without the CUDA
+    libraries links against the copy in torch's nvidia-* wheel, which ships only the versioned file,
+    so it is named exactly with -l:. Either way the library's soname is the versioned one, and at
+    run time the copy torch has already loaded is the one used.
+    """
+    home = cpp_extension.CUDA_HOME
+    lib_dirs = [os.path.join(home, "lib64")] + glob.glob(os.path.join(home, "targets", "*", "lib"))
+    for lib_dir in lib_dirs:
+        if os.path.exists(os.path.join(lib_dir, "libcublasLt.so")):
+            return [f"-L{lib_dir}", "-lcublasLt"]
+    major = torch.version.cuda.split(".")[0]
+    for site in sys.path:
+        pattern = os.path.join(site, "nvidia", "*", "lib", f"libcublasLt.so.{major}*")
+        found = sorted(glob.glob(pattern))
+        if found:
+            lib_dir, name = os.path.split(found[-1])
+            _log(f"cuBLASLt taken from {found[-1]}")
+            return [f"-L{lib_dir}", f"-l:{name}"]
+    _log("warning: libcublasLt not found; linking backprop_ext._C may fail")
+    return ["-lcublasLt"]
+
+
 # Instruction sets the *_kernels.cpp files are compiled for, with the flags ATen uses for them.
 _X86_ISAS = {
     "DEFAULT": [],
@@ -163,7 +188,7 @@ def _extension():
         "backprop_ext._C", sources,
         include_dirs=_cuda_library_include_dirs(),
         extra_compile_args={"cxx": cxx + ["-DBACKPROP_EXT_WITH_CUDA"], "nvcc": nvcc},
-        extra_link_args=link,
+        extra_link_args=link + _cublaslt_link_args(),
     ), isas
 
 

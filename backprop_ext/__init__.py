@@ -15,11 +15,13 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken instal
         "`python setup.py build_ext --inplace`) using the same torch you import."
     ) from e
 
-from . import activation, checkpoint, functional, multi_tensor, nn, softmax, utils  # noqa: E402
+from . import (  # noqa: E402
+    activation, checkpoint, functional, linear, multi_tensor, nn, softmax, utils,
+)
 
 __version__ = "0.1.0"
-__all__ = ["activation", "checkpoint", "functional", "multi_tensor", "nn", "softmax", "utils",
-           "cuda_built"]
+__all__ = ["activation", "checkpoint", "functional", "linear", "multi_tensor", "nn", "softmax",
+           "utils", "cuda_built"]
 
 
 def cuda_built() -> bool:

@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .testing import ACTIVATION_CASES, DTYPES, compare, devices
+from .testing import ACTIVATION_CASES, DTYPES, LINEAR_CASES, compare, devices
 
 
 @dataclasses.dataclass
@@ -98,10 +98,6 @@ def _checkpoint_checks() -> list[CheckCase]:
                       make)]
 
 
-def all_cases() -> list[CheckCase]:
-    return _activation_checks() + _softmax_checks() + _checkpoint_checks()
-
-
 def _clip_checks(device: str, dtypes) -> list[CheckResult]:
     """clip_grad_norm_ (every norm order) and clip_grad_value_ against torch.nn.utils' on the
     same gradients, by the float64-reference rule: returned norm and clipped gradients."""
@@ -150,11 +146,33 @@ def _clip_checks(device: str, dtypes) -> list[CheckResult]:
     return results
 
 
+def _linear_checks() -> list[CheckCase]:
+    """linear() with each activation, as a function of its input; the weight and bias are fixed
+    (tests/test_linear.py checks the gradients of all three)."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(24, 16, generator=g, dtype=torch.float64) / 4
+    bias = torch.randn(24, generator=g, dtype=torch.float64) / 4
+
+    def make(device, dtype):
+        x = torch.randn(37, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        return x.to(device=device, dtype=dtype)
+
+    def bind(fn):
+        return lambda x: fn(x, weight.to(x), bias.to(x))
+
+    return [CheckCase(c.label, bind(c.ours), bind(c.torch), make) for c in LINEAR_CASES]
+
+
+def all_cases() -> list[CheckCase]:
+    return _activation_checks() + _linear_checks() + _softmax_checks() + _checkpoint_checks()
+
+
 def _parity(case: CheckCase, device: str, dtype: torch.dtype) -> CheckResult:
     x = case.make(device, dtype)
     xo, xt, xr = (x.detach().requires_grad_(), x.detach().requires_grad_(),
                   x.detach().double().requires_grad_())
     yo, yt, yr = case.ours(xo), case.theirs(xt), case.theirs(xr)
+    g = torch.randn(yr.shape, dtype=torch.float64).to(device=device, dtype=dtype)
     fwd = compare(yo, yt, yr)
     g = torch.randn(yr.shape, dtype=torch.float64).to(device=device, dtype=yo.dtype)
     yo.backward(g)

@@ -80,11 +80,13 @@ def run(device: str = "cpu", epochs: int = 5, batch: int = 64, check: bool = Tru
     torch.manual_seed(0)
     x_tr, y_tr, x_te, y_te = load_digits(device)
     reference = make_model().to(device)
-    ours = bnn.convert(copy.deepcopy(reference))
+    # Every layer swapped for ours, each activation fused into the Linear before it.
+    ours = bnn.convert(copy.deepcopy(reference), fuse=True)
     swapped = sum(type(m).__module__ == bnn.__name__ for m in ours.modules())
+    fused = sum(getattr(m, "activation", None) is not None for m in ours.modules())
     steps = epochs * ((len(x_tr) + batch - 1) // batch)
     print(f"digits: {len(x_tr)} train / {len(x_te)} test images; device {device}; "
-          f"{swapped} layers swapped for backprop_ext's")
+          f"{swapped} layers swapped for backprop_ext's, {fused} activations fused into them")
 
     results = {}
     for name, model in (("torch", reference), ("backprop_ext", ours)):

@@ -108,3 +108,31 @@ ACTIVATION_CASES = (
     ActivationCase("softplus"),
     ActivationCase("softplus", (("beta", 2.0), ("threshold", 5.0))),
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearCase:
+    """linear() with one activation (or none): ours fused, torch's as F.linear then F.<act>."""
+
+    act: ActivationCase | None = None
+
+    @property
+    def label(self) -> str:
+        return "linear" if self.act is None else f"linear+{self.act.label}"
+
+    @property
+    def activation(self):
+        """Our linear()'s activation argument: (name, {torch's keyword arguments})."""
+        return None if self.act is None else (self.act.name, dict(self.act.kwargs))
+
+    def ours(self, x, weight, bias=None, **extra):
+        from . import functional as BF
+
+        return BF.linear(x, weight, bias, activation=self.activation, **extra)
+
+    def torch(self, x, weight, bias=None):
+        z = TF.linear(x, weight, bias)
+        return z if self.act is None else self.act.torch(z)
+
+
+LINEAR_CASES = (LinearCase(),) + tuple(LinearCase(c) for c in ACTIVATION_CASES)

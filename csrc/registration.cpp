@@ -42,6 +42,17 @@ TORCH_LIBRARY(backprop_ext, m) {
   m.def("multi_tensor_scale_(Tensor(a!)[] tensors, Tensor total_norm, float max_norm) -> ()");
   // tensors = clamp(tensors, lo, hi).
   m.def("multi_tensor_clamp_(Tensor(a!)[] tensors, float lo, float hi) -> ()");
+
+  // --- linear family: out = act(input @ weight^T + bias), activation "none" or one of the above.
+  // `preact` is the pre-activation, returned only when save_preact is set and backward needs it
+  // (not for relu, sigmoid and tanh, whose derivative reads the output); otherwise it is empty.
+  m.def("linear_fwd(Tensor input, Tensor weight, Tensor? bias, str activation, float p0, "
+        "float p1, bool save_preact) -> (Tensor out, Tensor preact)");
+  // `saved` is what backward reads: preact, or out for relu, sigmoid and tanh (ignored for "none").
+  // Gradients not asked for in output_mask come back empty.
+  m.def("linear_bwd(Tensor grad_output, Tensor input, Tensor weight, Tensor saved, "
+        "str activation, float p0, float p1, bool[3] output_mask) -> "
+        "(Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
 }
 
 // The compiled module only carries the registrations above; importing it runs them.

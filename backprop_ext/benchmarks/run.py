@@ -11,10 +11,11 @@ import sys
 
 import torch
 
-from . import bench_activation, bench_softmax, bench_utils
+from . import bench_activation, bench_linear, bench_softmax, bench_utils
 from .common import copy_bandwidth_gbps, environment, format_table, plot, write_csv, write_json
 
-FAMILIES = {"activation": bench_activation, "softmax": bench_softmax, "utils": bench_utils}
+FAMILIES = {"activation": bench_activation, "linear": bench_linear, "softmax": bench_softmax,
+            "utils": bench_utils}
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -24,7 +25,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--ops", nargs="*", default=None, help="ops within the families")
     p.add_argument("--dtypes", nargs="*", default=None,
                    choices=["float64", "float32", "float16", "bfloat16"])
-    p.add_argument("--sizes", nargs="*", type=int, default=None, help="element counts")
+    p.add_argument("--sizes", nargs="*", type=int, default=None,
+                   help="element counts (linear: M = K = N = size)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile columns (GPU)")

@@ -1,118 +1,18 @@
 // Vectorized activation loops (at::vec), compiled once per ISA with CPU_CAPABILITY set by
-// setup.py. The math mirrors activation_math.h lane for lane; the scalar tail calls those very
-// functors, so vector and tail agree to the rounding of the libm/Sleef functions used.
+// setup.py. The vector math is vec_math.h's; the scalar tail calls activation_math.h's functors.
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include "../dispatch.h"
 #include "activation_kernels.h"
+#include "vec_math.h"
 
 namespace backprop_ext::cpu {
 namespace CPU_CAPABILITY {  // DEFAULT, AVX2 or AVX512: see isa.h
 namespace {
 
 using at::vec::Vectorized;
-
-// --- the math on vectors of T (float or double)
-
-// tanh for float lanes, cheaper than Sleef's vector tanh (which is several times the cost of
-// its exp) at the same accuracy: an odd Taylor polynomial where |x| < 0.55 (the first omitted
-// term is below 2e-8 relative, under float rounding), and 1 - 2 / (e^{2|x|} + 1) elsewhere, where
-// tanh > 0.5 so the subtraction loses nothing. |x| is clamped where tanh rounds to 1.
-inline Vectorized<float> fast_tanh(Vectorized<float> x) {
-  using V = Vectorized<float>;
-  const V a = at::vec::minimum(x.abs(), V(10.f));
-  const V x2 = x * x;
-  // tanh(x) = x (1 + x^2 (c1 + x^2 (c2 + ...))), Taylor coefficients of tanh.
-  V p(-0.00059002744f);                          // -6404582/10854718875
-  p = at::vec::fmadd(p, x2, V(0.0014558344f));   // 929569/638512875
-  p = at::vec::fmadd(p, x2, V(-0.0035921280f));  // -21844/6081075
-  p = at::vec::fmadd(p, x2, V(0.0088632355f));   // 1382/155925
-  p = at::vec::fmadd(p, x2, V(-0.021869488f));   // -62/2835
-  p = at::vec::fmadd(p, x2, V(0.053968254f));    // 17/315
-  p = at::vec::fmadd(p, x2, V(-0.13333334f));    // -2/15
-  p = at::vec::fmadd(p, x2, V(0.33333334f));     // 1/3
-  const V small = x - x * x2 * p;
-  const V large_abs = V(1.f) - V(2.f) / ((a + a).exp() + V(1.f));
-  const V large = V::blendv(large_abs, V(0.f) - large_abs, x < V(0.f));
-  const V t = V::blendv(large, small, a < V(0.55f));
-  return V::blendv(t, x, x.isnan());  // NaN in, NaN out
-}
-
-template <typename T>
-Vectorized<T> vec_tanh(Vectorized<T> x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return fast_tanh(x);
-  } else {
-    return x.tanh();
-  }
-}
-
-template <Activation A, typename T>
-struct VecForward {
-  using V = Vectorized<T>;
-  T p0, p1;
-  V operator()(V x) const {
-    using C = math::GeluConstants<T>;
-    const V zero(T(0)), one(T(1)), half(T(0.5));
-    if constexpr (A == Activation::kRelu) {
-      return V::blendv(x, zero, x < zero);
-    } else if constexpr (A == Activation::kLeakyRelu) {
-      return V::blendv(x * V(p0), x, x > zero);
-    } else if constexpr (A == Activation::kGelu) {
-      return x * half * (one + (x * V(C::kAlpha)).erf());
-    } else if constexpr (A == Activation::kGeluTanh) {
-      const V inner = V(C::kBeta) * (x + V(C::kKappa) * x * x * x);
-      return half * x * (one + vec_tanh(inner));
-    } else if constexpr (A == Activation::kSilu) {
-      return x / (one + x.neg().exp());
-    } else if constexpr (A == Activation::kSigmoid) {
-      return one / (one + x.neg().exp());
-    } else if constexpr (A == Activation::kTanh) {
-      return vec_tanh(x);
-    } else {  // kSoftplus
-      const V bx = x * V(p0);
-      return V::blendv(bx.exp().log1p() / V(p0), x, bx > V(p1));
-    }
-  }
-};
-
-template <Activation A, typename T>
-struct VecBackward {
-  using V = Vectorized<T>;
-  T p0, p1;
-  V operator()(V g, V s) const {
-    using C = math::GeluConstants<T>;
-    const V zero(T(0)), one(T(1)), half(T(0.5));
-    if constexpr (A == Activation::kRelu) {
-      return V::blendv(g, zero, s <= zero);
-    } else if constexpr (A == Activation::kLeakyRelu) {
-      return V::blendv(g * V(p0), g, s > zero);
-    } else if constexpr (A == Activation::kGelu) {
-      const V cdf = half * (one + (s * V(C::kAlpha)).erf());
-      const V pdf = V(C::kPdf) * (V(T(-0.5)) * s * s).exp();
-      return g * (cdf + s * pdf);
-    } else if constexpr (A == Activation::kGeluTanh) {
-      const V s2 = s * s;
-      const V t = vec_tanh(V(C::kBeta) * (s + V(C::kKappa) * s2 * s));
-      const V d_left = half * (one + t);
-      const V d_right = half * s * (one - t * t) * V(C::kBeta) * (one + V(T(3) * C::kKappa) * s2);
-      return g * (d_left + d_right);
-    } else if constexpr (A == Activation::kSilu) {
-      const V sig = one / (one + s.neg().exp());
-      return g * sig * (one + s * (one - sig));
-    } else if constexpr (A == Activation::kSigmoid) {
-      return g * (one - s) * s;
-    } else if constexpr (A == Activation::kTanh) {
-      return g * (one - s * s);
-    } else {  // kSoftplus
-      const V bx = s * V(p0);
-      const V z = bx.exp();
-      return V::blendv(g * z / (z + one), g, bx > V(p1));
-    }
-  }
-};
 
 // --- loops: full vectors of scalar_t, then a scalar tail. Half types widen to two float vectors.
 

@@ -1,0 +1,438 @@
+"""The linear family: out = act(input @ weight.T + bias), with the bias and activation fused into
+the matrix products' epilogues, forward and backward.
+
+Reads top to bottom: the `activation` argument, the registered ops' fake kernels, the two autograd
+Functions (the layer, and its backward as a differentiable Function), the public function.
+
+Ops (csrc/registration.cpp), `activation` being "none" or one of activation.ACTIVATIONS with that
+family's two float parameters:
+    linear_fwd(input, weight, bias, activation, p0, p1, save_preact) -> (out, preact)
+    linear_bwd(grad_out, input, weight, saved, activation, p0, p1, output_mask)
+        -> (grad_input, grad_weight, grad_bias)
+
+Kernels. CPU: the products are ATen's (at::mm / at::addmm, the BLAS torch's own linear calls);
+ours are the pass after the forward GEMM (z += b, y = act(z), one read of z) and the backward pass
+(gz = gy act'(s) and the bias gradient, the column sums of gz, in one read of gy and s).
+CUDA: the forward GEMM is a cuBLASLt call with the bias in its epilogue, followed by our
+activation kernel; the backward is our fused kernel (bias gradient reduced in fp32 in two
+deterministic stages) and the two products; with no activation the bias gradient comes from the
+weight-gradient GEMM's BGRADB epilogue. BACKPROP_EXT_LINEAR_EPILOGUE=cublaslt (read once per
+process) moves relu and gelu_tanh into cuBLASLt's own epilogues instead (RELU_BIAS, GELU_AUX_BIAS
+with the pre-activation as aux output): which of the two is faster on a given GPU is to be
+measured. The cuBLASLt calls follow torch's matmul flags (allow_tf32, the fp16/bf16
+reduced-precision and split-K settings, fp16 accumulation).
+
+Memory. Backward needs input and weight (autograd holds them for any linear layer) and one M x N
+tensor, `saved`: nothing for "none"; the output for relu, sigmoid and tanh, whose derivative reads
+it (the next layer usually holds it anyway); the pre-activation z for leaky_relu, gelu, gelu_tanh,
+silu and softplus (never z and the output both). With recompute_preact=True those keep no z:
+backward recomputes it with one more GEMM (a third more FLOPs for the layer's fwd+bwd), which saves
+M x N elements per layer for as long as the graph lives.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as TF
+
+from .activation import ACTIVATIONS, SAVES_OUTPUT, _dfactor_dsaved
+from ._autograd import pick, twin
+from .activation import _ACTIVATION_BWD
+
+__all__ = ["linear", "parse_activation"]
+
+_FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)  # autocast leaves float64 be
+
+_ops = torch.ops.backprop_ext
+
+
+# --- the activation argument
+
+# torch.nn.functional's parameters of each activation that has any, in order, with defaults.
+_ACTIVATION_PARAMS = {
+    "leaky_relu": (("negative_slope", 0.01),),
+    "gelu": (("approximate", "none"),),
+    "softplus": (("beta", 1.0), ("threshold", 20.0)),
+}
+
+
+def parse_activation(spec) -> tuple[str, float, float]:
+    """The `activation` argument of linear() -> (op name, p0, p1) for the registered ops.
+
+    spec: None; a name, "relu", "leaky_relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh" or
+    "softplus" (torch's default parameters); or a tuple of a name and its torch.nn.functional
+    parameters, positional in torch's order and/or as a trailing dict:
+    ("leaky_relu", 0.2), ("gelu", "tanh"), ("softplus", 2.0, 10.0), ("softplus", {"beta": 2.0}).
+    """
+    if spec is None:
+        return "none", 0.0, 0.0
+    if isinstance(spec, str):
+        name, args, kwargs = spec, [], {}
+    elif isinstance(spec, (tuple, list)) and spec and isinstance(spec[0], str):
+        name, args = spec[0], list(spec[1:])
+        kwargs = args.pop() if args and isinstance(args[-1], dict) else {}
+    else:
+        raise TypeError(
+            "backprop_ext.linear: activation must be None, a name or a (name, *params) tuple, "
+            f"got {spec!r}"
+        )
+    if name not in ACTIVATIONS:
+        raise ValueError(
+            f"backprop_ext.linear: unknown activation {name!r}; expected None or one of "
+            f"{ACTIVATIONS}"
+        )
+    params = _ACTIVATION_PARAMS.get(name, ())
+    if len(args) > len(params):
+        raise ValueError(
+            f"backprop_ext.linear: activation {name!r} takes {len(params)} parameter(s) "
+            f"{tuple(p for p, _ in params)}, got {len(args)} in {spec!r}"
+        )
+    values = dict(params)
+    values.update(zip((p for p, _ in params), args))
+    for key, value in kwargs.items():
+        if key not in values:
+            raise ValueError(f"backprop_ext.linear: activation {name!r} has no parameter {key!r}")
+        values[key] = value
+    if name == "gelu":
+        if values["approximate"] not in ("none", "tanh"):
+            raise ValueError(
+                "backprop_ext.linear: gelu's approximate must be 'none' or 'tanh', "
+                f"got {values['approximate']!r}"
+            )
+        return ("gelu" if values["approximate"] == "none" else "gelu_tanh"), 0.0, 0.0
+    if name == "leaky_relu":
+        return name, float(values["negative_slope"]), 0.0
+    if name == "softplus":
+        return name, float(values["beta"]), float(values["threshold"])
+    return name, 0.0, 0.0
+
+
+def _keeps_preact(activation: str) -> bool:
+    """True where backward reads the pre-activation (the derivative is a function of the input)."""
+    return activation != "none" and activation not in SAVES_OUTPUT
+
+
+# --- fake kernels (shapes, dtypes and strides for tracing and torch.compile), with the same
+# checks and messages as csrc/linear_args.h
+
+
+def _check_args(op: str, input, weight, bias) -> None:
+    if input.dtype not in _FLOAT_DTYPES:
+        raise RuntimeError(
+            f"{op}: expected input to be a float64, float32, float16 or bfloat16 tensor, "
+            f"but got {input.dtype}"
+        )
+    if input.dim() < 1:
+        raise RuntimeError(
+            f"{op}: expected input of shape (*, in_features) with at least 1 dimension, "
+            "but got a 0-d tensor"
+        )
+    if weight.dim() != 2:
+        raise RuntimeError(
+            f"{op}: expected weight of shape (out_features, in_features), but got shape "
+            f"{list(weight.shape)}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        if t.device != input.device:
+            raise RuntimeError(
+                f"{op}: expected input and {name} to be on the same device, but got input on "
+                f"{input.device} and {name} on {t.device}"
+            )
+        if t.dtype != input.dtype:
+            raise RuntimeError(
+                f"{op}: expected input and {name} to have the same dtype, but got {input.dtype} "
+                f"and {t.dtype}"
+            )
+    torch._check(
+        input.shape[-1] == weight.shape[1],
+        lambda: f"{op}: expected input.shape[-1] == weight.shape[1] (in_features), but got input "
+        f"of shape {list(input.shape)} and weight of shape {list(weight.shape)}",
+    )
+    if bias is not None:
+        torch._check(
+            bias.dim() == 1 and bias.shape[0] == weight.shape[0],
+            lambda: f"{op}: expected bias of shape (out_features,) = ({weight.shape[0]},), "
+            f"but got shape {list(bias.shape)}",
+        )
+
+
+@torch.library.register_fake("backprop_ext::linear_fwd")
+def _linear_fwd_fake(input, weight, bias, activation, p0, p1, save_preact):
+    _check_args("linear_fwd", input, weight, bias)
+    shape = (*input.shape[:-1], weight.shape[0])
+    out = input.new_empty(shape)
+    keep = save_preact and _keeps_preact(activation)
+    return out, input.new_empty(shape if keep else (0,))
+
+
+@torch.library.register_fake("backprop_ext::linear_bwd")
+def _linear_bwd_fake(grad_output, input, weight, saved, activation, p0, p1, output_mask):
+    _check_args("linear_bwd", input, weight, None)
+    shape = (*input.shape[:-1], weight.shape[0])
+    torch._check(
+        tuple(grad_output.shape) == shape,
+        lambda: f"linear_bwd: expected grad_output of shape {list(shape)}, got "
+        f"{list(grad_output.shape)}",
+    )
+    # Gradients not asked for are empty tensors, each its own (outputs never alias).
+    return (
+        input.new_empty(input.shape if output_mask[0] else (0,)),
+        weight.new_empty(weight.shape if output_mask[1] else (0,)),
+        weight.new_empty(weight.shape[:1] if output_mask[2] else (0,)),
+    )
+
+
+# --- autograd
+
+
+def _preact_grad(grad_output, saved, activation, p0, p1):
+    """gz = grad_output * act'(saved), differentiable (double backward, forward-over-reverse)."""
+    if activation == "none":
+        return grad_output
+    return pick(_ACTIVATION_BWD).apply(grad_output, saved, activation, p0, p1)
+
+
+class LinearFunction(torch.autograd.Function):
+    """(out, preact) = linear_fwd(...); linear() returns `out`.
+
+    preact is an output, not a hidden intermediate, so that double backward, which differentiates
+    the backward through the pre-activation it read, reaches the layer again through it.
+    """
+
+    @staticmethod
+    def forward(input, weight, bias, activation, p0, p1, save_preact):
+        return _ops.linear_fwd(input, weight, bias, activation, p0, p1, save_preact)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, activation, p0, p1, save_preact = inputs
+        out, preact = output
+        ctx.activation, ctx.p0, ctx.p1 = activation, p0, p1
+        ctx.has_bias = bias is not None
+        ctx.preact_kept = save_preact and _keeps_preact(activation)
+        if activation == "none":
+            saved = None
+        elif activation in SAVES_OUTPUT:
+            saved = out
+        else:
+            saved = preact if ctx.preact_kept else None  # None: recomputed in backward
+        ctx.recompute = _keeps_preact(activation) and not ctx.preact_kept
+        # The bias is kept only to recompute z; it is a parameter, so this costs no memory.
+        ctx.save_for_backward(input, weight, bias if ctx.recompute else None, saved)
+        ctx.save_for_forward(input, weight, bias, saved)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_preact):
+        input, weight, bias, saved = ctx.saved_tensors
+        mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                ctx.needs_input_grad[2] and ctx.has_bias)
+        empty = input.new_empty((0,))
+        # A plain backward (no create_graph, no functorch transform) builds no graph: it calls
+        # the ops directly, without the differentiable Functions' bookkeeping.
+        plain = not torch.is_grad_enabled()
+        if ctx.recompute:
+            # z = x W^T + b once more; through this Function when a double backward will see it.
+            args = (input, weight, bias, "none", 0.0, 0.0, False)
+            saved = (_ops.linear_fwd(*args) if plain else pick(_LINEAR).apply(*args))[0]
+        saved = saved if saved is not None else empty
+        if plain and grad_out is not None and grad_preact is None:
+            grads = _ops.linear_bwd(grad_out, input, weight, saved, ctx.activation, ctx.p0,
+                                    ctx.p1, list(mask))
+            return (*(g if m else None for g, m in zip(grads, mask)), None, None, None, None)
+        grads = [None, None, None]
+        bwd = pick(_LINEAR_BWD)
+        if grad_out is not None:
+            grads = list(bwd.apply(grad_out, input, weight, saved, ctx.activation, ctx.p0, ctx.p1,
+                                   mask))
+        if grad_preact is not None and ctx.preact_kept:
+            # Only a double backward sends a gradient into preact: dz adds to dz from dout.
+            extra = bwd.apply(grad_preact, input, weight, empty, "none", 0.0, 0.0, mask)
+            grads = [e if g is None else g + e for g, e in zip(grads, extra)]
+        grads = [g if m else None for g, m in zip(grads, mask)]
+        return (*grads, None, None, None, None)
+
+    @staticmethod
+    def jvp(ctx, input_t, weight_t, bias_t, *_):
+        input, weight, bias, saved = ctx.saved_tensors
+        # z_t = x_t W^T + x W_t^T + b_t
+        terms = []
+        if input_t is not None:
+            terms.append(TF.linear(input_t, weight))
+        if weight_t is not None:
+            terms.append(TF.linear(input, weight_t))
+        shape = (*input.shape[:-1], weight.shape[0])
+        z_t = sum(terms[1:], terms[0]) if terms else input.new_zeros(shape)
+        if bias_t is not None:
+            z_t = z_t + bias_t
+        empty = input.new_zeros((0,))
+        if ctx.activation == "none":
+            return z_t, empty
+        if saved is None:  # the pre-activation was not kept: recompute it
+            saved = _ops.linear_fwd(input, weight, bias, "none", 0.0, 0.0, False)[0]
+        out_t = _ops.activation_bwd(z_t.contiguous(), saved, ctx.activation, ctx.p0, ctx.p1)
+        return out_t, (z_t if ctx.preact_kept else empty)
+
+
+class LinearBackwardFunction(torch.autograd.Function):
+    """(grad_input, grad_weight, grad_bias) = linear_bwd(...), as a differentiable Function.
+
+    With gz = grad_out * act'(saved) (M x N), the outputs are gz W, gz^T x and sum_rows gz; their
+    derivatives are composed below from torch ops and the activation family's differentiable
+    backward, so the layer is differentiable to any order.
+    """
+
+    @staticmethod
+    def forward(grad_out, input, weight, saved, activation, p0, p1, mask):
+        return _ops.linear_bwd(grad_out, input, weight, saved, activation, p0, p1, list(mask))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_out, input, weight, saved, activation, p0, p1, mask = inputs
+        ctx.activation, ctx.p0, ctx.p1, ctx.mask = activation, p0, p1, tuple(mask)
+        ctx.save_for_backward(grad_out, input, weight, saved)
+        ctx.save_for_forward(grad_out, input, weight, saved)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gg_input, gg_weight, gg_bias):
+        grad_out, input, weight, saved = ctx.saved_tensors
+        n, k = weight.shape
+        g2, x2 = grad_out.reshape(-1, n), input.reshape(-1, k)
+        s2 = saved.reshape(-1, n) if ctx.activation != "none" else saved
+        gg_input = gg_input if ctx.mask[0] else None
+        gg_weight = gg_weight if ctx.mask[1] else None
+        gg_bias = gg_bias if ctx.mask[2] else None
+        need_grad_out, need_input, need_weight, need_saved = ctx.needs_input_grad[:4]
+
+        # dL/dgz, summed over the three outputs' uses of gz.
+        d_gz = None
+        for term in (
+            gg_input.reshape(-1, k) @ weight.t() if gg_input is not None else None,  # from gz W
+            x2 @ gg_weight.t() if gg_weight is not None else None,  # from gz^T x
+            gg_bias.expand(g2.shape) if gg_bias is not None else None,  # from sum_rows gz
+        ):
+            if term is not None:
+                d_gz = term if d_gz is None else d_gz + term
+        needs_gz = (need_input and gg_weight is not None) or (need_weight and gg_input is not None)
+        gz = _preact_grad(g2, s2, ctx.activation, ctx.p0, ctx.p1) if needs_gz else None
+
+        d_grad_out = d_input = d_weight = d_saved = None
+        if need_grad_out and d_gz is not None:
+            d_grad_out = _preact_grad(d_gz, s2, ctx.activation, ctx.p0, ctx.p1).reshape(
+                grad_out.shape)
+        if need_input and gg_weight is not None:
+            d_input = (gz @ gg_weight).reshape(input.shape)
+        if need_weight and gg_input is not None:
+            d_weight = gz.t() @ gg_input.reshape(-1, k)
+        if need_saved and d_gz is not None and ctx.activation != "none":
+            factor = _dfactor_dsaved(s2, ctx.activation, ctx.p0, ctx.p1)
+            if factor is not None:
+                d_saved = (d_gz * g2 * factor).reshape(saved.shape)
+        return d_grad_out, d_input, d_weight, d_saved, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, grad_out_t, input_t, weight_t, saved_t, *_):
+        grad_out, input, weight, saved = ctx.saved_tensors
+        n, k = weight.shape
+        g2, x2 = grad_out.reshape(-1, n), input.reshape(-1, k)
+        act, p0, p1 = ctx.activation, ctx.p0, ctx.p1
+        # Tangent of gz = grad_out * act'(saved).
+        if act == "none":
+            gz = g2
+            gz_t = grad_out_t.reshape(-1, n) if grad_out_t is not None else None
+        else:
+            s2 = saved.reshape(-1, n)
+            gz = _ops.activation_bwd(g2.contiguous(), s2.contiguous(), act, p0, p1)
+            gz_t = None
+            if grad_out_t is not None:
+                gz_t = _ops.activation_bwd(grad_out_t.reshape(-1, n).contiguous(), s2.contiguous(),
+                                           act, p0, p1)
+            factor = _dfactor_dsaved(s2, act, p0, p1)
+            if saved_t is not None and factor is not None:
+                term = g2 * factor * saved_t.reshape(-1, n)
+                gz_t = term if gz_t is None else gz_t + term
+
+        def total(*terms):
+            terms = [t for t in terms if t is not None]
+            return sum(terms[1:], terms[0]) if terms else None
+
+        empty = input.new_zeros((0,))
+        out = []
+        if ctx.mask[0]:
+            t = total(gz_t @ weight if gz_t is not None else None,
+                      gz @ weight_t if weight_t is not None else None)
+            out.append(t.reshape(input.shape) if t is not None else torch.zeros_like(input))
+        else:
+            out.append(empty)
+        if ctx.mask[1]:
+            t = total(gz_t.t() @ x2 if gz_t is not None else None,
+                      gz.t() @ input_t.reshape(-1, k) if input_t is not None else None)
+            out.append(t if t is not None else torch.zeros_like(weight))
+        else:
+            out.append(empty)
+        if ctx.mask[2]:
+            out.append(gz_t.sum(0) if gz_t is not None else weight.new_zeros((n,)))
+        else:
+            out.append(empty)
+        return tuple(out)
+
+
+# Jvp-less twins for torch.compile (see _autograd.py).
+_LINEAR = twin(LinearFunction)
+_LINEAR_BWD = twin(LinearBackwardFunction)
+
+
+# --- public function
+
+
+def _autocast(input, weight, bias):
+    """Under torch.autocast, the casts torch's linear gets: float32/16 and bfloat16 operands to
+    the autocast dtype of the input's device (torch.amp.custom_fwd would need a fixed device)."""
+    device_type = input.device.type
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return input, weight, bias
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t):
+        return t.to(dtype) if t is not None and t.dtype in _AUTOCAST_ELIGIBLE else t
+
+    return cast(input), cast(weight), cast(bias)
+
+
+def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+           activation=None, recompute_preact: bool = False) -> torch.Tensor:
+    """act(input @ weight.T + bias), forward and backward fused; with activation=None the same as
+    torch.nn.functional.linear.
+
+    input: (*, in_features), at least 1-D. weight: (out_features, in_features). bias:
+    (out_features,) or None. All float64, float32, float16 or bfloat16 of one dtype, on one
+    device (CPU or CUDA); under torch.autocast they are cast like torch's linear is. Returns
+    (*, out_features) in that dtype.
+
+    activation: None, a name ("relu", "leaky_relu", "gelu", "gelu_tanh", "silu", "sigmoid",
+    "tanh", "softplus") or a (name, *params) tuple with torch.nn.functional's parameters in
+    torch's order, e.g. ("leaky_relu", 0.2), ("gelu", "tanh"), ("softplus", 2.0, 10.0); a dict
+    as the last item names them: ("softplus", {"threshold": 10.0}). See parse_activation().
+
+    recompute_preact: for leaky_relu, gelu, gelu_tanh, silu and softplus, do not keep the
+    pre-activation for backward but recompute it there (one more GEMM): saves an
+    (*, out_features) tensor per layer. No effect for the other activations, which keep nothing
+    beyond the output.
+    """
+    for name, t in (("input", input), ("weight", weight), ("bias", bias)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"backprop_ext.linear: expected {name} to be a Tensor, got "
+                            f"{type(t).__name__}")
+    if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        raise TypeError("backprop_ext.linear: input and weight are required Tensors")
+    name, p0, p1 = parse_activation(activation)
+    input, weight, bias = _autocast(input, weight, bias)
+    needs_grad = torch.is_grad_enabled() and (
+        input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    save_preact = needs_grad and not recompute_preact and _keeps_preact(name)
+    out, _ = pick(_LINEAR).apply(input, weight, bias, name, p0, p1, save_preact)
+    return out
