@@ -13,6 +13,8 @@ import time
 import torch
 
 from . import nn as bnn
+from . import utils as BU
+from ._memory import LiveTensorMemory
 
 
 def load_digits(device: str):
@@ -38,9 +40,9 @@ def make_model(width: int = 256) -> torch.nn.Module:
     )
 
 
-def train(model, x, y, epochs: int, batch: int, seed: int = 0, progress=None):
+def train(model, x, y, epochs: int, batch: int, loss_fn, clip, seed: int = 0, progress=None):
+    """Adam steps over shuffled batches; gradients clipped to norm 1 with `clip`."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss()
     g = torch.Generator().manual_seed(seed)
     losses, step_times = [], []
     for _ in range(epochs):
@@ -51,6 +53,7 @@ def train(model, x, y, epochs: int, batch: int, seed: int = 0, progress=None):
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[idx]), y[idx])
             loss.backward()
+            clip(model.parameters(), 1.0)
             opt.step()
             if x.is_cuda:
                 torch.cuda.synchronize()
@@ -59,6 +62,31 @@ def train(model, x, y, epochs: int, batch: int, seed: int = 0, progress=None):
             if progress is not None:
                 progress.update(1)
     return losses, step_times
+
+
+def activation_memory(model: torch.nn.Sequential, x, y) -> dict[str, int]:
+    """Peak bytes of tensors created during one forward + backward (parameters and data excluded):
+    the model as it is, and its layers in a CheckpointedSequential under each recompute policy."""
+    variants = {"plain": model}
+    for policy in ("selective", "full"):
+        variants[f"checkpointed ({policy})"] = bnn.CheckpointedSequential(*model, policy=policy)
+    loss_fn = bnn.CrossEntropyLoss()
+    peaks = {}
+    for name, m in variants.items():
+        m.zero_grad(set_to_none=True)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            loss_fn(m(x), y).backward()
+            torch.cuda.synchronize()
+            peaks[name] = torch.cuda.max_memory_allocated() - base
+        else:
+            with LiveTensorMemory() as mem:
+                loss_fn(m(x), y).backward()
+            peaks[name] = mem.peak
+    model.zero_grad(set_to_none=True)
+    return peaks
 
 
 def accuracy(model, x, y) -> float:
@@ -89,9 +117,13 @@ def run(device: str = "cpu", epochs: int = 5, batch: int = 64, check: bool = Tru
           f"{swapped} layers swapped for backprop_ext's, {fused} activations fused into them")
 
     results = {}
-    for name, model in (("torch", reference), ("backprop_ext", ours)):
+    runs = (
+        ("torch", reference, torch.nn.CrossEntropyLoss(), torch.nn.utils.clip_grad_norm_),
+        ("backprop_ext", ours, bnn.CrossEntropyLoss(), BU.clip_grad_norm_),
+    )
+    for name, model, loss_fn, clip in runs:
         bar = _progress(steps, f"training ({name})")
-        losses, times = train(model, x_tr, y_tr, epochs, batch, progress=bar)
+        losses, times = train(model, x_tr, y_tr, epochs, batch, loss_fn, clip, progress=bar)
         if bar is not None:
             bar.close()
         results[name] = dict(losses=losses, ms_per_step=1e3 * sorted(times)[len(times) // 2],
@@ -104,6 +136,21 @@ def run(device: str = "cpu", epochs: int = 5, batch: int = 64, check: bool = Tru
         r = results[name]
         print(f"{name:14}{r['losses'][-1]:>12.4f}{r['accuracy']:>10.3f}{r['ms_per_step']:>10.3f}")
     print(f"loss curves agree: max |difference| over {len(t['losses'])} steps = {diff:.2e}")
+
+    # Memory is measured on the unfused layers (Linear, activation, ...), which is what a user's
+    # nn.Sequential holds and what the checkpoint policies choose among.
+    results["memory"] = activation_memory(bnn.convert(copy.deepcopy(reference)), x_tr, y_tr)
+    print("\nactivation memory of one training step on the whole training set "
+          f"({len(x_tr)} images; CheckpointedSequential, sqrt(len) segments):")
+    plain = results["memory"]["plain"]
+    for policy, nbytes in results["memory"].items():
+        print(f"  {policy:<28}{nbytes / 2**20:>8.2f} MiB  ({nbytes / plain:.2f}x plain)")
+
+    ours.zero_grad(set_to_none=True)
+    bnn.CrossEntropyLoss()(ours(x_tr), y_tr).backward()
+    report = BU.gradient_flow(ours, by="module")
+    print("\ngradient flow after one backward (backprop_ext model):")
+    print(report)
 
     if plot:
         import matplotlib

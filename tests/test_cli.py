@@ -20,6 +20,9 @@ def test_demo_loss_curves_agree(capsys, tmp_path):
     assert "layers swapped for backprop_ext's" in out
     assert png.stat().st_size > 0
     assert " 0 failed" in out
+    full = next(line for line in out.splitlines() if "checkpointed (full)" in line)
+    assert float(full.split("(")[-1].split("x")[0]) < 1.0  # checkpointing saves memory
+    assert "Gradient flow" in out and "0 vanishing, 0 exploding" in out
 
 
 def test_check_passes_and_reports_a_planted_failure(capsys, monkeypatch):
