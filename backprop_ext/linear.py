@@ -33,6 +33,7 @@ M x N elements per layer for as long as the graph lives.
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as TF
 
 from .activation import ACTIVATIONS, SAVES_OUTPUT, _dfactor_dsaved
@@ -403,6 +404,14 @@ def _autocast(input, weight, bias):
     return cast(input), cast(weight), cast(bias)
 
 
+def _nothing_to_differentiate(*tensors) -> bool:
+    """No forward-mode AD either: no functorch transform, no dual tensor (and not tracing, where
+    the Function is what Dynamo expects to see)."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    return all(fwAD.unpack_dual(t).tangent is None for t in tensors if t is not None)
+
+
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
            activation=None, recompute_preact: bool = False) -> torch.Tensor:
     """act(input @ weight.T + bias), forward and backward fused; with activation=None the same as
@@ -433,6 +442,10 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     input, weight, bias = _autocast(input, weight, bias)
     needs_grad = torch.is_grad_enabled() and (
         input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    if not needs_grad and _nothing_to_differentiate(input, weight, bias):
+        # The op alone: the autograd.Function's bookkeeping costs ~0.2 ms a call at 1024 x 1024
+        # on a CPU, a few percent of the layer.
+        return _ops.linear_fwd(input, weight, bias, name, p0, p1, False)[0]
     save_preact = needs_grad and not recompute_preact and _keeps_preact(name)
     out, _ = pick(_LINEAR).apply(input, weight, bias, name, p0, p1, save_preact)
     return out

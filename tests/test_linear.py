@@ -167,6 +167,19 @@ def test_forward_mode_matches_torch_func_jvp(case, device):
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_forward_mode_with_dual_tensors_under_no_grad(case, device):
+    # Nothing requires grad, yet the tangents must flow (the op-only shortcut must not be taken).
+    import torch.autograd.forward_ad as fwAD
+
+    x, w, b = (t.detach() for t in _f64(device))
+    tx, tw = torch.randn_like(x), torch.randn_like(w)
+    _, jvp_ref = torch.func.jvp(case.torch, (x, w, b), (tx, tw, torch.zeros_like(b)))
+    with torch.no_grad(), fwAD.dual_level():
+        y = case.ours(fwAD.make_dual(x, tx), fwAD.make_dual(w, tw), b)
+        torch.testing.assert_close(fwAD.unpack_dual(y).tangent, jvp_ref)
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_forward_over_reverse(case, device):
     # jvp of the gradient: exercises LinearBackwardFunction.jvp.
     primals = tuple(t.detach() for t in _f64(device))
