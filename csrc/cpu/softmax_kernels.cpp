@@ -89,6 +89,29 @@ T row_sum(const scalar_t* x, int64_t D, const VecF& vf, const ScalarF& sf) {
   return s;
 }
 
+// (max, sum(exp(x - max))) of a row: softmax_math.h's statistics, two reads of a cached row.
+template <typename scalar_t, typename T = at::opmath_type<scalar_t>>
+std::pair<T, T> row_stats(const scalar_t* x, int64_t D) {
+  using V = typename Lanes<scalar_t>::V;
+  const T m = row_max(x, D);
+  const V vm(m);
+  const T s = row_sum(x, D, [&](V v) { return (v - vm).exp(); },
+                      [&](T v) { return math::exp(v - m); });
+  return {m, s};
+}
+
+// The same statistics for a block of columns, lane by lane: column j of the block is
+// x[d * inner + j] for d < D, read through `load` (see for_each_column_block).
+template <typename scalar_t, typename Load, typename V = typename Lanes<scalar_t>::V>
+std::pair<V, V> column_stats(const scalar_t* x, int64_t D, int64_t inner, const Load& load) {
+  using T = typename Lanes<scalar_t>::T;
+  V vm(neg_inf<T>());
+  for (int64_t d = 0; d < D; ++d) vm = at::vec::maximum(vm, load(x + d * inner));
+  V vs(T(0));
+  for (int64_t d = 0; d < D; ++d) vs = vs + (load(x + d * inner) - vm).exp();
+  return {vm, vs};
+}
+
 // out[i] = f(x[i]) over a row.
 template <typename scalar_t, typename VecF, typename ScalarF>
 void row_map(const scalar_t* x, scalar_t* out, int64_t D, const VecF& vf, const ScalarF& sf) {
@@ -139,10 +162,8 @@ void softmax_fwd_impl(const scalar_t* x, scalar_t* y, int64_t outer, int64_t D, 
     const scalar_t* xo = x + o * D * inner;
     scalar_t* yo = y + o * D * inner;
     if (inner == 1) {
-      const T m = row_max(xo, D);
+      const auto [m, s] = row_stats(xo, D);
       const V vm(m);
-      const T s = row_sum(xo, D, [&](V v) { return (v - vm).exp(); },
-                          [&](T v) { return math::exp(v - m); });
       if (log) {
         const T shift = m + math::log(s);
         const V vshift(shift);
@@ -156,10 +177,7 @@ void softmax_fwd_impl(const scalar_t* x, scalar_t* y, int64_t outer, int64_t D, 
       continue;
     }
     for_each_column_block<scalar_t>(inner, [&](int64_t c, int64_t n, auto load) {
-      V vm(neg_inf<T>());
-      for (int64_t d = 0; d < D; ++d) vm = at::vec::maximum(vm, load(xo + d * inner + c));
-      V vs(T(0));
-      for (int64_t d = 0; d < D; ++d) vs = vs + (load(xo + d * inner + c) - vm).exp();
+      const auto [vm, vs] = column_stats(xo + c, D, inner, load);
       if (log) {
         const V shift = vm + vs.log();
         for (int64_t d = 0; d < D; ++d) {
@@ -233,18 +251,12 @@ void logsumexp_fwd_impl(const scalar_t* x, scalar_t* out, int64_t outer, int64_t
     const scalar_t* xo = x + o * D * inner;
     scalar_t* out_o = out + o * inner;
     if (inner == 1) {
-      const T m = row_max(xo, D);
-      const V vm(m);
-      const T s = row_sum(xo, D, [&](V v) { return (v - vm).exp(); },
-                          [&](T v) { return math::exp(v - m); });
+      const auto [m, s] = row_stats(xo, D);
       out_o[0] = static_cast<scalar_t>(logsumexp_from_stats(m, s));
       continue;
     }
     for_each_column_block<scalar_t>(inner, [&](int64_t c, int64_t n, auto load) {
-      V vm(neg_inf<T>());
-      for (int64_t d = 0; d < D; ++d) vm = at::vec::maximum(vm, load(xo + d * inner + c));
-      V vs(T(0));
-      for (int64_t d = 0; d < D; ++d) vs = vs + (load(xo + d * inner + c) - vm).exp();
+      const auto [vm, vs] = column_stats(xo + c, D, inner, load);
       const V lse = vm + vs.log();
       // +-inf maxima give themselves (logsumexp_from_stats), lane by lane.
       L::store(out_o + c, V::blendv(lse, vm, vm.abs() == V(-neg_inf<T>())), n);
@@ -305,10 +317,7 @@ void cross_entropy_fwd_impl(const scalar_t* logits, const int64_t* target, const
       if (smooth) smooth[r] = T(0);
       continue;
     }
-    const T m = row_max(x, C);
-    const V vm(m);
-    const T s = row_sum(x, C, [&](V v) { return (v - vm).exp(); },
-                        [&](T v) { return math::exp(v - m); });
+    const auto [m, s] = row_stats(x, C);
     const T row_lse = m + math::log(s);
     lse[r] = row_lse;
     nll[r] = row_lse - static_cast<T>(x[t]);
