@@ -50,6 +50,20 @@ inline void check_writable(const char* op, at::TensorList tensors) {
   }
 }
 
+// multi_tensor_scale_'s arguments, checked alike on every device.
+inline void check_scale_args(at::TensorList tensors, const at::Tensor& total_norm,
+                             double max_norm) {
+  check_tensor_list("multi_tensor_scale_", tensors);
+  check_writable("multi_tensor_scale_", tensors);
+  TORCH_CHECK(total_norm.numel() == 1, "multi_tensor_scale_: expected total_norm to hold one "
+              "value, but got a tensor of shape ", total_norm.sizes());
+  check_float("multi_tensor_scale_", "total_norm", total_norm);
+  TORCH_CHECK(total_norm.device() == tensors[0].device(), "multi_tensor_scale_: expected "
+              "total_norm on the tensors' device (", tensors[0].device(), "), but it is on ",
+              total_norm.device());
+  TORCH_CHECK(max_norm >= 0, "multi_tensor_scale_: expected max_norm >= 0, but got ", max_norm);
+}
+
 // float64 if any tensor is float64, else float32: the dtype norms are returned in.
 inline c10::ScalarType norm_result_dtype(at::TensorList tensors) {
   for (const at::Tensor& t : tensors) {

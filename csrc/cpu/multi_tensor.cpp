@@ -138,15 +138,7 @@ void update_inplace(at::TensorList tensors, const Kernel& kernel) {
 }
 
 void multi_tensor_scale_(at::TensorList tensors, const at::Tensor& total_norm, double max_norm) {
-  check_tensor_list("multi_tensor_scale_", tensors);
-  check_writable("multi_tensor_scale_", tensors);
-  TORCH_CHECK(total_norm.numel() == 1, "multi_tensor_scale_: expected total_norm to hold one "
-              "value, but got a tensor of shape ", total_norm.sizes());
-  check_float("multi_tensor_scale_", "total_norm", total_norm);
-  TORCH_CHECK(total_norm.device() == tensors[0].device(), "multi_tensor_scale_: expected "
-              "total_norm on the tensors' device (", tensors[0].device(), "), but it is on ",
-              total_norm.device());
-  TORCH_CHECK(max_norm >= 0, "multi_tensor_scale_: expected max_norm >= 0, but got ", max_norm);
+  check_scale_args(tensors, total_norm, max_norm);
   // The coefficient in the norm's precision, as torch computes it: double for a float64 norm,
   // float otherwise. Reading a CPU scalar is not a device sync.
   const double norm = total_norm.item<double>();

@@ -251,15 +251,7 @@ void copy_back(at::TensorList tensors, const Plan& plan) {
 }
 
 void multi_tensor_scale_(at::TensorList tensors, const at::Tensor& total_norm, double max_norm) {
-  check_tensor_list("multi_tensor_scale_", tensors);
-  check_writable("multi_tensor_scale_", tensors);
-  TORCH_CHECK(total_norm.numel() == 1, "multi_tensor_scale_: expected total_norm to hold one "
-              "value, but got a tensor of shape ", total_norm.sizes());
-  check_float("multi_tensor_scale_", "total_norm", total_norm);
-  TORCH_CHECK(total_norm.device() == tensors[0].device(), "multi_tensor_scale_: expected "
-              "total_norm on the tensors' device (", tensors[0].device(), "), but it is on ",
-              total_norm.device());
-  TORCH_CHECK(max_norm >= 0, "multi_tensor_scale_: expected max_norm >= 0, but got ", max_norm);
+  check_scale_args(tensors, total_norm, max_norm);
   const c10::cuda::CUDAGuard guard(tensors[0].device());
   // The coefficient is computed in the norm's precision, as torch does: float64 stays, float32
   // stays, float16/bfloat16 are read as float32 (their opmath).
