@@ -93,14 +93,15 @@ at::Tensor logsumexp_bwd(const at::Tensor& grad, const at::Tensor& self, const a
   return gx;
 }
 
-// Class-index targets must lie in [0, C) or equal ignore_index. The CPU can say which one does not.
-void check_targets(const at::Tensor& target, int64_t C, int64_t ignore_index) {
-  const int64_t* t = target.const_data_ptr<int64_t>();
-  for (int64_t i = 0; i < target.numel(); ++i) {
-    TORCH_CHECK(t[i] == ignore_index || (t[i] >= 0 && t[i] < C), "cross_entropy: target ", t[i],
-                " at position ", i, " is out of bounds: expected a class index in [0, ", C,
-                ") or ignore_index (", ignore_index, ")");
-  }
+// Raised when a kernel reports row `bad_row` of a slice starting at `first_row`: targets index
+// the logits, so one outside [0, C) is refused before it is read (IndexError, as torch raises).
+void check_target_row(const char* op, int64_t bad_row, int64_t first_row, const int64_t* target,
+                      int64_t C, int64_t ignore_index) {
+  if (bad_row < 0) return;
+  const int64_t i = first_row + bad_row;
+  TORCH_CHECK_INDEX(false, op, ": target ", target[i], " at position ", i,
+                    " is out of bounds: expected a class index in [0, ", C,
+                    ") or ignore_index (", ignore_index, ")");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd(
@@ -110,17 +111,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd(
   const int64_t N = logits.size(0), C = logits.size(1);
   const at::Tensor x = logits.contiguous(), t = target.contiguous();
   const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
-  check_targets(t, C, ignore_index);
   const auto opts = x.options().dtype(at::toOpMathType(x.scalar_type()));
   at::Tensor nll = at::empty({N}, opts), lse = at::empty({N}, opts);
   at::Tensor smooth = at::empty({smoothing ? N : 0}, opts);
   if (N == 0) return {nll, smooth, lse};
   const auto kernel = pick_cross_entropy_fwd_kernel();
+  const int64_t* tp = t.const_data_ptr<int64_t>();
   parallel_slices(N, C, [&](int64_t begin, int64_t end) {
-    kernel(x.scalar_type(), byte_ptr(x, begin * C), t.const_data_ptr<int64_t>() + begin,
-           w.defined() ? w.const_data_ptr() : nullptr, end - begin, C, ignore_index,
-           byte_ptr(nll, begin), smoothing ? byte_ptr(smooth, begin) : nullptr,
-           byte_ptr(lse, begin));
+    const int64_t bad_row =
+        kernel(x.scalar_type(), byte_ptr(x, begin * C), tp + begin,
+               w.defined() ? w.const_data_ptr() : nullptr, end - begin, C, ignore_index,
+               byte_ptr(nll, begin), smoothing ? byte_ptr(smooth, begin) : nullptr,
+               byte_ptr(lse, begin));
+    check_target_row("cross_entropy_fwd", bad_row, begin, tp, C, ignore_index);
   });
   return {nll, smooth, lse};
 }
@@ -138,11 +141,14 @@ at::Tensor cross_entropy_bwd(const at::Tensor& logits, const at::Tensor& target,
   at::Tensor gx = at::empty_like(x);
   if (x.numel() == 0) return gx;
   const auto kernel = pick_cross_entropy_bwd_kernel();
+  const int64_t* tp = t.const_data_ptr<int64_t>();
   parallel_slices(N, C, [&](int64_t begin, int64_t end) {
-    kernel(x.scalar_type(), byte_ptr(x, begin * C), t.const_data_ptr<int64_t>() + begin,
-           w.defined() ? w.const_data_ptr() : nullptr, byte_ptr(l, begin), byte_ptr(gn, begin),
-           gs.defined() ? byte_ptr(gs, begin) : nullptr, end - begin, C, ignore_index,
-           byte_ptr(gx, begin * C));
+    const int64_t bad_row =
+        kernel(x.scalar_type(), byte_ptr(x, begin * C), tp + begin,
+               w.defined() ? w.const_data_ptr() : nullptr, byte_ptr(l, begin),
+               byte_ptr(gn, begin), gs.defined() ? byte_ptr(gs, begin) : nullptr, end - begin, C,
+               ignore_index, byte_ptr(gx, begin * C));
+    check_target_row("cross_entropy_bwd", bad_row, begin, tp, C, ignore_index);
   });
   return gx;
 }

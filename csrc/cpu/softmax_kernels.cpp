@@ -300,8 +300,11 @@ T total_weight(const scalar_t* w, int64_t C) {
   return sum;
 }
 
+// A class index the kernels may read logits[t] and weight[t] at.
+inline bool valid_class(int64_t t, int64_t C) { return t >= 0 && t < C; }
+
 template <typename scalar_t>
-void cross_entropy_fwd_impl(const scalar_t* logits, const int64_t* target, const scalar_t* w,
+int64_t cross_entropy_fwd_impl(const scalar_t* logits, const int64_t* target, const scalar_t* w,
                             int64_t rows, int64_t C, int64_t ignore_index,
                             at::opmath_type<scalar_t>* nll, at::opmath_type<scalar_t>* smooth,
                             at::opmath_type<scalar_t>* lse) {
@@ -317,6 +320,7 @@ void cross_entropy_fwd_impl(const scalar_t* logits, const int64_t* target, const
       if (smooth) smooth[r] = T(0);
       continue;
     }
+    if (!valid_class(t, C)) return r;
     const auto [m, s] = row_stats(x, C);
     const T row_lse = m + math::log(s);
     lse[r] = row_lse;
@@ -336,10 +340,11 @@ void cross_entropy_fwd_impl(const scalar_t* logits, const int64_t* target, const
       }
     }
   }
+  return -1;
 }
 
 template <typename scalar_t>
-void cross_entropy_bwd_impl(const scalar_t* logits, const int64_t* target, const scalar_t* w,
+int64_t cross_entropy_bwd_impl(const scalar_t* logits, const int64_t* target, const scalar_t* w,
                             const at::opmath_type<scalar_t>* lse,
                             const at::opmath_type<scalar_t>* grad_nll,
                             const at::opmath_type<scalar_t>* grad_smooth, int64_t rows, int64_t C,
@@ -356,6 +361,7 @@ void cross_entropy_bwd_impl(const scalar_t* logits, const int64_t* target, const
       std::fill(gx, gx + C, scalar_t(0));
       continue;
     }
+    if (!valid_class(t, C)) return r;
     const T a = grad_nll[r];
     const T b = grad_smooth ? grad_smooth[r] : T(0);
     const T row_lse = lse[r];
@@ -381,6 +387,7 @@ void cross_entropy_bwd_impl(const scalar_t* logits, const int64_t* target, const
     const T p_t = math::exp(static_cast<T>(x[t]) - row_lse);
     gx[t] = static_cast<scalar_t>(k * p_t - b * wt - a);
   }
+  return -1;
 }
 
 }  // namespace
@@ -421,28 +428,33 @@ void logsumexp_bwd_kernel(c10::ScalarType dtype, const void* grad, const void* x
   });
 }
 
-void cross_entropy_fwd_kernel(c10::ScalarType dtype, const void* logits, const int64_t* target,
-                              const void* weight, int64_t rows, int64_t C, int64_t ignore_index,
-                              void* nll, void* smooth, void* lse) {
+int64_t cross_entropy_fwd_kernel(c10::ScalarType dtype, const void* logits,
+                                 const int64_t* target, const void* weight, int64_t rows,
+                                 int64_t C, int64_t ignore_index, void* nll, void* smooth,
+                                 void* lse) {
+  int64_t bad_row = -1;
   BACKPROP_EXT_DISPATCH_FLOATS(dtype, "cross_entropy_fwd", [&] {
     using T = at::opmath_type<scalar_t>;
-    cross_entropy_fwd_impl(static_cast<const scalar_t*>(logits), target,
+    bad_row = cross_entropy_fwd_impl(static_cast<const scalar_t*>(logits), target,
                            static_cast<const scalar_t*>(weight), rows, C, ignore_index,
                            static_cast<T*>(nll), static_cast<T*>(smooth), static_cast<T*>(lse));
   });
+  return bad_row;
 }
 
-void cross_entropy_bwd_kernel(c10::ScalarType dtype, const void* logits, const int64_t* target,
-                              const void* weight, const void* lse, const void* grad_nll,
-                              const void* grad_smooth, int64_t rows, int64_t C,
-                              int64_t ignore_index, void* grad_logits) {
+int64_t cross_entropy_bwd_kernel(c10::ScalarType dtype, const void* logits,
+                                 const int64_t* target, const void* weight, const void* lse,
+                                 const void* grad_nll, const void* grad_smooth, int64_t rows,
+                                 int64_t C, int64_t ignore_index, void* grad_logits) {
+  int64_t bad_row = -1;
   BACKPROP_EXT_DISPATCH_FLOATS(dtype, "cross_entropy_bwd", [&] {
     using T = at::opmath_type<scalar_t>;
-    cross_entropy_bwd_impl(static_cast<const scalar_t*>(logits), target,
+    bad_row = cross_entropy_bwd_impl(static_cast<const scalar_t*>(logits), target,
                            static_cast<const scalar_t*>(weight), static_cast<const T*>(lse),
                            static_cast<const T*>(grad_nll), static_cast<const T*>(grad_smooth),
                            rows, C, ignore_index, static_cast<scalar_t*>(grad_logits));
   });
+  return bad_row;
 }
 
 }  // namespace CPU_CAPABILITY

@@ -269,7 +269,7 @@ __device__ void cross_entropy_fwd_row(int64_t row, const scalar_t* __restrict__ 
     }
     return;
   }
-  CUDA_KERNEL_ASSERT(t >= 0 && t < C && "cross_entropy: target out of bounds");
+  CUDA_KERNEL_ASSERT(t >= 0 && t < C && "cross_entropy_fwd: target out of bounds");
   const scalar_t* x = logits + row * C;
   const OnlineStats<T> st = row_stats<kVec>(x, C);
   const T row_lse = st.m + math::log(st.s);
@@ -323,6 +323,9 @@ __device__ void cross_entropy_bwd_row(int64_t row, const scalar_t* __restrict__ 
     for (int64_t p = threadIdx.x; p < C / kVec; p += blockDim.x) gx[p] = zero;
     return;
   }
+  // The target indexes the row: one outside [0, C) fails the launch (a device-side assert, as
+  // torch's own kernels do), never a silent wrong gradient. No host sync is needed to check it.
+  CUDA_KERNEL_ASSERT(t >= 0 && t < C && "cross_entropy_bwd: target out of bounds");
   const T a = grad_nll[row];
   const T b = grad_smooth ? grad_smooth[row] : T(0);
   const T k_coef = a + b * W, row_lse = lse[row];
