@@ -1,5 +1,5 @@
 // Layout rule of the elementwise ops, shared by the CPU and CUDA kernels and mirrored by the
-// fake kernels in backprop_ext/_elementwise.py: an operand that is non-overlapping and dense (any
+// fake kernels in backprop_ext/_layout.py: an operand that is non-overlapping and dense (any
 // permutation of dims, e.g. a transpose or channels-last) is walked as the flat array it occupies
 // and the output takes its strides, as torch's own elementwise ops do; anything else (slices,
 // broadcasts) is made contiguous once. Several operands share a layout only if their strides match.

@@ -1,11 +1,15 @@
-// Every op schema of backprop_ext, in one place. Kernels are registered per device next to their
-// code (csrc/cpu/*.cpp, csrc/cuda/*.cu); fake kernels for tracing live in backprop_ext/*.py.
+// Every op schema of backprop_ext, in one place, and the Python module the ops load with. The ops
+// are implemented once per family for every device (csrc/<family>.cpp), over per-device kernels
+// (csrc/cpu/, csrc/cuda/); fake kernels for tracing live in backprop_ext/*.py.
 //
 // Conventions: forward and backward are separate ops; a backward op takes what its forward saved.
-// Activations are named by string (see activation_math.h) with two float parameters p0, p1:
-//   leaky_relu: p0 = negative_slope;  softplus: p0 = beta, p1 = threshold;  others: unused.
+// Activations are named by string (the names of activation_table.h) with two float parameters
+// p0, p1: the float parameters of the row's torch.nn.functional signature, in order (leaky_relu:
+// p0 = negative_slope; softplus: p0 = beta, p1 = threshold; others: unused).
 #include <Python.h>
 #include <torch/library.h>
+
+#include "activation_math.h"
 
 TORCH_LIBRARY(backprop_ext, m) {
   // --- activation family
@@ -30,6 +34,12 @@ TORCH_LIBRARY(backprop_ext, m) {
         "bool smoothing) -> (Tensor nll, Tensor smooth, Tensor lse)");
   m.def("cross_entropy_bwd(Tensor logits, Tensor target, Tensor? weight, Tensor lse, "
         "Tensor grad_nll, Tensor? grad_smooth, int ignore_index) -> Tensor");
+  // The same, written into `out` (N, C), contiguous: a slice of a larger gradient for chunked
+  // callers, or the logits themselves (each element is read before it is written). Returns
+  // nothing (functionalization, hence torch.compile, takes mutated arguments, not aliased
+  // outputs).
+  m.def("cross_entropy_bwd_out(Tensor logits, Tensor target, Tensor? weight, Tensor lse, "
+        "Tensor grad_nll, Tensor? grad_smooth, int ignore_index, Tensor(a!) out) -> ()");
 
   // --- multi-tensor family (gradient clipping); see multi_tensor_math.h for the math.
   // One call covers a whole list of tensors on one device, dtypes mixed. Norms are float64 when
@@ -55,9 +65,44 @@ TORCH_LIBRARY(backprop_ext, m) {
         "(Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
 }
 
-// The compiled module only carries the registrations above; importing it runs them.
+namespace {
+
+using backprop_ext::ActivationReads;
+
+// activation_table() -> ((name, reads_output, signature, module), ...): activation_table.h's
+// rows, for backprop_ext/activation.py to derive the Python side from.
+PyObject* activation_table(PyObject*, PyObject*) {
+#define BACKPROP_EXT_ROW(Enum, name, reads, signature, module) \
+  Py_BuildValue("(sOss)", name,                                 \
+                ActivationReads::reads == ActivationReads::kOutput ? Py_True : Py_False, \
+                signature, module),
+  PyObject* rows[] = {BACKPROP_EXT_ACTIVATIONS(BACKPROP_EXT_ROW)};
+#undef BACKPROP_EXT_ROW
+  const Py_ssize_t n = sizeof(rows) / sizeof(rows[0]);
+  PyObject* table = PyTuple_New(n);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (rows[i] == nullptr || table == nullptr) {
+      for (Py_ssize_t j = i; j < n; ++j) Py_XDECREF(rows[j]);
+      Py_XDECREF(table);
+      return nullptr;
+    }
+    PyTuple_SetItem(table, i, rows[i]);  // steals the reference
+  }
+  return table;
+}
+
+PyMethodDef methods[] = {
+    {"activation_table", activation_table, METH_NOARGS,
+     "The activation table (csrc/activation_table.h): a tuple of (name, reads_output, "
+     "torch.nn.functional signature, torch.nn module) rows."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
+// Importing the module runs the registrations above (and the kernels' and ops' own, in the other
+// translation units of this library).
 PyMODINIT_FUNC PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr,
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods,
                                nullptr, nullptr, nullptr, nullptr};
   return PyModule_Create(&module);
 }

@@ -1,4 +1,4 @@
-// Row statistics of the softmax family, shared by the CPU and CUDA kernels.
+// Row statistics and epilogues of the softmax family, shared by the CPU and CUDA kernels.
 //
 // For a row x (reduced over one dim) with m = max(x) and s = sum(exp(x - m)):
 //   softmax(x)      = exp(x - m) / s
@@ -7,7 +7,7 @@
 //                     a row of -inf gives -inf and a row holding +inf gives +inf (not NaN)
 //   cross-entropy   = lse - x[target] with lse = m + log(s) unshifted, as torch's log_softmax
 //                     path gives (NaN for a row of -inf or a row holding +inf).
-// NaN anywhere in a row makes the whole row NaN, as in torch: max() below propagates NaN.
+// NaN anywhere in a row makes the whole row NaN, as in torch: max_nan propagates NaN.
 //
 // The GPU reads a row once for its statistics with the online update of (m, s) (Milakov and
 // Gimelshein, 2018): m' = max(m, x), s' = s exp(m - m') + exp(x - m'). Entries of -inf add
@@ -16,21 +16,12 @@
 
 #include <c10/macros/Macros.h>
 
-#include <limits>
-
-#include "activation_math.h"  // math::exp and friends
+#include "math.h"
 
 namespace backprop_ext {
 
-template <typename T>
-C10_HOST_DEVICE inline T max_nan(T a, T b) {
-  return (a != a || a > b) ? a : b;  // NaN in a wins; NaN in b wins through !(a > b)
-}
-
-template <typename T>
-C10_HOST_DEVICE inline T neg_inf() {
-  return -std::numeric_limits<T>::infinity();
-}
+using math::max_nan;
+using math::neg_inf;
 
 // Running (max, sum of exp(x - max)) of a row.
 template <typename T>
@@ -62,6 +53,54 @@ template <typename T>
 C10_HOST_DEVICE inline T logsumexp_from_stats(T m, T s) {
   if (m == neg_inf<T>() || m == -neg_inf<T>()) return m;
   return m + math::log(s);
+}
+
+// --- softmax and log_softmax: the same kernels, each with its epilogue.
+//
+//   forward    y  = Epilogue(m, s)(x)                 for every x of the row
+//   backward   acc = sum over the row of Epilogue::reduce(g, y)
+//              dx = Epilogue::backward(g, y, acc)     for every element of the row
+// The CPU vector loops mirror these lane for lane (cpu/softmax_kernels.cpp, VecEpilogue).
+
+// y = exp(x - m) / s;  dx = y (g - sum(g y)).
+template <typename T>
+struct SoftmaxEpilogue {
+  static constexpr const char* kName = "softmax";
+  T m, r;  // the row's max and 1 / s
+
+  C10_HOST_DEVICE SoftmaxEpilogue(T max, T sum) : m(max), r(T(1) / sum) {}
+  C10_HOST_DEVICE T operator()(T x) const { return math::exp(x - m) * r; }
+  C10_HOST_DEVICE static T reduce(T g, T y) { return g * y; }
+  C10_HOST_DEVICE static T backward(T g, T y, T acc) { return y * (g - acc); }
+};
+
+// y = x - (m + log(s));  dx = g - exp(y) sum(g).
+template <typename T>
+struct LogSoftmaxEpilogue {
+  static constexpr const char* kName = "log_softmax";
+  T shift;  // the row's log-sum-exp
+
+  C10_HOST_DEVICE LogSoftmaxEpilogue(T max, T sum) : shift(max + math::log(sum)) {}
+  C10_HOST_DEVICE T operator()(T x) const { return x - shift; }
+  C10_HOST_DEVICE static T reduce(T g, T) { return g; }
+  C10_HOST_DEVICE static T backward(T g, T y, T acc) { return g - math::exp(y) * acc; }
+};
+
+// Calls f(tag) with tag::template type<T> the epilogue: log picks log_softmax's. The op's `log`
+// flag is read here, once per call; the kernels are compiled per epilogue.
+template <template <typename> class E>
+struct EpilogueTag {
+  template <typename T>
+  using type = E<T>;
+};
+
+template <typename F>
+inline void visit_softmax_epilogue(bool log, F&& f) {
+  if (log) {
+    f(EpilogueTag<LogSoftmaxEpilogue>{});
+  } else {
+    f(EpilogueTag<SoftmaxEpilogue>{});
+  }
 }
 
 }  // namespace backprop_ext

@@ -1,5 +1,6 @@
-// Linear ops on CPU. The matrix products go through ATen's BLAS (at::mm / at::addmm, the calls
-// torch's own linear makes); the passes BLAS cannot fuse are linear_kernels.cpp's, one per ISA.
+// The linear family's CPU kernels; the ops around them are csrc/linear.cpp's. The matrix products
+// go through ATen's BLAS (at::mm / at::addmm, the calls torch's own linear makes); the passes BLAS
+// cannot fuse are linear_kernels.cpp's, one per ISA.
 //
 //   linear_fwd   no activation:  out = addmm(b, x, W^T)                    (torch's F.linear)
 //                activation:     z = mm(x, W^T), then one pass: z += b, y = act(z)
@@ -17,29 +18,21 @@
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
-#include <c10/util/accumulate.h>
-#include <torch/library.h>
 
 #include <algorithm>
-#include <array>
 #include <tuple>
 
-#include "../linear_args.h"
+#include "../linear.h"
 #include "linear_kernels.h"
+#include "parallel.h"
 
 namespace backprop_ext::cpu {
 namespace {
 
-// Elementwise work per thread below which splitting costs more than it saves (ATen's value).
-constexpr int64_t kGrainSize = 32768;
 // Elements per task of the backward pass. Its tiles depend on the shape only, never on the
 // thread count, so the bias gradient is summed in the same order (to the same bits) however
 // many threads run it.
 constexpr int64_t kBwdTaskElems = 65536;
-
-int64_t leading_size(const at::Tensor& t) {
-  return c10::multiply_integers(t.sizes().begin(), t.sizes().end() - 1);
-}
 
 // y = act(z + b) over the (M, N) GEMM output, rows split across threads. y may be z itself.
 void bias_act_fwd(at::Tensor& z, at::Tensor& y, const at::Tensor& bias, Activation act, double p0,
@@ -53,7 +46,7 @@ void bias_act_fwd(at::Tensor& z, at::Tensor& y, const at::Tensor& bias, Activati
   char* zp = static_cast<char*>(z.mutable_data_ptr());
   char* yp = static_cast<char*>(y.mutable_data_ptr());
   const void* bp = bias.defined() ? bias.const_data_ptr() : nullptr;
-  at::parallel_for(0, m, std::max<int64_t>(1, kGrainSize / n), [&](int64_t begin, int64_t end) {
+  parallel_slices(m, n, [&](int64_t begin, int64_t end) {
     kernel(dtype, zp + begin * row_bytes, yp + begin * row_bytes, bp, end - begin, n, act, p0, p1);
   });
 }
@@ -99,78 +92,33 @@ std::tuple<at::Tensor, at::Tensor> bias_act_bwd(const at::Tensor& g, const at::T
   return {gz, want_bias ? partial.sum(0).to(g.scalar_type()) : at::Tensor()};
 }
 
-// --- ops
+// --- kernels of the stubs (linear.h)
 
-std::tuple<at::Tensor, at::Tensor> linear_fwd(const at::Tensor& input, const at::Tensor& weight,
-                                              const std::optional<at::Tensor>& bias,
-                                              c10::string_view activation, double p0, double p1,
-                                              bool save_preact) {
-  check_linear_args("linear_fwd", input, weight, bias);
-  const auto act = parse_linear_activation(activation);
-  const bool has_bias = bias.has_value() && bias->defined();
-  const int64_t n = weight.size(0), k = weight.size(1), m = leading_size(input);
-  const at::Tensor x = input.reshape({m, k});
-  const auto out_sizes = linear_output_sizes(input, weight);
-  const at::Tensor none = at::empty({0}, input.options());
-
-  if (!act.has_value()) {
-    at::Tensor out = at::empty(out_sizes, input.options());
-    at::Tensor out2d = out.view({m, n});
-    if (has_bias) {
-      at::addmm_out(out2d, *bias, x, weight.t());
-    } else {
-      at::mm_out(out2d, x, weight.t());
-    }
-    return {out, none};
-  }
-  at::Tensor z = at::empty(out_sizes, input.options());
-  at::Tensor z2d = z.view({m, n});
+void linear_fwd_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                       std::optional<Activation> act, double p0, double p1, at::Tensor& z,
+                       at::Tensor& y) {
   // float16/bfloat16: the bias goes into the GEMM so that z is rounded once, as torch's linear
   // rounds it (rounding x W^T before adding b would lose z's low bits wherever b cancels x W^T).
   // float32/float64 lose nothing measurable either way, and add b in the pass after a plain mm.
-  const bool bias_in_gemm = has_bias && at::isReducedFloatingType(input.scalar_type());
+  const bool bias_in_gemm =
+      bias.defined() && (!act.has_value() || at::isReducedFloatingType(x.scalar_type()));
   if (bias_in_gemm) {
-    at::addmm_out(z2d, *bias, x, weight.t());
+    at::addmm_out(z, bias, x, weight.t());
   } else {
-    at::mm_out(z2d, x, weight.t());
+    at::mm_out(z, x, weight.t());
   }
-  // Without a pre-activation to keep, the activation overwrites the GEMM output in place.
-  const bool keep = save_preact && needs_preact(act);
-  at::Tensor y = keep ? at::empty(out_sizes, input.options()) : z;
-  bias_act_fwd(z, y, has_bias && !bias_in_gemm ? bias->contiguous() : at::Tensor(), *act, p0, p1);
-  return {y, keep ? z : none};
+  if (act.has_value()) bias_act_fwd(z, y, bias_in_gemm ? at::Tensor() : bias, *act, p0, p1);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_bwd(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    const at::Tensor& saved, c10::string_view activation, double p0, double p1,
-    std::array<bool, 3> output_mask) {
-  const auto act = parse_linear_activation(activation);
-  check_linear_bwd_args("linear_bwd", grad_output, input, weight, saved, act);
-  const int64_t n = weight.size(0), k = weight.size(1), m = leading_size(input);
-  // Gradients not asked for come back as empty tensors, each its own (outputs never alias).
-  const auto none = [&] { return at::empty({0}, input.options()); };
-  const at::Tensor g = grad_output.reshape({m, n});
-
-  at::Tensor grad_preact, grad_bias;
-  if (act.has_value()) {
-    std::tie(grad_preact, grad_bias) = bias_act_bwd(
-        g.contiguous(), saved.reshape({m, n}).contiguous(), *act, p0, p1, output_mask[2]);
-  } else {
-    grad_preact = g;
-    if (output_mask[2]) grad_bias = g.sum(0);
-  }
-  at::Tensor grad_input = none(), grad_weight = none();
-  if (output_mask[0]) grad_input = at::mm(grad_preact, weight).view(input.sizes());
-  if (output_mask[1]) grad_weight = at::mm(grad_preact.t(), input.reshape({m, k}));
-  return {grad_input, grad_weight, output_mask[2] ? grad_bias : none()};
+std::tuple<at::Tensor, at::Tensor> weight_grad_kernel(const at::Tensor& gz, const at::Tensor& x,
+                                                      bool /*want_bias: summed by the op*/) {
+  return {at::mm(gz.t(), x), at::Tensor()};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) {
-  m.impl("linear_fwd", &linear_fwd);
-  m.impl("linear_bwd", &linear_bwd);
-}
+BACKPROP_EXT_REGISTER_KERNEL(linear_fwd_stub, CPU, &linear_fwd_kernel);
+BACKPROP_EXT_REGISTER_KERNEL(bias_act_bwd_stub, CPU, &bias_act_bwd);
+BACKPROP_EXT_REGISTER_KERNEL(weight_grad_stub, CPU, &weight_grad_kernel);
 
 }  // namespace backprop_ext::cpu

@@ -12,46 +12,11 @@
 #include "../dispatch.h"
 #include "../softmax_math.h"
 #include "softmax_kernels.h"
+#include "vec_loops.h"
 
 namespace backprop_ext::cpu {
 namespace CPU_CAPABILITY {  // DEFAULT, AVX2 or AVX512: see isa.h
 namespace {
-
-using at::vec::Vectorized;
-
-// kSize lanes of the opmath type, loaded from and stored to scalar_t memory.
-template <typename scalar_t>
-struct Lanes {
-  using T = at::opmath_type<scalar_t>;
-  using V = Vectorized<T>;
-  static constexpr int64_t kSize = V::size();
-  static constexpr bool kWiden = !std::is_same_v<scalar_t, T>;
-
-  static V load(const scalar_t* p) {
-    if constexpr (kWiden) {
-      V out;
-      at::vec::load_to_float<scalar_t>(p, out);
-      return out;
-    } else {
-      return V::loadu(p);
-    }
-  }
-  // The first n (< kSize) lanes; the others hold zeros and must not be stored.
-  static V load(const scalar_t* p, int64_t n) {
-    if constexpr (kWiden) {
-      return std::get<0>(at::vec::convert_to_float<scalar_t>(Vectorized<scalar_t>::loadu(p, n)));
-    } else {
-      return V::loadu(p, n);
-    }
-  }
-  static void store(scalar_t* p, V v, int64_t n = kSize) {
-    if constexpr (kWiden) {
-      at::vec::convert_from_float<scalar_t>(v, v).store(p, n);
-    } else {
-      v.store(p, n);
-    }
-  }
-};
 
 template <typename T>
 T reduce_max(Vectorized<T> v) {
@@ -150,90 +115,95 @@ void for_each_column_block(int64_t inner, const F& f) {
   }
 }
 
-// --- softmax / log_softmax
+// --- softmax / log_softmax: one loop each, with the epilogue of softmax_math.h
 
-template <typename scalar_t>
-void softmax_fwd_impl(const scalar_t* x, scalar_t* y, int64_t outer, int64_t D, int64_t inner,
-                      bool log) {
+// The vector form of an epilogue, lane for lane; from one row's scalar statistics (last dim) or
+// from a block of columns' statistics, one per lane (inner dim).
+template <typename E>
+struct VecEpilogue;
+
+template <typename T>
+struct VecEpilogue<SoftmaxEpilogue<T>> {
+  using V = Vectorized<T>;
+  V m, r;
+  explicit VecEpilogue(const SoftmaxEpilogue<T>& e) : m(e.m), r(e.r) {}
+  VecEpilogue(V max, V sum) : m(max), r(V(T(1)) / sum) {}
+  V operator()(V x) const { return (x - m).exp() * r; }
+  static V reduce(V g, V y) { return g * y; }
+  static V backward(V g, V y, V acc) { return y * (g - acc); }
+};
+
+template <typename T>
+struct VecEpilogue<LogSoftmaxEpilogue<T>> {
+  using V = Vectorized<T>;
+  V shift;
+  explicit VecEpilogue(const LogSoftmaxEpilogue<T>& e) : shift(e.shift) {}
+  VecEpilogue(V max, V sum) : shift(max + sum.log()) {}
+  V operator()(V x) const { return x - shift; }
+  static V reduce(V g, V) { return g; }
+  static V backward(V g, V y, V acc) { return g - y.exp() * acc; }
+};
+
+template <typename scalar_t, template <typename> class Epilogue>
+void softmax_fwd_impl(const scalar_t* x, scalar_t* y, int64_t outer, int64_t D, int64_t inner) {
   using L = Lanes<scalar_t>;
   using T = typename L::T;
-  using V = typename L::V;
+  using E = Epilogue<T>;
+  using VE = VecEpilogue<E>;
   for (int64_t o = 0; o < outer; ++o) {
     const scalar_t* xo = x + o * D * inner;
     scalar_t* yo = y + o * D * inner;
     if (inner == 1) {
       const auto [m, s] = row_stats(xo, D);
-      const V vm(m);
-      if (log) {
-        const T shift = m + math::log(s);
-        const V vshift(shift);
-        row_map(xo, yo, D, [&](V v) { return v - vshift; }, [&](T v) { return v - shift; });
-      } else {
-        const T r = T(1) / s;
-        const V vr(r);
-        row_map(xo, yo, D, [&](V v) { return (v - vm).exp() * vr; },
-                [&](T v) { return math::exp(v - m) * r; });
-      }
+      const E e(m, s);
+      const VE ve(e);
+      row_map(xo, yo, D, ve, e);
       continue;
     }
     for_each_column_block<scalar_t>(inner, [&](int64_t c, int64_t n, auto load) {
       const auto [vm, vs] = column_stats(xo + c, D, inner, load);
-      if (log) {
-        const V shift = vm + vs.log();
-        for (int64_t d = 0; d < D; ++d) {
-          L::store(yo + d * inner + c, load(xo + d * inner + c) - shift, n);
-        }
-      } else {
-        const V r = V(T(1)) / vs;
-        for (int64_t d = 0; d < D; ++d) {
-          L::store(yo + d * inner + c, (load(xo + d * inner + c) - vm).exp() * r, n);
-        }
+      const VE ve(vm, vs);
+      for (int64_t d = 0; d < D; ++d) {
+        L::store(yo + d * inner + c, ve(load(xo + d * inner + c)), n);
       }
     });
   }
 }
 
-// softmax:      dx = y (g - sum(g y))
-// log_softmax:  dx = g - exp(y) sum(g)
-template <typename scalar_t>
+template <typename scalar_t, template <typename> class Epilogue>
 void softmax_bwd_impl(const scalar_t* g, const scalar_t* y, scalar_t* gx, int64_t outer,
-                      int64_t D, int64_t inner, bool log) {
+                      int64_t D, int64_t inner) {
   using L = Lanes<scalar_t>;
   using T = typename L::T;
   using V = typename L::V;
+  using E = Epilogue<T>;
+  using VE = VecEpilogue<E>;
   for (int64_t o = 0; o < outer; ++o) {
     const int64_t off = o * D * inner;
     const scalar_t *go = g + off, *yo = y + off;
     scalar_t* gxo = gx + off;
     if (inner == 1) {
-      if (log) {
-        const T sg = row_sum(go, D, [](V v) { return v; }, [](T v) { return v; });
-        const V vsg(sg);
-        row_map2(go, yo, gxo, D, [&](V gv, V yv) { return gv - yv.exp() * vsg; },
-                 [&](T gv, T yv) { return gv - math::exp(yv) * sg; });
-      } else {
-        using Lv = Lanes<scalar_t>;
-        V acc(T(0));
-        int64_t i = 0;
-        for (; i + Lv::kSize <= D; i += Lv::kSize) acc = acc + Lv::load(go + i) * Lv::load(yo + i);
-        T dot = reduce_sum(acc);
-        for (; i < D; ++i) dot += static_cast<T>(go[i]) * static_cast<T>(yo[i]);
-        const V vdot(dot);
-        row_map2(go, yo, gxo, D, [&](V gv, V yv) { return yv * (gv - vdot); },
-                 [&](T gv, T yv) { return yv * (gv - dot); });
+      V vacc(T(0));
+      int64_t i = 0;
+      for (; i + L::kSize <= D; i += L::kSize) {
+        vacc = vacc + VE::reduce(L::load(go + i), L::load(yo + i));
       }
+      T acc = reduce_sum(vacc);
+      for (; i < D; ++i) acc += E::reduce(static_cast<T>(go[i]), static_cast<T>(yo[i]));
+      const V va(acc);
+      row_map2(go, yo, gxo, D, [&](V gv, V yv) { return VE::backward(gv, yv, va); },
+               [&](T gv, T yv) { return E::backward(gv, yv, acc); });
       continue;
     }
     for_each_column_block<scalar_t>(inner, [&](int64_t c, int64_t n, auto load) {
       V acc(T(0));
       for (int64_t d = 0; d < D; ++d) {
         const int64_t i = d * inner + c;
-        acc = log ? acc + load(go + i) : acc + load(go + i) * load(yo + i);
+        acc = acc + VE::reduce(load(go + i), load(yo + i));
       }
       for (int64_t d = 0; d < D; ++d) {
         const int64_t i = d * inner + c;
-        const V gv = load(go + i), yv = load(yo + i);
-        L::store(gxo + i, log ? gv - yv.exp() * acc : yv * (gv - acc), n);
+        L::store(gxo + i, VE::backward(load(go + i), load(yo + i), acc), n);
       }
     });
   }
@@ -365,6 +335,8 @@ int64_t cross_entropy_bwd_impl(const scalar_t* logits, const int64_t* target, co
     const T a = grad_nll[r];
     const T b = grad_smooth ? grad_smooth[r] : T(0);
     const T row_lse = lse[r];
+    // Read before the row is written: grad_logits may be the logits themselves.
+    const T p_t = math::exp(static_cast<T>(x[t]) - row_lse);
     // dx_c = a (p_c - [c == t]) + b (p_c W - w_c) = (a + b W) p_c - b w_c - a [c == t]
     const T k = a + b * W;
     const V vk(k), vb(b), vlse(row_lse);
@@ -384,7 +356,6 @@ int64_t cross_entropy_bwd_impl(const scalar_t* logits, const int64_t* target, co
       }
     }
     const T wt = w == nullptr ? T(1) : static_cast<T>(w[t]);
-    const T p_t = math::exp(static_cast<T>(x[t]) - row_lse);
     gx[t] = static_cast<scalar_t>(k * p_t - b * wt - a);
   }
   return -1;
@@ -397,16 +368,21 @@ int64_t cross_entropy_bwd_impl(const scalar_t* logits, const int64_t* target, co
 void softmax_fwd_kernel(c10::ScalarType dtype, const void* x, void* y, int64_t outer, int64_t D,
                         int64_t inner, bool log) {
   BACKPROP_EXT_DISPATCH_FLOATS(dtype, "softmax_fwd", [&] {
-    softmax_fwd_impl(static_cast<const scalar_t*>(x), static_cast<scalar_t*>(y), outer, D, inner,
-                     log);
+    visit_softmax_epilogue(log, [&](auto tag) {
+      softmax_fwd_impl<scalar_t, decltype(tag)::template type>(
+          static_cast<const scalar_t*>(x), static_cast<scalar_t*>(y), outer, D, inner);
+    });
   });
 }
 
 void softmax_bwd_kernel(c10::ScalarType dtype, const void* grad, const void* y, void* grad_x,
                         int64_t outer, int64_t D, int64_t inner, bool log) {
   BACKPROP_EXT_DISPATCH_FLOATS(dtype, "softmax_bwd", [&] {
-    softmax_bwd_impl(static_cast<const scalar_t*>(grad), static_cast<const scalar_t*>(y),
-                     static_cast<scalar_t*>(grad_x), outer, D, inner, log);
+    visit_softmax_epilogue(log, [&](auto tag) {
+      softmax_bwd_impl<scalar_t, decltype(tag)::template type>(
+          static_cast<const scalar_t*>(grad), static_cast<const scalar_t*>(y),
+          static_cast<scalar_t*>(grad_x), outer, D, inner);
+    });
   });
 }
 

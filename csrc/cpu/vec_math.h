@@ -1,5 +1,6 @@
 // Activation math on at::vec vectors, for the per-ISA kernel files (activation_kernels.cpp,
-// linear_kernels.cpp). Include it only from a *_kernels.cpp: everything here lives in the
+// linear_kernels.cpp): the vector form of activation_math.h's ActivationMath, one specialization
+// per activation. Include it only from a *_kernels.cpp: everything here lives in the
 // CPU_CAPABILITY namespace that setup.py sets per build. The math mirrors activation_math.h lane
 // for lane, so a vector loop and its scalar tail (which calls those functors) agree to the
 // rounding of the libm/Sleef functions used, except for float GELU, which trades the last
@@ -76,77 +77,185 @@ Vectorized<T> vec_tanh(Vectorized<T> x) {
   }
 }
 
+// --- the vector form of each activation's math (activation_math.h), lane for lane.
+//
+// VecActivationMath<A>::forward(x, p0, p1) and ::backward(g, s, p0, p1) on Vectorized<T>. An
+// activation without a specialization runs its scalar math lane by lane: correct, not fast.
+
+template <Activation A>
+struct VecActivationMath {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T p0, T p1) {
+    return map_lanes(x, [&](T v) { return ActivationMath<A>::forward(v, p0, p1); });
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> s, T p0, T p1) {
+    return map_lanes(g, s, [&](T a, T b) { return ActivationMath<A>::backward(a, b, p0, p1); });
+  }
+
+ private:
+  template <typename T, typename F>
+  static Vectorized<T> map_lanes(Vectorized<T> x, const F& f) {
+    alignas(64) T lanes[Vectorized<T>::size()];
+    x.store(lanes);
+    for (auto& v : lanes) v = f(v);
+    return Vectorized<T>::loadu(lanes);
+  }
+  template <typename T, typename F>
+  static Vectorized<T> map_lanes(Vectorized<T> a, Vectorized<T> b, const F& f) {
+    alignas(64) T la[Vectorized<T>::size()], lb[Vectorized<T>::size()];
+    a.store(la);
+    b.store(lb);
+    for (int i = 0; i < Vectorized<T>::size(); ++i) la[i] = f(la[i], lb[i]);
+    return Vectorized<T>::loadu(la);
+  }
+};
+
+template <>
+struct VecActivationMath<Activation::kRelu> {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T, T) {
+    const Vectorized<T> zero(T(0));
+    return Vectorized<T>::blendv(x, zero, x < zero);
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> y, T, T) {
+    const Vectorized<T> zero(T(0));
+    return Vectorized<T>::blendv(g, zero, y <= zero);
+  }
+};
+
+template <>
+struct VecActivationMath<Activation::kLeakyRelu> {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T slope, T) {
+    return Vectorized<T>::blendv(x * Vectorized<T>(slope), x, x > Vectorized<T>(T(0)));
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> x, T slope, T) {
+    return Vectorized<T>::blendv(g * Vectorized<T>(slope), g, x > Vectorized<T>(T(0)));
+  }
+};
+
+template <>
+struct VecActivationMath<Activation::kGelu> {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T, T) {
+    using V = Vectorized<T>;
+    if constexpr (std::is_same_v<T, float>) {
+      return x * normal_cdf_gauss(x).cdf;
+    } else {
+      return x * V(T(0.5)) * (V(T(1)) + (x * V(GeluConstants<T>::kAlpha)).erf());
+    }
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> x, T, T) {
+    using V = Vectorized<T>;
+    using C = GeluConstants<T>;
+    if constexpr (std::is_same_v<T, float>) {
+      const auto [cdf, gauss] = normal_cdf_gauss(x);
+      return g * (cdf + x * V(C::kPdf) * gauss);
+    } else {
+      const V cdf = V(T(0.5)) * (V(T(1)) + (x * V(C::kAlpha)).erf());
+      const V pdf = V(C::kPdf) * (V(T(-0.5)) * x * x).exp();
+      return g * (cdf + x * pdf);
+    }
+  }
+};
+
+template <>
+struct VecActivationMath<Activation::kGeluTanh> {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T, T) {
+    using V = Vectorized<T>;
+    using C = GeluConstants<T>;
+    const V inner = V(C::kBeta) * (x + V(C::kKappa) * x * x * x);
+    return V(T(0.5)) * x * (V(T(1)) + vec_tanh(inner));
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> x, T, T) {
+    using V = Vectorized<T>;
+    using C = GeluConstants<T>;
+    const V one(T(1)), half(T(0.5));
+    const V x2 = x * x;
+    const V t = vec_tanh(V(C::kBeta) * (x + V(C::kKappa) * x2 * x));
+    const V d_left = half * (one + t);
+    const V d_right = half * x * (one - t * t) * V(C::kBeta) * (one + V(T(3) * C::kKappa) * x2);
+    return g * (d_left + d_right);
+  }
+};
+
+template <>
+struct VecActivationMath<Activation::kSilu> {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T, T) {
+    return x / (Vectorized<T>(T(1)) + x.neg().exp());
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> x, T, T) {
+    const Vectorized<T> one(T(1));
+    const Vectorized<T> sig = one / (one + x.neg().exp());
+    return g * sig * (one + x * (one - sig));
+  }
+};
+
+template <>
+struct VecActivationMath<Activation::kSigmoid> {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T, T) {
+    const Vectorized<T> one(T(1));
+    return one / (one + x.neg().exp());
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> y, T, T) {
+    return g * (Vectorized<T>(T(1)) - y) * y;
+  }
+};
+
+template <>
+struct VecActivationMath<Activation::kTanh> {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T, T) {
+    return vec_tanh(x);
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> y, T, T) {
+    return g * (Vectorized<T>(T(1)) - y * y);
+  }
+};
+
+template <>
+struct VecActivationMath<Activation::kSoftplus> {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T beta, T threshold) {
+    using V = Vectorized<T>;
+    const V bx = x * V(beta);
+    return V::blendv(bx.exp().log1p() / V(beta), x, bx > V(threshold));
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> x, T beta, T threshold) {
+    using V = Vectorized<T>;
+    const V bx = x * V(beta);
+    const V z = bx.exp();
+    return V::blendv(g * z / (z + V(T(1))), g, bx > V(threshold));
+  }
+};
+
+// --- the functors the vector loops take: the vector math of A with its parameters bound
+
 template <Activation A, typename T>
 struct VecForward {
-  using V = Vectorized<T>;
   T p0, p1;
-  V operator()(V x) const {
-    using C = math::GeluConstants<T>;
-    const V zero(T(0)), one(T(1)), half(T(0.5));
-    if constexpr (A == Activation::kRelu) {
-      return V::blendv(x, zero, x < zero);
-    } else if constexpr (A == Activation::kLeakyRelu) {
-      return V::blendv(x * V(p0), x, x > zero);
-    } else if constexpr (A == Activation::kGelu) {
-      if constexpr (std::is_same_v<T, float>) {
-        return x * normal_cdf_gauss(x).cdf;
-      } else {
-        return x * half * (one + (x * V(C::kAlpha)).erf());
-      }
-    } else if constexpr (A == Activation::kGeluTanh) {
-      const V inner = V(C::kBeta) * (x + V(C::kKappa) * x * x * x);
-      return half * x * (one + vec_tanh(inner));
-    } else if constexpr (A == Activation::kSilu) {
-      return x / (one + x.neg().exp());
-    } else if constexpr (A == Activation::kSigmoid) {
-      return one / (one + x.neg().exp());
-    } else if constexpr (A == Activation::kTanh) {
-      return vec_tanh(x);
-    } else {  // kSoftplus
-      const V bx = x * V(p0);
-      return V::blendv(bx.exp().log1p() / V(p0), x, bx > V(p1));
-    }
+  Vectorized<T> operator()(Vectorized<T> x) const {
+    return VecActivationMath<A>::forward(x, p0, p1);
   }
 };
 
 template <Activation A, typename T>
 struct VecBackward {
-  using V = Vectorized<T>;
   T p0, p1;
-  V operator()(V g, V s) const {
-    using C = math::GeluConstants<T>;
-    const V zero(T(0)), one(T(1)), half(T(0.5));
-    if constexpr (A == Activation::kRelu) {
-      return V::blendv(g, zero, s <= zero);
-    } else if constexpr (A == Activation::kLeakyRelu) {
-      return V::blendv(g * V(p0), g, s > zero);
-    } else if constexpr (A == Activation::kGelu) {
-      if constexpr (std::is_same_v<T, float>) {
-        const auto [cdf, gauss] = normal_cdf_gauss(s);
-        return g * (cdf + s * V(C::kPdf) * gauss);
-      } else {
-        const V cdf = half * (one + (s * V(C::kAlpha)).erf());
-        const V pdf = V(C::kPdf) * (V(T(-0.5)) * s * s).exp();
-        return g * (cdf + s * pdf);
-      }
-    } else if constexpr (A == Activation::kGeluTanh) {
-      const V s2 = s * s;
-      const V t = vec_tanh(V(C::kBeta) * (s + V(C::kKappa) * s2 * s));
-      const V d_left = half * (one + t);
-      const V d_right = half * s * (one - t * t) * V(C::kBeta) * (one + V(T(3) * C::kKappa) * s2);
-      return g * (d_left + d_right);
-    } else if constexpr (A == Activation::kSilu) {
-      const V sig = one / (one + s.neg().exp());
-      return g * sig * (one + s * (one - sig));
-    } else if constexpr (A == Activation::kSigmoid) {
-      return g * (one - s) * s;
-    } else if constexpr (A == Activation::kTanh) {
-      return g * (one - s * s);
-    } else {  // kSoftplus
-      const V bx = s * V(p0);
-      const V z = bx.exp();
-      return V::blendv(g * z / (z + one), g, bx > V(p1));
-    }
+  Vectorized<T> operator()(Vectorized<T> g, Vectorized<T> s) const {
+    return VecActivationMath<A>::backward(g, s, p0, p1);
   }
 };
 

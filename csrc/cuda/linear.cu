@@ -1,4 +1,5 @@
-// Linear ops on CUDA: out = act(x W^T + b) and its backward.
+// The linear family's CUDA kernels: out = act(x W^T + b) and its backward. The ops around them
+// (checks, the (M, K) view, allocation) are csrc/linear.cpp's.
 //
 //   forward   z = x W^T + b          cuBLASLt, the bias added in its BIAS epilogue
 //             y = act(z)             our elementwise kernel (in place on z when z is not kept)
@@ -24,22 +25,16 @@
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/util/accumulate.h>
 #include <cublasLt.h>
-#include <torch/library.h>
 
 #include <algorithm>
-#include <array>
 #include <cstdlib>
 #include <string_view>
 #include <tuple>
 
-#include "../activation_math.h"
 #include "../dispatch.h"
-#include "../linear_args.h"
+#include "../linear.h"
 #include "common.cuh"
 
 namespace backprop_ext::cuda {
@@ -428,94 +423,51 @@ std::optional<cublasLtEpilogue_t> lt_activation_epilogue(Activation act, bool bi
   return std::nullopt;
 }
 
-// --- ops
+// --- kernels of the stubs (linear.h)
 
-std::tuple<at::Tensor, at::Tensor> linear_fwd(const at::Tensor& input, const at::Tensor& weight,
-                                              const std::optional<at::Tensor>& bias,
-                                              c10::string_view activation, double p0, double p1,
-                                              bool save_preact) {
-  check_linear_args("linear_fwd", input, weight, bias);
-  const auto act = parse_linear_activation(activation);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const int64_t n = weight.size(0), k = weight.size(1);
-  const int64_t m = c10::multiply_integers(input.sizes().begin(), input.sizes().end() - 1);
-  const at::Tensor x = input.reshape({m, k}).contiguous();
-  const at::Tensor w = weight.contiguous();
-  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-  const auto out_sizes = linear_output_sizes(input, weight);
-  const at::Tensor none = at::empty({0}, input.options());
-  const bool keep = save_preact && needs_preact(act);
-
+void linear_fwd_cuda(const at::Tensor& input2d, const at::Tensor& weight, const at::Tensor& bias,
+                     std::optional<Activation> act, double p0, double p1, at::Tensor& z,
+                     at::Tensor& y) {
+  const at::Tensor x = input2d.contiguous(), w = weight.contiguous();
+  const int64_t n = w.size(0);
+  const bool keep = !y.is_same(z);
   if (act.has_value() && lt_activation_epilogues()) {
     // GELU_AUX wants the aux leading dimension a multiple of 8.
-    const auto epilogue = lt_activation_epilogue(*act, b.defined(), keep);
-    if (epilogue.has_value() && (!keep || n % 8 == 0)) {
-      at::Tensor y = at::empty(out_sizes, input.options());
-      at::Tensor z = keep ? at::empty(out_sizes, input.options()) : none;
-      if (forward_gemm(x, w, b, y, *epilogue, keep ? &z : nullptr)) return {y, z};
+    const auto epilogue = lt_activation_epilogue(*act, bias.defined(), keep);
+    if (epilogue.has_value() && (!keep || n % 8 == 0) &&
+        forward_gemm(x, w, bias, y, *epilogue, keep ? &z : nullptr)) {
+      return;
     }
   }
-
-  at::Tensor z = at::empty(out_sizes, input.options());
-  const bool done = b.defined() ? forward_gemm(x, w, b, z, CUBLASLT_EPILOGUE_BIAS, nullptr)
-                                : false;
+  const bool done =
+      bias.defined() ? forward_gemm(x, w, bias, z, CUBLASLT_EPILOGUE_BIAS, nullptr) : false;
   if (!done) {
-    at::Tensor z2d = z.view({m, n});
-    if (b.defined()) {
-      at::addmm_out(z2d, b, x, w.t());
+    if (bias.defined()) {
+      at::addmm_out(z, bias, x, w.t());
     } else {
-      at::mm_out(z2d, x, w.t());
+      at::mm_out(z, x, w.t());
     }
   }
-  if (!act.has_value()) return {z, none};
-  // Without a pre-activation to keep, the activation overwrites the GEMM output in place.
-  at::Tensor y = keep ? at::empty(out_sizes, input.options()) : z;
-  activation_into(z, y, *act, p0, p1);
-  return {y, keep ? z : none};
+  if (act.has_value()) activation_into(z, y, *act, p0, p1);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_bwd(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    const at::Tensor& saved, c10::string_view activation, double p0, double p1,
-    std::array<bool, 3> output_mask) {
-  const auto act = parse_linear_activation(activation);
-  check_linear_bwd_args("linear_bwd", grad_output, input, weight, saved, act);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const int64_t n = weight.size(0), k = weight.size(1);
-  const int64_t m = c10::multiply_integers(input.sizes().begin(), input.sizes().end() - 1);
-  // Gradients not asked for come back as empty tensors, each its own (outputs never alias).
-  const auto none = [&] { return at::empty({0}, input.options()); };
-  const at::Tensor g = grad_output.reshape({m, n}).contiguous();
-
-  at::Tensor grad_preact = g, grad_bias;
-  if (act.has_value()) {
-    std::tie(grad_preact, grad_bias) =
-        bias_act_bwd(g, saved.reshape({m, n}).contiguous(), *act, p0, p1, output_mask[2]);
+// gW = gz^T x, with gb = sum_rows gz from the same GEMM's BGRADB epilogue when asked.
+std::tuple<at::Tensor, at::Tensor> weight_grad_cuda(const at::Tensor& gz_in, const at::Tensor& x_in,
+                                                    bool want_bias) {
+  const at::Tensor gz = gz_in.contiguous(), x = x_in.contiguous();
+  at::Tensor gw = at::empty({gz.size(1), x.size(1)}, x.options());
+  if (want_bias) {
+    at::Tensor gb = at::empty({gz.size(1)}, x.options());
+    if (weight_grad_gemm(gz, x, gw, gb)) return {gw, gb};
   }
-  at::Tensor grad_input = none(), grad_weight = none();
-  if (output_mask[0]) grad_input = at::mm(grad_preact, weight).view(input.sizes());
-  if (output_mask[1]) {
-    const at::Tensor x = input.reshape({m, k}).contiguous();
-    grad_weight = at::empty({n, k}, input.options());
-    bool done = false;
-    if (!act.has_value() && output_mask[2]) {
-      grad_bias = at::empty({n}, input.options());
-      done = weight_grad_gemm(grad_preact, x, grad_weight, grad_bias);
-      if (!done) grad_bias = at::Tensor();
-    }
-    if (!done) at::mm_out(grad_weight, grad_preact.t(), x);
-  }
-  if (output_mask[2] && !grad_bias.defined()) grad_bias = g.sum(0);
-  return {grad_input, grad_weight, output_mask[2] ? grad_bias : none()};
+  at::mm_out(gw, gz.t(), x);
+  return {gw, at::Tensor()};
 }
 
 }  // namespace
 
-// --- registration
-
-TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) {
-  m.impl("linear_fwd", &linear_fwd);
-  m.impl("linear_bwd", &linear_bwd);
-}
+BACKPROP_EXT_REGISTER_KERNEL(linear_fwd_stub, CUDA, &linear_fwd_cuda);
+BACKPROP_EXT_REGISTER_KERNEL(bias_act_bwd_stub, CUDA, &bias_act_bwd);
+BACKPROP_EXT_REGISTER_KERNEL(weight_grad_stub, CUDA, &weight_grad_cuda);
 
 }  // namespace backprop_ext::cuda

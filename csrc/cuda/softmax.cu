@@ -1,4 +1,5 @@
-// Softmax-family ops on CUDA. Math and edge values: softmax_math.h.
+// The softmax family's CUDA kernels; the ops around them are csrc/softmax.cpp's. Math, epilogues
+// and edge values: softmax_math.h.
 //
 // Last dim: one block per row. The first pass reads the row once, keeping per thread the online
 // pair (max m, sum s of exp(x - m)), updated once per 16-byte pack (the pack's own max first, so
@@ -10,18 +11,11 @@
 // backward reads it once and writes the gradient once.
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/sum.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
-#include <tuple>
-
-#include "../checks.h"
 #include "../dispatch.h"
+#include "../softmax.h"
 #include "../softmax_math.h"
-#include "../softmax_shapes.h"
 #include "common.cuh"
 
 namespace backprop_ext::cuda {
@@ -118,43 +112,34 @@ __device__ void row_map(const scalar_t* __restrict__ in, scalar_t* __restrict__ 
 
 // --- kernels: last dim
 
-template <int kVec, typename scalar_t>
+template <int kVec, template <typename> class Epilogue, typename scalar_t>
 __global__ void softmax_fwd_lastdim_kernel(const scalar_t* __restrict__ x,
-                                           scalar_t* __restrict__ y, int64_t rows, int64_t D,
-                                           bool log) {
+                                           scalar_t* __restrict__ y, int64_t rows, int64_t D) {
   using T = at::opmath_type<scalar_t>;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t off = row * D;
     const OnlineStats<T> st = row_stats<kVec>(x + off, D);
-    if (log) {
-      const T shift = st.m + math::log(st.s);
-      row_map<kVec>(x + off, y + off, D, [&](T v) { return v - shift; });
-    } else {
-      const T m = st.m, r = T(1) / st.s;
-      row_map<kVec>(x + off, y + off, D, [&](T v) { return math::exp(v - m) * r; });
-    }
+    row_map<kVec>(x + off, y + off, D, Epilogue<T>(st.m, st.s));
   }
 }
 
-template <int kVec, typename scalar_t>
+template <int kVec, template <typename> class Epilogue, typename scalar_t>
 __global__ void softmax_bwd_lastdim_kernel(const scalar_t* __restrict__ g,
                                            const scalar_t* __restrict__ y,
-                                           scalar_t* __restrict__ gx, int64_t rows, int64_t D,
-                                           bool log) {
+                                           scalar_t* __restrict__ gx, int64_t rows, int64_t D) {
   using T = at::opmath_type<scalar_t>;
+  using E = Epilogue<T>;
   using P = Pack<scalar_t, kVec>;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t off = row * D;
     const P* gp = reinterpret_cast<const P*>(g + off);
     const P* yp = reinterpret_cast<const P*>(y + off);
     P* gxp = reinterpret_cast<P*>(gx + off);
-    T acc = T(0);  // sum(g y) for softmax, sum(g) for log_softmax
+    T acc = T(0);
     for (int64_t p = threadIdx.x; p < D / kVec; p += blockDim.x) {
       const P a = gp[p], b = yp[p];
 #pragma unroll
-      for (int k = 0; k < kVec; ++k) {
-        acc += log ? static_cast<T>(a.v[k]) : static_cast<T>(a.v[k]) * static_cast<T>(b.v[k]);
-      }
+      for (int k = 0; k < kVec; ++k) acc += E::reduce(static_cast<T>(a.v[k]), static_cast<T>(b.v[k]));
     }
     acc = block_sum(acc);
     for (int64_t p = threadIdx.x; p < D / kVec; p += blockDim.x) {
@@ -162,8 +147,8 @@ __global__ void softmax_bwd_lastdim_kernel(const scalar_t* __restrict__ g,
       P o;
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
-        const T gv = static_cast<T>(a.v[k]), yv = static_cast<T>(b.v[k]);
-        o.v[k] = static_cast<scalar_t>(log ? gv - math::exp(yv) * acc : yv * (gv - acc));
+        o.v[k] = static_cast<scalar_t>(
+            E::backward(static_cast<T>(a.v[k]), static_cast<T>(b.v[k]), acc));
       }
       gxp[p] = o;
     }
@@ -182,9 +167,9 @@ __global__ void logsumexp_lastdim_kernel(const scalar_t* __restrict__ x,
 
 // --- kernels: inner dim, one thread per (outer, inner) column
 
-template <typename scalar_t>
+template <template <typename> class Epilogue, typename scalar_t>
 __global__ void softmax_fwd_inner_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
-                                         int64_t outer, int64_t D, int64_t inner, bool log) {
+                                         int64_t outer, int64_t D, int64_t inner) {
   using T = at::opmath_type<scalar_t>;
   const int64_t columns = outer * inner;
   for (int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; col < columns;
@@ -192,20 +177,20 @@ __global__ void softmax_fwd_inner_kernel(const scalar_t* __restrict__ x, scalar_
     const int64_t base = (col / inner) * D * inner + col % inner;
     OnlineStats<T> st;
     for (int64_t d = 0; d < D; ++d) st.add(static_cast<T>(x[base + d * inner]));
-    const T shift = st.m + math::log(st.s), r = T(1) / st.s;
+    const Epilogue<T> e(st.m, st.s);
     for (int64_t d = 0; d < D; ++d) {
-      const T v = static_cast<T>(x[base + d * inner]);
-      y[base + d * inner] = static_cast<scalar_t>(log ? v - shift : math::exp(v - st.m) * r);
+      y[base + d * inner] = static_cast<scalar_t>(e(static_cast<T>(x[base + d * inner])));
     }
   }
 }
 
-template <typename scalar_t>
+template <template <typename> class Epilogue, typename scalar_t>
 __global__ void softmax_bwd_inner_kernel(const scalar_t* __restrict__ g,
                                          const scalar_t* __restrict__ y,
                                          scalar_t* __restrict__ gx, int64_t outer, int64_t D,
-                                         int64_t inner, bool log) {
+                                         int64_t inner) {
   using T = at::opmath_type<scalar_t>;
+  using E = Epilogue<T>;
   const int64_t columns = outer * inner;
   for (int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; col < columns;
        col += int64_t(gridDim.x) * blockDim.x) {
@@ -213,12 +198,11 @@ __global__ void softmax_bwd_inner_kernel(const scalar_t* __restrict__ g,
     T acc = T(0);
     for (int64_t d = 0; d < D; ++d) {
       const int64_t i = base + d * inner;
-      acc += log ? static_cast<T>(g[i]) : static_cast<T>(g[i]) * static_cast<T>(y[i]);
+      acc += E::reduce(static_cast<T>(g[i]), static_cast<T>(y[i]));
     }
     for (int64_t d = 0; d < D; ++d) {
       const int64_t i = base + d * inner;
-      const T gv = static_cast<T>(g[i]), yv = static_cast<T>(y[i]);
-      gx[i] = static_cast<scalar_t>(log ? gv - math::exp(yv) * acc : yv * (gv - acc));
+      gx[i] = static_cast<scalar_t>(E::backward(static_cast<T>(g[i]), static_cast<T>(y[i]), acc));
     }
   }
 }
@@ -399,79 +383,62 @@ void with_pack_width(int vec, const F& f) {
   }
 }
 
-// --- ops
+// --- kernels of the stubs (softmax.h)
 
-at::Tensor softmax_fwd(const at::Tensor& self, int64_t dim, bool log) {
-  const char* op = log ? "log_softmax_fwd" : "softmax_fwd";
-  check_float(op, "self", self);
-  const ReductionShape s = reduction_shape(op, self, dim);
-  const c10::cuda::CUDAGuard guard(self.device());
-  const at::Tensor x = self.contiguous();
-  at::Tensor y = at::empty_like(x);
-  if (x.numel() == 0) return y;
+void softmax_fwd_cuda(const at::Tensor& x, at::Tensor& y, const ReductionShape& s, bool log) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   BACKPROP_EXT_DISPATCH_FLOATS(x.scalar_type(), "softmax_fwd", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    if (s.inner == 1) {
-      const int vec = pack_width<scalar_t>(s.D, {xp, yp});
-      with_pack_width<scalar_t>(vec, [&](auto kv) {
-        constexpr int kVec = decltype(kv)::value;
-        softmax_fwd_lastdim_kernel<kVec><<<row_blocks(s.outer), row_threads(s.D / kVec), 0,
-                                           stream>>>(xp, yp, s.outer, s.D, log);
-      });
-    } else {
-      softmax_fwd_inner_kernel<<<column_blocks(s.outer * s.inner), kElementwiseThreads, 0,
-                                 stream>>>(xp, yp, s.outer, s.D, s.inner, log);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    visit_softmax_epilogue(log, [&](auto epilogue) {
+      if (s.inner == 1) {
+        with_pack_width<scalar_t>(pack_width<scalar_t>(s.D, {xp, yp}), [&](auto kv) {
+          constexpr int kVec = decltype(kv)::value;
+          softmax_fwd_lastdim_kernel<kVec, decltype(epilogue)::template type>
+              <<<row_blocks(s.outer), row_threads(s.D / kVec), 0, stream>>>(xp, yp, s.outer, s.D);
+        });
+      } else {
+        softmax_fwd_inner_kernel<decltype(epilogue)::template type>
+            <<<column_blocks(s.outer * s.inner), kElementwiseThreads, 0, stream>>>(
+                xp, yp, s.outer, s.D, s.inner);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
-  return y;
 }
 
-at::Tensor softmax_bwd(const at::Tensor& grad_output, const at::Tensor& output, int64_t dim,
-                       bool log) {
-  const ReductionShape s =
-      check_softmax_bwd_args(log ? "log_softmax_bwd" : "softmax_bwd", grad_output, output, dim);
-  const c10::cuda::CUDAGuard guard(output.device());
-  const at::Tensor g = grad_output.contiguous(), y = output.contiguous();
-  at::Tensor gx = at::empty_like(y);
-  if (y.numel() == 0) return gx;
+void softmax_bwd_cuda(const at::Tensor& g, const at::Tensor& y, at::Tensor& gx,
+                      const ReductionShape& s, bool log) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   BACKPROP_EXT_DISPATCH_FLOATS(y.scalar_type(), "softmax_bwd", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
-    if (s.inner == 1) {
-      const int vec = pack_width<scalar_t>(s.D, {gp, yp, gxp});
-      with_pack_width<scalar_t>(vec, [&](auto kv) {
-        constexpr int kVec = decltype(kv)::value;
-        softmax_bwd_lastdim_kernel<kVec><<<row_blocks(s.outer), row_threads(s.D / kVec), 0,
-                                           stream>>>(gp, yp, gxp, s.outer, s.D, log);
-      });
-    } else {
-      softmax_bwd_inner_kernel<<<column_blocks(s.outer * s.inner), kElementwiseThreads, 0,
-                                 stream>>>(gp, yp, gxp, s.outer, s.D, s.inner, log);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    visit_softmax_epilogue(log, [&](auto epilogue) {
+      if (s.inner == 1) {
+        with_pack_width<scalar_t>(pack_width<scalar_t>(s.D, {gp, yp, gxp}), [&](auto kv) {
+          constexpr int kVec = decltype(kv)::value;
+          softmax_bwd_lastdim_kernel<kVec, decltype(epilogue)::template type>
+              <<<row_blocks(s.outer), row_threads(s.D / kVec), 0, stream>>>(gp, yp, gxp, s.outer,
+                                                                             s.D);
+        });
+      } else {
+        softmax_bwd_inner_kernel<decltype(epilogue)::template type>
+            <<<column_blocks(s.outer * s.inner), kElementwiseThreads, 0, stream>>>(
+                gp, yp, gxp, s.outer, s.D, s.inner);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
-  return gx;
 }
 
-at::Tensor logsumexp_fwd(const at::Tensor& self, int64_t dim) {
-  check_float("logsumexp_fwd", "self", self);
-  const ReductionShape s = reduction_shape("logsumexp_fwd", self, dim);
-  const c10::cuda::CUDAGuard guard(self.device());
-  const at::Tensor x = self.contiguous();
-  at::Tensor out = at::empty(keepdim_sizes(x, s.dim), x.options());
-  if (out.numel() == 0) return out;
+void logsumexp_fwd_cuda(const at::Tensor& x, at::Tensor& out, const ReductionShape& s) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   BACKPROP_EXT_DISPATCH_FLOATS(x.scalar_type(), "logsumexp_fwd", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     if (s.inner == 1) {
-      const int vec = pack_width<scalar_t>(s.D, {xp});
-      with_pack_width<scalar_t>(vec, [&](auto kv) {
+      with_pack_width<scalar_t>(pack_width<scalar_t>(s.D, {xp}), [&](auto kv) {
         constexpr int kVec = decltype(kv)::value;
         logsumexp_lastdim_kernel<kVec><<<row_blocks(s.outer), row_threads(s.D / kVec), 0,
                                          stream>>>(xp, op, s.outer, s.D);
@@ -482,17 +449,11 @@ at::Tensor logsumexp_fwd(const at::Tensor& self, int64_t dim) {
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
 }
 
-at::Tensor logsumexp_bwd(const at::Tensor& grad, const at::Tensor& self, const at::Tensor& result,
-                         int64_t dim) {
-  const ReductionShape s = check_logsumexp_bwd_args(grad, self, result, dim);
-  const c10::cuda::CUDAGuard guard(self.device());
-  const at::Tensor g = grad.contiguous(), x = self.contiguous(), r = result.contiguous();
-  at::Tensor gx = at::empty_like(x);
+void logsumexp_bwd_cuda(const at::Tensor& g, const at::Tensor& x, const at::Tensor& r,
+                        at::Tensor& gx, const ReductionShape& s) {
   const int64_t n = x.numel();
-  if (n == 0) return gx;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   BACKPROP_EXT_DISPATCH_FLOATS(x.scalar_type(), "logsumexp_bwd", [&] {
     logsumexp_bwd_kernel<<<column_blocks(n), kElementwiseThreads, 0, stream>>>(
@@ -500,86 +461,61 @@ at::Tensor logsumexp_bwd(const at::Tensor& grad, const at::Tensor& self, const a
         gx.mutable_data_ptr<scalar_t>(), n, s.D, s.inner);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return gx;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd(
-    const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    int64_t ignore_index, bool smoothing) {
-  check_cross_entropy_args("cross_entropy_fwd", logits, target, weight);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const int64_t N = logits.size(0), C = logits.size(1);
-  const at::Tensor x = logits.contiguous(), t = target.contiguous();
-  const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
-  const auto opts = x.options().dtype(at::toOpMathType(x.scalar_type()));
-  at::Tensor nll = at::empty({N}, opts), lse = at::empty({N}, opts);
-  at::Tensor smooth = at::empty({smoothing ? N : 0}, opts);
-  if (N == 0) return {nll, smooth, lse};
+void cross_entropy_fwd_cuda(const at::Tensor& x, const at::Tensor& t, const at::Tensor& w,
+                            int64_t ignore_index, at::Tensor& nll, at::Tensor& smooth,
+                            at::Tensor& lse) {
+  const int64_t N = x.size(0), C = x.size(1);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   BACKPROP_EXT_DISPATCH_FLOATS(x.scalar_type(), "cross_entropy_fwd", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const int vec = pack_width<scalar_t>(C, {xp});
-    with_pack_width<scalar_t>(vec, [&](auto kv) {
+    with_pack_width<scalar_t>(pack_width<scalar_t>(C, {xp}), [&](auto kv) {
       constexpr int kVec = decltype(kv)::value;
       cross_entropy_fwd_kernel<kVec><<<row_blocks(N), row_threads(C / kVec), 0, stream>>>(
           xp, t.const_data_ptr<int64_t>(), w.defined() ? w.const_data_ptr<scalar_t>() : nullptr,
           N, C, ignore_index, nll.mutable_data_ptr<T>(),
-          smoothing ? smooth.mutable_data_ptr<T>() : nullptr, lse.mutable_data_ptr<T>());
+          smooth.defined() ? smooth.mutable_data_ptr<T>() : nullptr, lse.mutable_data_ptr<T>());
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {nll, smooth, lse};
 }
 
-at::Tensor cross_entropy_bwd(const at::Tensor& logits, const at::Tensor& target,
-                             const std::optional<at::Tensor>& weight, const at::Tensor& lse,
-                             const at::Tensor& grad_nll, const std::optional<at::Tensor>& grad_smooth,
-                             int64_t ignore_index) {
-  check_cross_entropy_bwd_args(logits, target, weight, lse, grad_nll, grad_smooth);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const int64_t N = logits.size(0), C = logits.size(1);
-  const at::Tensor x = logits.contiguous(), t = target.contiguous(), l = lse.contiguous();
-  const at::Tensor gn = grad_nll.contiguous();
-  const at::Tensor gs = grad_smooth.has_value() ? grad_smooth->contiguous() : at::Tensor();
-  const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
-  at::Tensor gx = at::empty_like(x);
-  if (x.numel() == 0) return gx;
+void cross_entropy_bwd_cuda(const at::Tensor& x, const at::Tensor& t, const at::Tensor& w,
+                            const at::Tensor& lse, const at::Tensor& grad_nll,
+                            const at::Tensor& grad_smooth, int64_t ignore_index,
+                            at::Tensor& grad) {
+  const int64_t N = x.size(0), C = x.size(1);
   // sum(w) weighs the smoothing term; it stays on the device (reading it back would stall).
-  const at::Tensor total_weight = (w.defined() && gs.defined())
+  const at::Tensor total_weight = (w.defined() && grad_smooth.defined())
                                       ? at::sum(w, at::toOpMathType(w.scalar_type()))
                                       : at::Tensor();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   BACKPROP_EXT_DISPATCH_FLOATS(x.scalar_type(), "cross_entropy_bwd", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
-    const int vec = pack_width<scalar_t>(C, {xp, gxp});
-    with_pack_width<scalar_t>(vec, [&](auto kv) {
+    scalar_t* gxp = grad.mutable_data_ptr<scalar_t>();
+    with_pack_width<scalar_t>(pack_width<scalar_t>(C, {xp, gxp}), [&](auto kv) {
       constexpr int kVec = decltype(kv)::value;
       cross_entropy_bwd_kernel<kVec><<<row_blocks(N), row_threads(C / kVec), 0, stream>>>(
           xp, t.const_data_ptr<int64_t>(), w.defined() ? w.const_data_ptr<scalar_t>() : nullptr,
-          l.const_data_ptr<T>(), gn.const_data_ptr<T>(),
-          gs.defined() ? gs.const_data_ptr<T>() : nullptr,
+          lse.const_data_ptr<T>(), grad_nll.const_data_ptr<T>(),
+          grad_smooth.defined() ? grad_smooth.const_data_ptr<T>() : nullptr,
           total_weight.defined() ? total_weight.const_data_ptr<T>() : nullptr, N, C,
           ignore_index, gxp);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return gx;
 }
 
 }  // namespace
 
-// --- registration
-
-TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) {
-  m.impl("softmax_fwd", &softmax_fwd);
-  m.impl("softmax_bwd", &softmax_bwd);
-  m.impl("logsumexp_fwd", &logsumexp_fwd);
-  m.impl("logsumexp_bwd", &logsumexp_bwd);
-  m.impl("cross_entropy_fwd", &cross_entropy_fwd);
-  m.impl("cross_entropy_bwd", &cross_entropy_bwd);
-}
+BACKPROP_EXT_REGISTER_KERNEL(softmax_fwd_stub, CUDA, &softmax_fwd_cuda);
+BACKPROP_EXT_REGISTER_KERNEL(softmax_bwd_stub, CUDA, &softmax_bwd_cuda);
+BACKPROP_EXT_REGISTER_KERNEL(logsumexp_fwd_stub, CUDA, &logsumexp_fwd_cuda);
+BACKPROP_EXT_REGISTER_KERNEL(logsumexp_bwd_stub, CUDA, &logsumexp_bwd_cuda);
+BACKPROP_EXT_REGISTER_KERNEL(cross_entropy_fwd_stub, CUDA, &cross_entropy_fwd_cuda);
+BACKPROP_EXT_REGISTER_KERNEL(cross_entropy_bwd_stub, CUDA, &cross_entropy_bwd_cuda);
 
 }  // namespace backprop_ext::cuda

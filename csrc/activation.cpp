@@ -1,0 +1,72 @@
+// The activation family's ops, for every device: checks, layout and allocation, then the
+// device's kernel (activation.h's stubs). Math: activation_math.h; kernels: cpu/activation.cpp,
+// cuda/activation.cu.
+//
+//   activation_fwd(x, name, p0, p1) -> y            y = f(x)
+//   activation_fwd_(x, name, p0, p1)                x = f(x), in place
+//   activation_bwd(grad_y, saved, name, p0, p1)     grad_y * f'(saved), saved = y or x (see
+//                                                   activation_table.h's `reads`)
+#include <ATen/ops/empty_like.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/library.h>
+
+#include "activation.h"
+#include "checks.h"
+#include "elementwise.h"
+
+namespace backprop_ext {
+
+BACKPROP_EXT_DEFINE_STUB(activation_fwd_stub);
+BACKPROP_EXT_DEFINE_STUB(activation_bwd_stub);
+
+namespace {
+
+at::Tensor activation_fwd(const at::Tensor& self, c10::string_view activation, double p0,
+                          double p1) {
+  check_float("activation_fwd", "self", self);
+  const Activation act = activation_from_name(activation);
+  const c10::OptionalDeviceGuard guard(device_of(self));
+  const at::Tensor x = as_flat(self);
+  at::Tensor out = at::empty_like(x);
+  if (x.numel() > 0) activation_fwd_stub(x.device().type(), x, out, act, p0, p1);
+  return out;
+}
+
+void activation_fwd_(at::Tensor& self, c10::string_view activation, double p0, double p1) {
+  check_float("activation_fwd_", "self", self);
+  const Activation act = activation_from_name(activation);
+  const c10::OptionalDeviceGuard guard(device_of(self));
+  if (!self.is_non_overlapping_and_dense()) {
+    self.copy_(activation_fwd(self, activation, p0, p1));
+  } else if (self.numel() > 0) {
+    activation_fwd_stub(self.device().type(), self, self, act, p0, p1);
+  }
+}
+
+at::Tensor activation_bwd(const at::Tensor& grad_output, const at::Tensor& saved,
+                          c10::string_view activation, double p0, double p1) {
+  check_float("activation_bwd", "grad_output", grad_output);
+  check_same("activation_bwd", "grad_output", grad_output, "saved", saved);
+  check_same_shape("activation_bwd", "grad_output", grad_output, "saved", saved);
+  const Activation act = activation_from_name(activation);
+  const c10::OptionalDeviceGuard guard(device_of(grad_output));
+  const auto [g, s] = as_flat(grad_output, saved);
+  at::Tensor grad_input = at::empty_like(g);
+  if (g.numel() > 0) activation_bwd_stub(g.device().type(), g, s, grad_input, act, p0, p1);
+  return grad_input;
+}
+
+void register_ops(torch::Library& m) {
+  m.impl("activation_fwd", &activation_fwd);
+  m.impl("activation_fwd_", &activation_fwd_);
+  m.impl("activation_bwd", &activation_bwd);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) { register_ops(m); }
+#ifdef BACKPROP_EXT_WITH_CUDA
+TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) { register_ops(m); }
+#endif
+
+}  // namespace backprop_ext

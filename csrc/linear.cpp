@@ -1,0 +1,141 @@
+// The linear family's ops, for every device: out = act(input @ weight^T + bias) and its
+// backward. Argument checks, the (M, K) view and allocation live here; the products and the
+// fused passes are the devices' kernels (linear.h's stubs; cpu/linear.cpp, cuda/linear.cu). The
+// fake kernels in backprop_ext/linear.py raise the same messages, so eager and traced code fail
+// alike.
+//
+//   input  (*, in_features)              any number of leading dims, at least 1-D
+//   weight (out_features, in_features)
+//   bias   (out_features,) or none
+//   output (*, out_features)
+//
+//   linear_fwd(input, weight, bias, activation, p0, p1, save_preact) -> (out, preact)
+//   linear_bwd(grad_out, input, weight, saved, activation, p0, p1, output_mask)
+//       -> (grad_input, grad_weight, grad_bias)
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/util/accumulate.h>
+#include <torch/library.h>
+
+#include <array>
+#include <tuple>
+#include <vector>
+
+#include "checks.h"
+#include "linear.h"
+
+namespace backprop_ext {
+
+BACKPROP_EXT_DEFINE_STUB(linear_fwd_stub);
+BACKPROP_EXT_DEFINE_STUB(bias_act_bwd_stub);
+BACKPROP_EXT_DEFINE_STUB(weight_grad_stub);
+
+namespace {
+
+void check_linear_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias) {
+  check_float(op, "input", input);
+  TORCH_CHECK(input.dim() >= 1, op,
+              ": expected input of shape (*, in_features) with at least 1 dimension, but got a "
+              "0-d tensor");
+  TORCH_CHECK(weight.dim() == 2, op,
+              ": expected weight of shape (out_features, in_features), but got shape ",
+              weight.sizes());
+  check_same(op, "input", input, "weight", weight);
+  TORCH_CHECK(input.size(-1) == weight.size(1), op,
+              ": expected input.shape[-1] == weight.shape[1] (in_features), but got input of "
+              "shape ", input.sizes(), " and weight of shape ", weight.sizes());
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
+                ": expected bias of shape (out_features,) = (", weight.size(0),
+                ",), but got shape ", bias->sizes());
+    check_same(op, "input", input, "bias", *bias);
+  }
+}
+
+// input.shape[:-1] + (out_features,)
+std::vector<int64_t> output_sizes(const at::Tensor& input, const at::Tensor& weight) {
+  std::vector<int64_t> sizes(input.sizes().begin(), input.sizes().end() - 1);
+  sizes.push_back(weight.size(0));
+  return sizes;
+}
+
+int64_t leading_size(const at::Tensor& t) {
+  return c10::multiply_integers(t.sizes().begin(), t.sizes().end() - 1);
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_fwd(const at::Tensor& input, const at::Tensor& weight,
+                                              const std::optional<at::Tensor>& bias,
+                                              c10::string_view activation, double p0, double p1,
+                                              bool save_preact) {
+  check_linear_args("linear_fwd", input, weight, bias);
+  const auto act = linear_activation_from_name(activation);
+  const c10::OptionalDeviceGuard guard(device_of(input));
+  const int64_t n = weight.size(0), k = weight.size(1), m = leading_size(input);
+  const at::Tensor x = input.reshape({m, k});
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  const auto sizes = output_sizes(input, weight);
+  // Without a pre-activation to keep, the activation overwrites the GEMM output in place.
+  const bool keep = save_preact && needs_preact(act);
+  at::Tensor z = at::empty(sizes, input.options());
+  at::Tensor y = keep ? at::empty(sizes, input.options()) : z;
+  at::Tensor z2d = z.view({m, n}), y2d = y.view({m, n});
+  linear_fwd_stub(input.device().type(), x, weight, b, act, p0, p1, z2d, y2d);
+  return {y, keep ? z : at::empty({0}, input.options())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_bwd(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& saved, c10::string_view activation, double p0, double p1,
+    std::array<bool, 3> output_mask) {
+  const char* op = "linear_bwd";
+  const auto act = linear_activation_from_name(activation);
+  check_linear_args(op, input, weight, std::nullopt);
+  check_same(op, "input", input, "grad_output", grad_output);
+  const auto sizes = output_sizes(input, weight);
+  TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(sizes), op,
+              ": expected grad_output of shape ", c10::IntArrayRef(sizes),
+              " (input.shape[:-1] + (out_features,)), but got ", grad_output.sizes());
+  if (act.has_value()) {  // `saved` is ignored without an activation
+    check_same(op, "grad_output", grad_output, "saved", saved);
+    check_same_shape(op, "grad_output", grad_output, "saved", saved);
+  }
+  const c10::OptionalDeviceGuard guard(device_of(input));
+  const c10::DeviceType device = input.device().type();
+  const int64_t n = weight.size(0), k = weight.size(1), m = leading_size(input);
+  // Gradients not asked for come back as empty tensors, each its own (outputs never alias).
+  const auto none = [&] { return at::empty({0}, input.options()); };
+  const at::Tensor g = grad_output.reshape({m, n}).contiguous();
+
+  at::Tensor grad_preact = g, grad_bias;
+  if (act.has_value()) {
+    std::tie(grad_preact, grad_bias) = bias_act_bwd_stub(
+        device, g, saved.reshape({m, n}).contiguous(), *act, p0, p1, output_mask[2]);
+  }
+  at::Tensor grad_input = none(), grad_weight = none();
+  if (output_mask[0]) grad_input = at::mm(grad_preact, weight).view(input.sizes());
+  if (output_mask[1]) {
+    at::Tensor fused_bias;
+    std::tie(grad_weight, fused_bias) = weight_grad_stub(
+        device, grad_preact, input.reshape({m, k}), output_mask[2] && !grad_bias.defined());
+    if (fused_bias.defined()) grad_bias = fused_bias;
+  }
+  if (output_mask[2] && !grad_bias.defined()) grad_bias = grad_preact.sum(0);
+  return {grad_input, grad_weight, output_mask[2] ? grad_bias : none()};
+}
+
+void register_ops(torch::Library& m) {
+  m.impl("linear_fwd", &linear_fwd);
+  m.impl("linear_bwd", &linear_bwd);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) { register_ops(m); }
+#ifdef BACKPROP_EXT_WITH_CUDA
+TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) { register_ops(m); }
+#endif
+
+}  // namespace backprop_ext
