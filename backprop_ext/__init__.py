@@ -16,7 +16,7 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken instal
     ) from e
 
 from . import (  # noqa: E402
-    activation, checkpoint, functional, linear, multi_tensor, nn, softmax, utils,
+    _common, activation, checkpoint, functional, linear, multi_tensor, nn, softmax, utils,
 )
 
 __version__ = "0.1.0"
@@ -26,4 +26,4 @@ __all__ = ["activation", "checkpoint", "functional", "linear", "multi_tensor", "
 
 def cuda_built() -> bool:
     """True when the CUDA kernels were compiled into this build."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key("backprop_ext::activation_fwd", "CUDA")
+    return _common.CUDA_BUILT

@@ -1,31 +1,121 @@
 """The activation family: relu, leaky_relu, gelu (erf and tanh), silu, sigmoid, tanh, softplus.
 
-Reads top to bottom: the registered ops' fake kernels, the second derivatives (for double
-backward), the two autograd Functions, the public functions.
+The list of activations is csrc/activation_table.h's, read here through
+backprop_ext._C.activation_table(); the Python side is derived from it: the names the ops take,
+which rows save their output, the torch.nn.functional-shaped public functions (generated below
+with torch's signatures), the torch.nn Modules (backprop_ext.nn), linear's `activation` argument
+and the test cases (backprop_ext.testing). Adding an activation adds its row and its math there
+and its second derivative here (_SECOND_DERIVATIVES), nothing else.
 
-Ops (csrc/registration.cpp), with `activation` one of ACTIVATIONS and two float parameters
-(leaky_relu: p0 = negative_slope; softplus: p0 = beta, p1 = threshold):
+Reads top to bottom: the table, the registered ops' fake kernels, the second derivatives (for
+double backward), the two autograd Functions, the public functions.
+
+Ops (csrc/registration.cpp), with `activation` a row name and p0, p1 the row's float parameters
+in torch's order (leaky_relu: negative_slope; softplus: beta, threshold):
     activation_fwd(x, activation, p0, p1) -> y
     activation_fwd_(x, activation, p0, p1) -> x       (in place)
     activation_bwd(grad_y, saved, activation, p0, p1) -> grad_x
-where `saved` is y for relu, sigmoid and tanh (their derivative is a function of the output) and
-x for the others. Saving y lets in-place forms run under autograd without copying x.
+where `saved` is y for the rows that save their output (relu, sigmoid and tanh: their derivative
+is a function of the output) and x for the others. Saving y lets in-place forms run under
+autograd without copying x.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+from typing import Callable
+
 import torch
 
+from . import _C
 from ._autograd import pick, twin
+from ._common import check_float_input
 from ._layout import elementwise_output
 
-__all__ = ["relu", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "softplus", "activation"]
-
-ACTIVATIONS = ("relu", "leaky_relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "softplus")
-SAVES_OUTPUT = frozenset({"relu", "sigmoid", "tanh"})
-_FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-
 _ops = torch.ops.backprop_ext
+
+
+# --- the table (csrc/activation_table.h)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationSpec:
+    """One row of the activation table, with its torch.nn.functional signature parsed."""
+
+    name: str  # what the ops take
+    saves_output: bool  # the backward op takes y (else x)
+    signature: str  # the torch.nn.functional call the row computes
+    module: str  # the torch.nn Module computing it
+    function: str  # torch.nn.functional's name
+    arguments: tuple[tuple[str, object], ...]  # the parameters after `input`, torch's order
+    params: tuple[str, ...]  # the float ones: p0, p1
+    selector: tuple[tuple[str, str], ...]  # the string ones, with the values picking this row
+    inplace: bool  # torch has an in-place form
+
+    def floats(self, values: dict) -> tuple[float, float]:
+        """(p0, p1) from parameter values by name, defaults for the missing ones."""
+        defaults = dict(self.arguments)
+        out = [float(values.get(p, defaults[p])) for p in self.params]
+        return (*out, 0.0, 0.0)[:2]
+
+
+def _parse_row(name: str, saves_output: bool, signature: str, module: str) -> ActivationSpec:
+    call = ast.parse(signature, mode="eval").body
+    arguments = tuple((kw.arg, ast.literal_eval(kw.value)) for kw in call.keywords)
+    params = tuple(a for a, v in arguments if a != "inplace" and not isinstance(v, str))
+    if len(params) > 2:
+        raise RuntimeError(f"activation table: {name!r} has more than two float parameters")
+    return ActivationSpec(
+        name=name, saves_output=bool(saves_output), signature=signature, module=module,
+        function=call.func.id, arguments=arguments, params=params,
+        selector=tuple((a, v) for a, v in arguments if isinstance(v, str)),
+        inplace=any(a == "inplace" for a, _ in arguments))
+
+
+SPECS: dict[str, ActivationSpec] = {row[0]: _parse_row(*row) for row in _C.activation_table()}
+ACTIVATIONS = tuple(SPECS)
+SAVES_OUTPUT = frozenset(name for name, spec in SPECS.items() if spec.saves_output)
+
+# torch.nn.functional name -> its rows; several where a string parameter picks the row (gelu's
+# approximate), the first one holding torch's default.
+FUNCTION_ROWS: dict[str, tuple[ActivationSpec, ...]] = {}
+for _spec in SPECS.values():
+    FUNCTION_ROWS[_spec.function] = FUNCTION_ROWS.get(_spec.function, ()) + (_spec,)
+del _spec
+
+
+def resolve(name: str, args=(), kwargs=None, *, who: str = "backprop_ext"):
+    """(row, p0, p1) computing torch.nn.functional.<name>(input, *args, **kwargs).
+
+    `name` is a torch.nn.functional name ("gelu") or a row name ("gelu_tanh"); args and kwargs
+    are its parameters other than `inplace`. Raises ValueError naming `who` for an unknown name,
+    a parameter it does not have, or a value no row computes.
+    """
+    if name in FUNCTION_ROWS:
+        rows = FUNCTION_ROWS[name]
+        names = tuple(a for a, _ in rows[0].arguments if a != "inplace")
+    elif name in SPECS:  # a row's own name: its string parameters are fixed
+        rows = (SPECS[name],)
+        names = rows[0].params
+    else:
+        known = tuple(dict.fromkeys((*FUNCTION_ROWS, *SPECS)))
+        raise ValueError(f"{who}: unknown activation {name!r}; expected None or one of {known}")
+    if len(args) > len(names):
+        raise ValueError(f"{who}: activation {name!r} takes {len(names)} parameter(s) {names}, "
+                         f"got {len(args)}: {tuple(args)}")
+    values = dict(zip(names, args))
+    for key, value in (kwargs or {}).items():
+        if key not in names:
+            raise ValueError(f"{who}: activation {name!r} has no parameter {key!r}")
+        values[key] = value
+    for spec in rows:
+        if all(values.get(key, default) == picked
+               for (key, picked), (_, default) in zip(spec.selector, rows[0].selector)):
+            return (spec, *spec.floats(values))
+    key = rows[0].selector[0][0]
+    choices = " or ".join(repr(dict(s.selector)[key]) for s in rows)
+    raise ValueError(f"{who}: {key} must be {choices}, got {values[key]!r}")
 
 
 # --- fake kernels (shapes, dtypes and strides for tracing and torch.compile)
@@ -48,39 +138,56 @@ def _activation_bwd_fake(grad_output, saved, activation, p0=0.0, p1=0.0):
 
 
 # --- second derivatives, for double backward and forward-over-reverse AD
+#
+# For each row, d/d(saved) of the factor f'(.) that activation_bwd multiplies the gradient by,
+# expressed in `saved` (y for the rows saving their output, x otherwise) with composite torch ops
+# so that it is itself differentiable; None where it is zero everywhere. s is float32 or float64.
+
+_BETA, _KAPPA = 0.7978845608028654, 0.044715  # gelu_tanh's sqrt(2 / pi) and cubic coefficient
+_PDF = 0.3989422804014327  # 1 / sqrt(2 pi)
+
+
+def _gelu_tanh_second(s, p0, p1):
+    t = torch.tanh(_BETA * (s + _KAPPA * s * s * s))
+    du = _BETA * (1 + 3 * _KAPPA * s * s)  # u'
+    ddu = 6 * _BETA * _KAPPA * s  # u''
+    return (1 - t * t) * (du - s * t * du * du + 0.5 * s * ddu)
+
+
+def _silu_second(s, p0, p1):  # f' = sig (1 + x (1 - sig))
+    sig = torch.sigmoid(s)
+    return sig * (1 - sig) * (2 + s * (1 - 2 * sig))
+
+
+def _softplus_second(s, beta, threshold):  # f' = sigmoid(beta x) below the threshold, 1 above
+    sig = torch.sigmoid(s * beta)
+    return torch.where(s * beta > threshold, torch.zeros_like(s), beta * sig * (1 - sig))
+
+
+_SECOND_DERIVATIVES: dict[str, Callable | None] = {
+    "relu": None,
+    "leaky_relu": None,
+    "gelu": lambda s, p0, p1: torch.exp(-0.5 * s * s) * _PDF * (2 - s * s),  # phi(x) (2 - x^2)
+    "gelu_tanh": _gelu_tanh_second,
+    "silu": _silu_second,
+    "sigmoid": lambda y, p0, p1: 1 - 2 * y,  # f' = y (1 - y)
+    "tanh": lambda y, p0, p1: -2 * y,  # f' = 1 - y^2
+    "softplus": _softplus_second,
+}
 
 
 def _dfactor_dsaved(saved: torch.Tensor, activation: str, p0: float, p1: float):
-    """d/d(saved) of the factor f'(.) that activation_bwd multiplies the gradient by.
-
-    Expressed in `saved` (the output for relu/sigmoid/tanh, the input otherwise), in composite
-    torch ops so that it is itself differentiable. None where it is zero everywhere.
-    """
-    if activation in ("relu", "leaky_relu"):
+    """d/d(saved) of activation_bwd's factor f'(saved), differentiable; None where it is 0."""
+    try:
+        second = _SECOND_DERIVATIVES[activation]
+    except KeyError:
+        raise NotImplementedError(
+            f"backprop_ext: activation {activation!r} has no second derivative in "
+            "backprop_ext.activation._SECOND_DERIVATIVES") from None
+    if second is None:
         return None
     s = saved if saved.dtype == torch.float64 else saved.float()
-    if activation == "sigmoid":  # f' = y (1 - y)
-        out = 1 - 2 * s
-    elif activation == "tanh":  # f' = 1 - y^2
-        out = -2 * s
-    elif activation == "gelu":  # f' = Phi(x) + x phi(x);  f'' = phi(x) (2 - x^2)
-        pdf = torch.exp(-0.5 * s * s) * 0.3989422804014327
-        out = pdf * (2 - s * s)
-    elif activation == "gelu_tanh":
-        beta, kappa = 0.7978845608028654, 0.044715
-        t = torch.tanh(beta * (s + kappa * s * s * s))
-        du = beta * (1 + 3 * kappa * s * s)  # u'
-        ddu = 6 * beta * kappa * s  # u''
-        out = (1 - t * t) * (du - s * t * du * du + 0.5 * s * ddu)
-    elif activation == "silu":  # f' = sig (1 + x (1 - sig))
-        sig = torch.sigmoid(s)
-        out = sig * (1 - sig) * (2 + s * (1 - 2 * sig))
-    elif activation == "softplus":  # f' = sigmoid(beta x) below the threshold, 1 above
-        sig = torch.sigmoid(s * p0)
-        out = torch.where(s * p0 > p1, torch.zeros_like(s), p0 * sig * (1 - sig))
-    else:
-        raise ValueError(f"unknown activation {activation!r}")
-    return out.to(saved.dtype)
+    return second(s, p0, p1).to(saved.dtype)
 
 
 # --- autograd
@@ -162,31 +269,12 @@ _ACTIVATION_BWD = twin(ActivationBackwardFunction)
 # --- public functions (torch.nn.functional names, arguments and defaults)
 
 
-def _check_input(op: str, input) -> None:
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"backprop_ext.{op}: expected input to be a Tensor, got {type(input).__name__}")
-    if input.dtype not in _FLOAT_DTYPES:
-        raise TypeError(
-            f"backprop_ext.{op}: expected input of dtype float64, float32, float16 or bfloat16, "
-            f"got {input.dtype}"
-        )
-
-
 def _needs_autograd(x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad
 
 
-def activation(input: torch.Tensor, name: str, p0: float = 0.0, p1: float = 0.0,
-               inplace: bool = False) -> torch.Tensor:
-    """Applies activation `name` (one of ACTIVATIONS) elementwise; differentiable to any order.
-
-    input: any shape, float64/float32/float16/bfloat16, CPU or CUDA. Returns a tensor of the same
-    shape and dtype (or `input` itself, modified, when inplace=True).
-    """
-    _check_input(name, input)
-    if name not in ACTIVATIONS:
-        raise ValueError(f"backprop_ext: unknown activation {name!r}; expected one of {ACTIVATIONS}")
-    p0, p1 = float(p0), float(p1)
+def _apply(input, name: str, p0: float, p1: float, inplace: bool, op: str) -> torch.Tensor:
+    check_float_input(op, input)
     if not inplace:
         return pick(_ACTIVATION).apply(input, name, p0, p1)
     if not _needs_autograd(input):
@@ -199,40 +287,68 @@ def activation(input: torch.Tensor, name: str, p0: float = 0.0, p1: float = 0.0,
     return input.copy_(pick(_ACTIVATION).apply(source, name, p0, p1))
 
 
-def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """max(input, 0). Same as torch.nn.functional.relu."""
-    return activation(input, "relu", inplace=inplace)
+def activation(input: torch.Tensor, name: str, p0: float = 0.0, p1: float = 0.0,
+               inplace: bool = False) -> torch.Tensor:
+    """Applies the activation table's row `name` (one of ACTIVATIONS) elementwise, with float
+    parameters p0, p1; differentiable to any order.
+
+    input: any shape, float64/float32/float16/bfloat16, CPU or CUDA. Returns a tensor of the same
+    shape and dtype (or `input` itself, modified, when inplace=True).
+    """
+    if name not in SPECS:
+        raise ValueError(f"backprop_ext: unknown activation {name!r}; expected one of {ACTIVATIONS}")
+    return _apply(input, name, float(p0), float(p1), inplace, name)
 
 
-def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool = False) -> torch.Tensor:
-    """input if input > 0 else negative_slope * input. Same as torch.nn.functional.leaky_relu."""
-    return activation(input, "leaky_relu", negative_slope, inplace=inplace)
+def _bad_selector(function: str, values: tuple) -> None:
+    rows = FUNCTION_ROWS[function]
+    for i, (key, _) in enumerate(rows[0].selector):
+        choices = " or ".join(repr(dict(s.selector)[key]) for s in rows)
+        if values[i] not in {dict(s.selector)[key] for s in rows}:
+            raise ValueError(f"backprop_ext.{function}: {key} must be {choices}, got "
+                             f"{values[i]!r}")
+    raise ValueError(f"backprop_ext.{function}: no activation computes {values!r}")
 
 
-def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
-    """input * Phi(input); approximate='tanh' uses the tanh form. Same as F.gelu."""
-    if approximate not in ("none", "tanh"):
-        raise ValueError(
-            f"backprop_ext.gelu: approximate must be 'none' or 'tanh', got {approximate!r}"
-        )
-    return activation(input, "gelu" if approximate == "none" else "gelu_tanh")
+def _make_function(function: str, rows: tuple[ActivationSpec, ...]) -> Callable:
+    """torch.nn.functional.<function>, with torch's signature, on our kernels.
+
+    Generated as source (as dataclasses generate __init__) so that a call costs what a
+    hand-written wrapper costs: no argument binding at run time.
+    """
+    first = rows[0]
+    signature = ", ".join(["input"] + [f"{a}={v!r}" for a, v in first.arguments])
+    p = [f"float({a})" for a in first.params] + ["0.0", "0.0"]
+    inplace = "inplace" if first.inplace else "False"
+    if len(rows) == 1:
+        name = repr(first.name)
+        pick_row = ""
+    else:
+        keys = ", ".join(a for a, _ in first.selector) + ","
+        pick_row = (f"    name = _rows.get(({keys}))\n"
+                    f"    if name is None:\n"
+                    f"        _bad_selector({function!r}, ({keys}))\n")
+        name = "name"
+    source = (f"def {function}({signature}):\n{pick_row}"
+              f"    return _apply(input, {name}, {p[0]}, {p[1]}, {inplace}, {function!r})\n")
+    scope = {"_apply": _apply, "_bad_selector": _bad_selector,
+             "_rows": {tuple(v for _, v in spec.selector): spec.name for spec in rows}}
+    exec(source, scope)  # noqa: S102 - source built above from the activation table
+    fn = scope[function]
+    fn.__module__ = __name__
+    fn.__qualname__ = function
+    variants = "; ".join(spec.signature for spec in rows)
+    fn.__doc__ = (
+        f"Same as torch.nn.functional.{function} ({variants}), on backprop_ext's kernels.\n\n"
+        "input: any shape, float64/float32/float16/bfloat16, CPU or CUDA; returns a tensor of its "
+        "shape and dtype" + (" (input itself, modified, when inplace=True)" if first.inplace
+                             else "") + ". Differentiable to any order; forward-mode AD too.")
+    return fn
 
 
-def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """input * sigmoid(input). Same as torch.nn.functional.silu."""
-    return activation(input, "silu", inplace=inplace)
+FUNCTIONS: dict[str, Callable] = {
+    function: _make_function(function, rows) for function, rows in FUNCTION_ROWS.items()
+}
+globals().update(FUNCTIONS)
 
-
-def sigmoid(input: torch.Tensor) -> torch.Tensor:
-    """1 / (1 + exp(-input)). Same as torch.nn.functional.sigmoid."""
-    return activation(input, "sigmoid")
-
-
-def tanh(input: torch.Tensor) -> torch.Tensor:
-    """Hyperbolic tangent. Same as torch.nn.functional.tanh."""
-    return activation(input, "tanh")
-
-
-def softplus(input: torch.Tensor, beta: float = 1.0, threshold: float = 20.0) -> torch.Tensor:
-    """log(1 + exp(beta * input)) / beta, linear where beta * input > threshold. Same as F.softplus."""
-    return activation(input, "softplus", beta, threshold)
+__all__ = [*FUNCTIONS, "activation", "resolve", "ACTIVATIONS", "SAVES_OUTPUT", "SPECS"]

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .multi_tensor import FLOAT_DTYPES
+from ._common import FLOAT_DTYPES
 
 __all__ = ["LayerStats", "GradientFlowReport", "gradient_flow"]
 

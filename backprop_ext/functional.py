@@ -1,10 +1,14 @@
-"""torch.nn.functional-shaped entry points: same names, argument names and defaults."""
+"""torch.nn.functional-shaped entry points: same names, argument names and defaults.
 
-from .activation import gelu, leaky_relu, relu, sigmoid, silu, softplus, tanh
+The activations are generated from the activation table (backprop_ext.activation.FUNCTIONS):
+relu, leaky_relu, gelu, silu, sigmoid, tanh, softplus, ...
+"""
+
+from .activation import FUNCTIONS as _ACTIVATION_FUNCTIONS
 from .linear import linear
 from .softmax import cross_entropy, log_softmax, logsumexp, softmax
 
-__all__ = [
-    "relu", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "softplus", "linear",
-    "softmax", "log_softmax", "logsumexp", "cross_entropy",
-]
+globals().update(_ACTIVATION_FUNCTIONS)
+
+__all__ = [*_ACTIVATION_FUNCTIONS, "linear", "softmax", "log_softmax", "logsumexp",
+           "cross_entropy"]

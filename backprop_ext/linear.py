@@ -4,8 +4,8 @@ the matrix products' epilogues, forward and backward.
 Reads top to bottom: the `activation` argument, the registered ops' fake kernels, the two autograd
 Functions (the layer, and its backward as a differentiable Function), the public function.
 
-Ops (csrc/registration.cpp), `activation` being "none" or one of activation.ACTIVATIONS with that
-family's two float parameters:
+Ops (csrc/registration.cpp), `activation` being "none" or a row of the activation table
+(activation.ACTIVATIONS) with its two float parameters:
     linear_fwd(input, weight, bias, activation, p0, p1, save_preact) -> (out, preact)
     linear_bwd(grad_out, input, weight, saved, activation, p0, p1, output_mask)
         -> (grad_input, grad_weight, grad_bias)
@@ -36,13 +36,12 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as TF
 
-from .activation import ACTIVATIONS, SAVES_OUTPUT, _dfactor_dsaved
 from ._autograd import pick, twin
-from .activation import _ACTIVATION_BWD
+from ._common import FLOAT_DTYPES
+from .activation import _ACTIVATION_BWD, SAVES_OUTPUT, _dfactor_dsaved, resolve
 
 __all__ = ["linear", "parse_activation"]
 
-_FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 _AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)  # autocast leaves float64 be
 
 _ops = torch.ops.backprop_ext
@@ -50,21 +49,15 @@ _ops = torch.ops.backprop_ext
 
 # --- the activation argument
 
-# torch.nn.functional's parameters of each activation that has any, in order, with defaults.
-_ACTIVATION_PARAMS = {
-    "leaky_relu": (("negative_slope", 0.01),),
-    "gelu": (("approximate", "none"),),
-    "softplus": (("beta", 1.0), ("threshold", 20.0)),
-}
-
 
 def parse_activation(spec) -> tuple[str, float, float]:
     """The `activation` argument of linear() -> (op name, p0, p1) for the registered ops.
 
-    spec: None; a name, "relu", "leaky_relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh" or
-    "softplus" (torch's default parameters); or a tuple of a name and its torch.nn.functional
-    parameters, positional in torch's order and/or as a trailing dict:
-    ("leaky_relu", 0.2), ("gelu", "tanh"), ("softplus", 2.0, 10.0), ("softplus", {"beta": 2.0}).
+    spec: None; a name, a torch.nn.functional activation ("relu", "leaky_relu", "gelu", "silu",
+    "sigmoid", "tanh", "softplus", ...: torch's default parameters) or a row of the activation
+    table ("gelu_tanh"); or a tuple of a name and its torch.nn.functional parameters, positional
+    in torch's order and/or as a trailing dict: ("leaky_relu", 0.2), ("gelu", "tanh"),
+    ("softplus", 2.0, 10.0), ("softplus", {"beta": 2.0}).
     """
     if spec is None:
         return "none", 0.0, 0.0
@@ -78,35 +71,8 @@ def parse_activation(spec) -> tuple[str, float, float]:
             "backprop_ext.linear: activation must be None, a name or a (name, *params) tuple, "
             f"got {spec!r}"
         )
-    if name not in ACTIVATIONS:
-        raise ValueError(
-            f"backprop_ext.linear: unknown activation {name!r}; expected None or one of "
-            f"{ACTIVATIONS}"
-        )
-    params = _ACTIVATION_PARAMS.get(name, ())
-    if len(args) > len(params):
-        raise ValueError(
-            f"backprop_ext.linear: activation {name!r} takes {len(params)} parameter(s) "
-            f"{tuple(p for p, _ in params)}, got {len(args)} in {spec!r}"
-        )
-    values = dict(params)
-    values.update(zip((p for p, _ in params), args))
-    for key, value in kwargs.items():
-        if key not in values:
-            raise ValueError(f"backprop_ext.linear: activation {name!r} has no parameter {key!r}")
-        values[key] = value
-    if name == "gelu":
-        if values["approximate"] not in ("none", "tanh"):
-            raise ValueError(
-                "backprop_ext.linear: gelu's approximate must be 'none' or 'tanh', "
-                f"got {values['approximate']!r}"
-            )
-        return ("gelu" if values["approximate"] == "none" else "gelu_tanh"), 0.0, 0.0
-    if name == "leaky_relu":
-        return name, float(values["negative_slope"]), 0.0
-    if name == "softplus":
-        return name, float(values["beta"]), float(values["threshold"])
-    return name, 0.0, 0.0
+    row, p0, p1 = resolve(name, args, kwargs, who="backprop_ext.linear")
+    return row.name, p0, p1
 
 
 def _keeps_preact(activation: str) -> bool:
@@ -119,7 +85,7 @@ def _keeps_preact(activation: str) -> bool:
 
 
 def _check_args(op: str, input, weight, bias) -> None:
-    if input.dtype not in _FLOAT_DTYPES:
+    if input.dtype not in FLOAT_DTYPES:
         raise RuntimeError(
             f"{op}: expected input to be a float64, float32, float16 or bfloat16 tensor, "
             f"but got {input.dtype}"
@@ -422,15 +388,17 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     device (CPU or CUDA); under torch.autocast they are cast like torch's linear is. Returns
     (*, out_features) in that dtype.
 
-    activation: None, a name ("relu", "leaky_relu", "gelu", "gelu_tanh", "silu", "sigmoid",
-    "tanh", "softplus") or a (name, *params) tuple with torch.nn.functional's parameters in
-    torch's order, e.g. ("leaky_relu", 0.2), ("gelu", "tanh"), ("softplus", 2.0, 10.0); a dict
-    as the last item names them: ("softplus", {"threshold": 10.0}). See parse_activation().
+    activation: None, an activation's name (a torch.nn.functional name such as "gelu" or
+    "leaky_relu", or a row of the activation table such as "gelu_tanh": see
+    backprop_ext.activation.ACTIVATIONS) or a (name, *params) tuple with torch.nn.functional's
+    parameters in torch's order, e.g. ("leaky_relu", 0.2), ("gelu", "tanh"), ("softplus", 2.0,
+    10.0); a dict as the last item names them: ("softplus", {"threshold": 10.0}). See
+    parse_activation().
 
-    recompute_preact: for leaky_relu, gelu, gelu_tanh, silu and softplus, do not keep the
-    pre-activation for backward but recompute it there (one more GEMM): saves an
-    (*, out_features) tensor per layer. No effect for the other activations, which keep nothing
-    beyond the output.
+    recompute_preact: for activations whose backward reads the pre-activation (all but relu,
+    sigmoid and tanh, see activation.SAVES_OUTPUT), do not keep it for backward but recompute it
+    there (one more GEMM): saves an (*, out_features) tensor per layer. No effect for the others,
+    which keep nothing beyond the output.
     """
     for name, t in (("input", input), ("weight", weight), ("bias", bias)):
         if t is not None and not isinstance(t, torch.Tensor):

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["norm_dtype", "FLOAT_DTYPES"]
+from ._common import FLOAT_DTYPES
 
-FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+__all__ = ["norm_dtype", "FLOAT_DTYPES"]
 
 
 def norm_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:

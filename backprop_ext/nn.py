@@ -9,50 +9,46 @@ from __future__ import annotations
 
 import torch
 
+from . import activation as _activation
 from . import functional as F
 from .checkpoint import Checkpoint, CheckpointedSequential
 from .linear import parse_activation
 
+# --- activations: one Module per torch.nn class of the activation table, generated from it
+
+
+def _make_module(module: str, rows: tuple) -> type:
+    """torch.nn.<module>'s subclass whose forward runs our functional with the module's
+    attributes (named like the functional's parameters), generated as source so that a call
+    costs what a hand-written forward costs."""
+    base = getattr(torch.nn, module)
+    function = rows[0].function
+    if any(r.function != function for r in rows):
+        raise RuntimeError(f"activation table: torch.nn.{module} computes more than one function")
+    args = "".join(f", self.{a}" for a, _ in rows[0].arguments)
+    source = f"def forward(self, input):\n    return _fn(input{args})\n"
+    scope = {"_fn": getattr(F, function)}
+    exec(source, scope)  # noqa: S102 - source built above from the activation table
+    forward = scope["forward"]
+    forward.__qualname__ = f"{module}.forward"
+    return type(module, (base,), {
+        "forward": forward, "__module__": __name__,
+        "__doc__": f"torch.nn.{module} on backprop_ext's kernels (backprop_ext.functional."
+                   f"{function}): same constructor, attributes, repr and state_dict."})
+
+
+ACTIVATION_MODULES: dict[str, type] = {}
+for _spec in _activation.SPECS.values():
+    if _spec.module not in ACTIVATION_MODULES:
+        ACTIVATION_MODULES[_spec.module] = _make_module(
+            _spec.module, tuple(r for r in _activation.SPECS.values() if r.module == _spec.module))
+del _spec
+globals().update(ACTIVATION_MODULES)
+
 __all__ = [
-    "ReLU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh", "Softplus", "Linear",
-    "Softmax", "LogSoftmax", "CrossEntropyLoss", "convert",
+    *ACTIVATION_MODULES, "Linear", "Softmax", "LogSoftmax", "CrossEntropyLoss", "convert",
     "Checkpoint", "CheckpointedSequential",
 ]
-
-
-class ReLU(torch.nn.ReLU):
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.relu(input, inplace=self.inplace)
-
-
-class LeakyReLU(torch.nn.LeakyReLU):
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.leaky_relu(input, self.negative_slope, self.inplace)
-
-
-class GELU(torch.nn.GELU):
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.gelu(input, approximate=self.approximate)
-
-
-class SiLU(torch.nn.SiLU):
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.silu(input, inplace=self.inplace)
-
-
-class Sigmoid(torch.nn.Sigmoid):
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.sigmoid(input)
-
-
-class Tanh(torch.nn.Tanh):
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.tanh(input)
-
-
-class Softplus(torch.nn.Softplus):
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.softplus(input, self.beta, self.threshold)
 
 
 class Softmax(torch.nn.Softmax):
@@ -111,13 +107,7 @@ class Linear(torch.nn.Linear):
 # torch.nn class -> ours. Matched on the exact type, so user subclasses (which may override
 # forward) are left alone.
 _REPLACEMENTS: dict[type, type] = {
-    torch.nn.ReLU: ReLU,
-    torch.nn.LeakyReLU: LeakyReLU,
-    torch.nn.GELU: GELU,
-    torch.nn.SiLU: SiLU,
-    torch.nn.Sigmoid: Sigmoid,
-    torch.nn.Tanh: Tanh,
-    torch.nn.Softplus: Softplus,
+    **{getattr(torch.nn, name): cls for name, cls in ACTIVATION_MODULES.items()},
     torch.nn.Softmax: Softmax,
     torch.nn.LogSoftmax: LogSoftmax,
     torch.nn.CrossEntropyLoss: CrossEntropyLoss,
@@ -136,19 +126,21 @@ def _swap(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _activation_of(module: torch.nn.Module):
-    """The linear() activation argument equivalent to `module`, or None if it is not one we fuse.
+    """The linear() activation argument equivalent to `module`, or None if it is not one we fuse:
+    the row's name, with its float parameters as a tuple when it has any ("gelu_tanh",
+    ("leaky_relu", 0.2)).
 
     Exact types only (torch's or ours): a subclass may compute something else.
     """
     kind = _REPLACEMENTS.get(type(module), type(module))
-    if kind is LeakyReLU:
-        return ("leaky_relu", module.negative_slope)
-    if kind is GELU:
-        return "gelu" if module.approximate == "none" else "gelu_tanh"
-    if kind is Softplus:
-        return ("softplus", module.beta, module.threshold)
-    names = {ReLU: "relu", SiLU: "silu", Sigmoid: "sigmoid", Tanh: "tanh"}
-    return names.get(kind)
+    if ACTIVATION_MODULES.get(kind.__name__) is not kind:
+        return None
+    for spec in _activation.SPECS.values():
+        if spec.module == kind.__name__ and all(
+                getattr(module, key) == value for key, value in spec.selector):
+            params = tuple(getattr(module, p) for p in spec.params)
+            return (spec.name, *params) if params else spec.name
+    return None
 
 
 def _has_hooks(module: torch.nn.Module) -> bool:

@@ -9,6 +9,8 @@ Ops (csrc/registration.cpp):
     cross_entropy_fwd(logits (N, C), target (N,), weight, ignore_index, smoothing)
         -> nll (N,), smooth (N,) or (0,), lse (N,)          [opmath dtype]
     cross_entropy_bwd(logits, target, weight, lse, grad_nll, grad_smooth, ignore_index) -> grad
+    cross_entropy_bwd_out(..., out)               the same into `out`: a slice of a larger
+                                                  gradient, or the logits themselves
 
 Cross-entropy never materializes log-probabilities: the forward reads the logits once for each
 row's log-sum-exp and the target's logit; the backward reads them once more and writes the
@@ -25,16 +27,11 @@ from typing import Sequence
 import torch
 
 from ._autograd import pick, twin
+from ._common import HALF_DTYPES, check_float_input, opmath_dtype
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "cross_entropy"]
 
 _ops = torch.ops.backprop_ext
-_FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-
-def _opmath(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # --- fake kernels
@@ -66,7 +63,7 @@ def _logsumexp_bwd_fake(grad, x, result, dim):
 @torch.library.register_fake("backprop_ext::cross_entropy_fwd")
 def _cross_entropy_fwd_fake(logits, target, weight, ignore_index, smoothing):
     n = logits.shape[0]
-    dtype = _opmath(logits.dtype)
+    dtype = opmath_dtype(logits.dtype)
     return (logits.new_empty(n, dtype=dtype), logits.new_empty(n if smoothing else 0, dtype=dtype),
             logits.new_empty(n, dtype=dtype))
 
@@ -74,6 +71,13 @@ def _cross_entropy_fwd_fake(logits, target, weight, ignore_index, smoothing):
 @torch.library.register_fake("backprop_ext::cross_entropy_bwd")
 def _cross_entropy_bwd_fake(logits, target, weight, lse, grad_nll, grad_smooth, ignore_index):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("backprop_ext::cross_entropy_bwd_out")
+def _cross_entropy_bwd_out_fake(logits, target, weight, lse, grad_nll, grad_smooth, ignore_index,
+                                out):
+    torch._check(out.shape == logits.shape, lambda: "cross_entropy_bwd: expected logits and out "
+                 f"to have the same shape, but got {tuple(logits.shape)} and {tuple(out.shape)}")
 
 
 # --- softmax / log_softmax
@@ -314,26 +318,16 @@ _CROSS_ENTROPY_BWD = (CrossEntropyBackwardFunction, CrossEntropyBackwardFunction
 # --- public functions
 
 
-def _check_input(op: str, input) -> None:
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"backprop_ext.{op}: expected input to be a Tensor, got {type(input).__name__}")
-    if input.dtype not in _FLOAT_DTYPES:
-        raise TypeError(
-            f"backprop_ext.{op}: expected input of dtype float64, float32, float16 or bfloat16, "
-            f"got {input.dtype}"
-        )
-
-
 def _autocast_float32(x: torch.Tensor, devices: Sequence[str]) -> torch.Tensor:
     """Casts half inputs to float32 where torch's autocast would for this op family."""
     dev = x.device.type
-    if dev in devices and x.dtype in _HALF_DTYPES and torch.is_autocast_enabled(dev):
+    if dev in devices and x.dtype in HALF_DTYPES and torch.is_autocast_enabled(dev):
         return x.float()
     return x
 
 
 def _softmax_common(op, input, dim, dtype, log, stacklevel):
-    _check_input(op, input)
+    check_float_input(op, input)
     if dim is None:
         dim = _implicit_dim(op, input.dim(), stacklevel + 1)
     if dtype is not None:
@@ -368,7 +362,7 @@ def log_softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 
 def logsumexp(input: torch.Tensor, dim: int | Sequence[int], keepdim: bool = False) -> torch.Tensor:
     """log(sum(exp(input))) over `dim` (an int or a tuple of ints; empty: every dim), computed
     stably. Same as torch.logsumexp. input: float64/float32/float16/bfloat16, any shape."""
-    _check_input("logsumexp", input)
+    check_float_input("logsumexp", input)
     input = _autocast_float32(input, ("cuda",))
     ndim = input.dim()
     dims = [dim] if isinstance(dim, int) else list(dim)
@@ -417,7 +411,7 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     """
     if size_average is not None or reduce is not None:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
-    _check_input("cross_entropy", input)
+    check_float_input("cross_entropy", input)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"backprop_ext.cross_entropy: reduction must be one of {_REDUCTIONS}, "
                          f"got {reduction!r}")

@@ -39,8 +39,8 @@ from typing import Union
 import torch
 from torch.utils._foreach_utils import _device_has_foreach_support, _has_foreach_support
 
+from ._common import CUDA_BUILT, FLOAT_DTYPES
 from .diagnostics import GradientFlowReport, LayerStats, gradient_flow
-from .multi_tensor import FLOAT_DTYPES
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm",
            "gradient_flow", "GradientFlowReport", "LayerStats"]
@@ -48,9 +48,6 @@ __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_
 _TensorOrTensors = Union[torch.Tensor, Iterable[torch.Tensor]]
 
 _ops = torch.ops.backprop_ext
-# Whether this build has the CUDA kernels (a constant, read once: cheap to consult while tracing).
-_CUDA_BUILT = torch._C._dispatch_has_kernel_for_dispatch_key("backprop_ext::multi_tensor_norm",
-                                                             "CUDA")
 
 
 # --- argument handling
@@ -85,7 +82,7 @@ def _nonnegative(fn: str, name: str, value) -> float:
 
 def _kernels_on(device: torch.device) -> bool:
     """Whether our kernels run on `device`: CPU, CUDA when built, meta (the fake kernels)."""
-    return device.type in ("cpu", "meta") or (device.type == "cuda" and _CUDA_BUILT)
+    return device.type in ("cpu", "meta") or (device.type == "cuda" and CUDA_BUILT)
 
 
 def _takes(t: torch.Tensor) -> bool:

@@ -6,13 +6,58 @@ import torch
 import torch.nn.functional as TF
 from torch.autograd import gradcheck, gradgradcheck
 
+import backprop_ext
 import backprop_ext.functional as BF
 import backprop_ext.nn as bnn
+from backprop_ext.activation import (
+    _SECOND_DERIVATIVES, ACTIVATIONS, FUNCTION_ROWS, SAVES_OUTPUT, SPECS,
+)
 from backprop_ext.testing import ACTIVATION_CASES, assert_matches
 
 from .conftest import DEVICES
 
 CASES = [pytest.param(c, id=c.label) for c in ACTIVATION_CASES]
+INPLACE_FUNCTIONS = [f for f, rows in FUNCTION_ROWS.items() if rows[0].inplace]
+
+
+# --- the activation table (csrc/activation_table.h) and what is derived from it
+
+
+def test_every_piece_agrees_with_the_table():
+    table = backprop_ext._C.activation_table()
+    assert ACTIVATIONS == tuple(row[0] for row in table)
+    assert SAVES_OUTPUT == {row[0] for row in table if row[1]}
+    assert set(_SECOND_DERIVATIVES) == set(ACTIVATIONS), "every row needs a second derivative"
+    # The C++ lookup knows every row and nothing else; a row's kernels run and save what it says.
+    x = torch.randn(5, dtype=torch.float64)
+    for name, spec in SPECS.items():
+        y = torch.ops.backprop_ext.activation_fwd(x, name, *spec.floats({}))
+        assert y.shape == x.shape
+    with pytest.raises(RuntimeError, match="unknown activation 'nope'; expected one of: relu"):
+        torch.ops.backprop_ext.activation_fwd(x, "nope")
+    # Functional and nn faces: one function per torch.nn.functional name, with torch's
+    # parameters (and torch's signature where torch's function has an inspectable one), one
+    # Module per torch.nn class, subclassing it.
+    import inspect
+
+    for function, rows in FUNCTION_ROWS.items():
+        ours = inspect.signature(getattr(BF, function))
+        assert list(ours.parameters)[1:] == [a for a, _ in rows[0].arguments]
+        theirs = getattr(TF, function, None)
+        try:
+            expected = inspect.signature(theirs)
+        except (TypeError, ValueError):  # a builtin without a signature
+            continue
+        assert [(p.name, p.default) for p in ours.parameters.values()] == [
+            (p.name, p.default) for p in expected.parameters.values()], function
+    for spec in SPECS.values():
+        ours = getattr(bnn, spec.module)
+        assert issubclass(ours, getattr(torch.nn, spec.module))
+        assert bnn.convert(getattr(torch.nn, spec.module)()).__class__ is ours
+    # The cases the tests and `check` run cover every row.
+    covered = {backprop_ext.activation.resolve(c.name, (), dict(c.kwargs))[0].name
+               for c in ACTIVATION_CASES}
+    assert covered == set(ACTIVATIONS)
 
 
 def _make(shape_or_kind, device, dtype):
@@ -88,11 +133,10 @@ def test_forward_over_reverse(case, device):
     torch.testing.assert_close(ours, ref)
 
 
-@pytest.mark.parametrize("name", ["relu", "leaky_relu", "gelu", "gelu_tanh", "silu", "sigmoid",
-                                  "tanh", "softplus"])
+@pytest.mark.parametrize("name", ACTIVATIONS)
 def test_opcheck(name, device):
     ops = torch.ops.backprop_ext
-    p0, p1 = {"leaky_relu": (0.1, 0.0), "softplus": (1.5, 10.0)}.get(name, (0.0, 0.0))
+    p0, p1 = SPECS[name].floats({})
     for x in (torch.randn(3, 4, device=device), torch.randn(4, 6, device=device).t(),
               torch.randn(8, 3, device=device)[::2]):
         g = torch.randn_like(x)
@@ -132,7 +176,7 @@ def test_large_input_crosses_thread_chunks(device):
         torch.testing.assert_close(case.ours(x), case.torch(x), rtol=2e-6, atol=2e-6)
 
 
-@pytest.mark.parametrize("name", ["relu", "leaky_relu", "silu"])
+@pytest.mark.parametrize("name", INPLACE_FUNCTIONS)
 def test_inplace(name, device):
     fn_ours, fn_torch = getattr(BF, name), getattr(TF, name)
     x = torch.randn(10, 3, device=device)
@@ -324,42 +368,3 @@ def test_dense_sweep_accuracy(dtype):
         yt.backward(g)
         yr.backward(g.double())
         assert_matches(xo.grad, xt.grad, xr.grad)
-
-
-_ISA_SCRIPT = """
-import torch, backprop_ext
-from backprop_ext.testing import ACTIVATION_CASES, compare
-x = torch.linspace(-12, 12, 10_007, dtype=torch.float64)
-bad = []
-for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
-    xd = x.to(dtype)
-    for case in ACTIVATION_CASES:
-        xo, xt, xr = (xd.clone().requires_grad_(), xd.clone().requires_grad_(),
-                      xd.double().clone().requires_grad_())
-        yo, yt, yr = case.ours(xo), case.torch(xt), case.torch(xr)
-        yo.sum().backward(); yt.sum().backward(); yr.sum().backward()
-        for a, b, c in ((yo, yt, yr), (xo.grad, xt.grad, xr.grad)):
-            r = compare(a, b, c)
-            if not r.ok:
-                bad.append(f"{case.label} {dtype}: {r.message}")
-print(torch.backends.cpu.get_cpu_capability())
-assert not bad, bad
-"""
-
-
-@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
-def test_every_cpu_isa_build_matches_torch(isa):
-    # The *_kernels.cpp objects are compiled per ISA; ATEN_CPU_CAPABILITY picks torch's and ours.
-    import os
-    import subprocess
-    import sys
-
-    if isa == "avx512" and torch.backends.cpu.get_cpu_capability() != "AVX512":
-        pytest.skip("this CPU has no AVX512")
-    if isa == "avx2" and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-        pytest.skip("this CPU has no AVX2")
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)
-    out = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == isa.upper()

@@ -387,6 +387,48 @@ def test_cross_entropy_saves_no_logits_sized_extra():
     loss.backward()
 
 
+@pytest.mark.parametrize("smoothing", [False, True], ids=["plain", "smoothing"])
+def test_cross_entropy_bwd_out_writes_slices_and_in_place(smoothing, device, dtype):
+    # The out= form a chunked caller (linear + cross-entropy) uses: row blocks written into
+    # slices of one gradient give the whole-batch gradient, bit for bit; and `out` may be the
+    # logits themselves (each element read before it is written).
+    ops = torch.ops.backprop_ext
+    logits = _rand((10, 37), device, dtype)
+    target = torch.tensor([0, 5, -100, 36, 2, 11, 7, 7, -100, 1], device=device)
+    weight = (torch.rand(37, dtype=torch.float64) + 0.5).to(device, dtype)
+    _, smooth, lse = ops.cross_entropy_fwd(logits, target, weight, -100, smoothing)
+    g_nll = torch.randn(10, dtype=lse.dtype, device=device)
+    g_smooth = torch.randn(10, dtype=lse.dtype, device=device) if smoothing else None
+    whole = ops.cross_entropy_bwd(logits, target, weight, lse, g_nll, g_smooth, -100)
+
+    out = torch.full_like(logits, float("nan"))
+    for begin, end in ((0, 4), (4, 9), (9, 10)):
+        ops.cross_entropy_bwd_out(
+            logits[begin:end], target[begin:end], weight, lse[begin:end], g_nll[begin:end],
+            g_smooth[begin:end] if smoothing else None, -100, out[begin:end])
+    assert torch.equal(out, whole)
+
+    in_place = logits.clone()
+    ops.cross_entropy_bwd_out(in_place, target, weight, lse, g_nll, g_smooth, -100, in_place)
+    assert torch.equal(in_place, whole)
+    torch.library.opcheck(ops.cross_entropy_bwd_out.default,
+                          (logits, target, weight, lse, g_nll, g_smooth, -100,
+                           torch.empty_like(logits)))
+
+
+def test_cross_entropy_bwd_out_checks_out():
+    ops = torch.ops.backprop_ext
+    logits, target = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    _, _, lse = ops.cross_entropy_fwd(logits, target, None, -100, False)
+    args = (logits, target, None, lse, torch.ones(4), None, -100)
+    with pytest.raises(RuntimeError, match="expected logits and out to have the same shape"):
+        ops.cross_entropy_bwd_out(*args, torch.empty(4, 6))
+    with pytest.raises(RuntimeError, match="expected logits and out to have the same dtype"):
+        ops.cross_entropy_bwd_out(*args, torch.empty(4, 5, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="expected a contiguous out"):
+        ops.cross_entropy_bwd_out(*args, torch.empty(5, 4).t())
+
+
 def test_inputs_are_not_modified():
     x = torch.randn(8, 13, requires_grad=True)
     y = torch.randint(0, 13, (8,))
