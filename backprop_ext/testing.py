@@ -1,14 +1,25 @@
-"""Float64 references and the one tolerance rule, shared by the tests and `python -m backprop_ext check`.
+"""The one test harness, shared by the test suite and `python -m backprop_ext check`: the tolerance
+rule, the ours/torch/float64 parity run, the case tables of every family, and the per-ISA runner.
 
 The rule (after flash-attention): run torch's own op on the float64 copy of the inputs as the
 reference; our result in dtype D may differ from it by at most twice what torch's own op in D
 does, plus a floor of a few units in the last place of D (so that exact agreement of torch with
 the reference does not demand exactness of us).
+
+A case is an op as our function and torch's, with a maker of its differentiable inputs:
+    case.label, case.ours(*inputs), case.torch(*inputs), case.make(device, dtype, small=False)
+ACTIVATION_CASES, LINEAR_CASES, SOFTMAX_CASES and CROSS_ENTROPY_CASES list them (CASES: all
+four); clipping, whose "op" updates gradients in place, has clip_parity() instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import subprocess
+import sys
+from typing import Callable
 
 import torch
 import torch.nn.functional as TF
@@ -26,6 +37,10 @@ FLOOR = {
 
 def devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 @dataclasses.dataclass
@@ -72,14 +87,56 @@ def assert_matches(ours: torch.Tensor, torch_same_dtype: torch.Tensor, reference
     assert c.ok, c.message
 
 
-# --- references: torch's own op with the same arguments
+# --- the parity run: ours, torch in the same dtype, torch in float64
+
+
+def parity(ours: Callable, theirs: Callable, inputs, *, grad: torch.Tensor | None = None,
+           backward: bool = True) -> list[tuple[str, Comparison]]:
+    """Runs ours(*inputs) and theirs(*inputs) on detached copies that require grad, and
+    theirs on float64 copies as the reference; compares the outputs, then, with `grad` (drawn
+    at random in float64 when not given) as the output's gradient, the gradient of every input
+    that gets one. Returns [("out", comparison), ("grad 0", ...), ...]. Inputs that are None
+    stay None; non-float inputs (targets) are passed as they are.
+    """
+    def leaves(cast):
+        return [t if t is None or not t.is_floating_point()
+                else cast(t).detach().clone().requires_grad_() for t in inputs]
+
+    sets = [leaves(lambda t: t), leaves(lambda t: t), leaves(lambda t: t.double())]
+    outs = [fn(*args) for fn, args in zip((ours, theirs, theirs), sets)]
+    results = [("out", compare(*outs))]
+    if outs[0].dtype != outs[1].dtype or outs[0].shape != outs[2].shape or not backward:
+        return results
+    if grad is None:
+        grad = torch.randn(outs[2].shape, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(1))
+    for y, args in zip(outs, sets):
+        y.backward(grad.to(device=y.device, dtype=y.dtype))
+    for i, (a, t, r) in enumerate(zip(*sets)):
+        if r is not None and r.grad is not None:
+            results.append((f"grad {i}", compare(a.grad, t.grad, r.grad)))
+    return results
+
+
+def assert_parity(ours: Callable, theirs: Callable, inputs, **kwargs) -> None:
+    bad = [f"{what}: {c.message}" for what, c in parity(ours, theirs, inputs, **kwargs) if not c.ok]
+    assert not bad, "; ".join(bad)
+
+
+def _rand(shape, device, dtype, scale=1.0, seed=0) -> torch.Tensor:
+    """Drawn in float64 then cast, so every dtype sees the same values."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, dtype=torch.float64, generator=g) * scale).to(device, dtype)
+
+
+# --- activations
 
 
 @dataclasses.dataclass(frozen=True)
 class ActivationCase:
     """One activation with its arguments, as our functional and torch's take them."""
 
-    name: str  # our functional's name
+    name: str  # the torch.nn.functional name (ours has the same)
     kwargs: tuple = ()
 
     @property
@@ -95,19 +152,50 @@ class ActivationCase:
     def torch(self, x, **extra):
         return getattr(TF, self.name)(x, **dict(self.kwargs), **extra)
 
+    def make(self, device, dtype, small=False):
+        """A sweep over [-12, 12], through every branch of every activation's math (vector body
+        and scalar tail); small: 16 values off the kinks, for gradcheck."""
+        if not small:
+            return (torch.linspace(-12, 12, 10_007, dtype=torch.float64).to(device, dtype),)
+        x = _rand(16, "cpu", torch.float64, 3.0)
+        return ((x + 0.1 * torch.sign(x)).to(device, dtype),)
 
-ACTIVATION_CASES = (
-    ActivationCase("relu"),
-    ActivationCase("leaky_relu"),
-    ActivationCase("leaky_relu", (("negative_slope", 0.2),)),
-    ActivationCase("gelu"),
-    ActivationCase("gelu", (("approximate", "tanh"),)),
-    ActivationCase("silu"),
-    ActivationCase("sigmoid"),
-    ActivationCase("tanh"),
-    ActivationCase("softplus"),
-    ActivationCase("softplus", (("beta", 2.0), ("threshold", 5.0))),
-)
+
+# Parameters besides torch's defaults worth a case of their own (a slope, a threshold the test
+# data crosses). Optional per activation: every row of the table gets its default case anyway.
+EXTRA_ACTIVATION_PARAMS = {
+    "leaky_relu": (("negative_slope", 0.2),),
+    "softplus": (("beta", 2.0), ("threshold", 5.0)),
+}
+
+
+def activation_case(name: str, extra: tuple = ()) -> ActivationCase:
+    """The activation table's row `name` at torch's defaults (its string parameters as the row
+    needs them, where they differ from torch's default), with `extra` parameters."""
+    from .activation import FUNCTION_ROWS, SPECS
+
+    spec = SPECS[name]
+    default = dict(FUNCTION_ROWS[spec.function][0].selector)
+    picked = tuple((k, v) for k, v in spec.selector if default[k] != v)
+    return ActivationCase(spec.function, picked + extra)
+
+
+def _activation_cases() -> tuple[ActivationCase, ...]:
+    """Every row of the activation table at torch's defaults, then the extra parameter sets."""
+    from .activation import ACTIVATIONS
+
+    cases = []
+    for name in ACTIVATIONS:
+        cases.append(activation_case(name))
+        if name in EXTRA_ACTIVATION_PARAMS:
+            cases.append(activation_case(name, EXTRA_ACTIVATION_PARAMS[name]))
+    return tuple(cases)
+
+
+ACTIVATION_CASES = _activation_cases()
+
+
+# --- linear
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,5 +222,187 @@ class LinearCase:
         z = TF.linear(x, weight, bias)
         return z if self.act is None else self.act.torch(z)
 
+    def make(self, device, dtype, small=False):
+        m, k, n = (5, 4, 3) if small else (37, 16, 24)
+        return (_rand((m, k), device, dtype, seed=1), _rand((n, k), device, dtype, 0.25, seed=2),
+                _rand((n,), device, dtype, 0.25, seed=3))
+
 
 LINEAR_CASES = (LinearCase(),) + tuple(LinearCase(c) for c in ACTIVATION_CASES)
+
+
+# --- softmax family
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftmaxCase:
+    """softmax, log_softmax or logsumexp along `dim` (an int or a tuple for logsumexp)."""
+
+    name: str
+    dim: int | tuple = -1
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}(dim={self.dim})"
+
+    def ours(self, x):
+        from . import functional as BF
+
+        return getattr(BF, self.name)(x, self.dim)
+
+    def torch(self, x):
+        fn = torch.logsumexp if self.name == "logsumexp" else getattr(TF, self.name)
+        return fn(x, self.dim)
+
+    def make(self, device, dtype, small=False):
+        return (_rand((3, 5) if small else (6, 37), device, dtype, 3.0),)
+
+
+SOFTMAX_CASES = (
+    SoftmaxCase("softmax", -1), SoftmaxCase("softmax", 0), SoftmaxCase("log_softmax", -1),
+    SoftmaxCase("log_softmax", 0), SoftmaxCase("logsumexp", -1), SoftmaxCase("logsumexp", (0, 1)),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossEntropyCase:
+    """cross_entropy over (N, C) logits with class-index targets (one ignored) and class weights."""
+
+    kwargs: tuple = ()
+    weighted: bool = True
+
+    @property
+    def label(self) -> str:
+        args = ",".join(f"{k}={v}" for k, v in self.kwargs)
+        return f"cross_entropy({'weight,' if self.weighted else ''}ignore{',' + args if args else ''})"
+
+    def _call(self, F, logits):
+        n, c = logits.shape
+        target = (torch.arange(n, device=logits.device) * 7 + 3) % c
+        target[2 % n] = -100
+        weight = None
+        if self.weighted:
+            weight = (_rand((c,), torch.device("cpu"), torch.float64, seed=4).abs() + 0.5).to(
+                logits.device, logits.dtype)
+        return F.cross_entropy(logits, target, weight=weight, **dict(self.kwargs))
+
+    def ours(self, logits):
+        from . import functional as BF
+
+        return self._call(BF, logits)
+
+    def torch(self, logits):
+        return self._call(TF, logits)
+
+    def make(self, device, dtype, small=False):
+        return (_rand((3, 5) if small else (6, 37), device, dtype, 3.0),)
+
+
+CROSS_ENTROPY_CASES = (
+    CrossEntropyCase(),
+    CrossEntropyCase((("label_smoothing", 0.1), ("reduction", "none"))),
+    CrossEntropyCase((("reduction", "sum"),), weighted=False),
+)
+
+CASES = ACTIVATION_CASES + LINEAR_CASES + SOFTMAX_CASES + CROSS_ENTROPY_CASES
+
+
+# --- clipping (the multi-tensor family)
+
+CLIP_NORM_TYPES = (2.0, math.inf, 1.0, 0.5, 3.0)
+CLIP_SIZES = (1, 7, 1023, 70_001)  # one element, odd sizes, past a 65536-element chunk
+
+
+def clip_parity(device: str, dtype: torch.dtype, norm_type: float) -> list[tuple[str, Comparison]]:
+    """backprop_ext.utils.clip_grad_norm_ against torch.nn.utils' on the same gradients, by the
+    float64-reference rule: the returned norm, then every clipped gradient."""
+    from . import utils as BU
+
+    scale = 1e-3 if dtype == torch.float16 else 1.0  # keep torch's float16 norms finite
+    sizes = CLIP_SIZES[:3] if dtype == torch.float16 and norm_type < 1 else CLIP_SIZES
+    grads = [_rand((n,), "cpu", torch.float64, scale, seed=i) for i, n in enumerate(sizes)]
+    sets = []
+    for d in (dtype, dtype, torch.float64):
+        params = [torch.nn.Parameter(torch.empty(g.shape, dtype=d, device=device)) for g in grads]
+        for q, g in zip(params, grads):
+            q.grad = g.to(device=device, dtype=d)
+        sets.append(params)
+    ours, theirs, ref = sets
+    ref_norm = torch.nn.utils.get_total_norm([q.grad for q in ref], norm_type)
+    max_norm = 0.5 * ref_norm.item()  # clipping happens
+    torch.nn.utils.clip_grad_norm_(ref, max_norm, norm_type)
+    results = [("norm", compare(BU.clip_grad_norm_(ours, max_norm, norm_type),
+                                torch.nn.utils.clip_grad_norm_(theirs, max_norm, norm_type),
+                                ref_norm))]
+    results += [(f"grad {i}", compare(a.grad, b.grad, r.grad))
+                for i, (a, b, r) in enumerate(zip(ours, theirs, ref))]
+    return results
+
+
+def clip_value_matches(device: str, dtype: torch.dtype, clip_value: float = 0.5) -> bool:
+    """clip_grad_value_ against torch.nn.utils', bit for bit (a clamp rounds nothing)."""
+    from . import utils as BU
+
+    grads = [_rand((n,), device, dtype, seed=i) for i, n in enumerate(CLIP_SIZES)]
+    pairs = []
+    for fn in (BU.clip_grad_value_, torch.nn.utils.clip_grad_value_):
+        params = [torch.nn.Parameter(torch.empty_like(g)) for g in grads]
+        for q, g in zip(params, grads):
+            q.grad = g.clone()
+        fn(params, clip_value)
+        pairs.append(params)
+    return all(torch.equal(a.grad, b.grad) for a, b in zip(*pairs))
+
+
+# --- every CPU instruction set
+
+ISAS = ("default", "avx2", "avx512")
+
+
+def isas_of_this_cpu() -> list[str]:
+    """The kernel builds this CPU can run (csrc/cpu/*_kernels.cpp are compiled once per ISA)."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    return ["default"] + (["avx2"] if cap in ("AVX2", "AVX512") else []) + (
+        ["avx512"] if cap == "AVX512" else [])
+
+
+def isa_self_check(dtypes=DTYPES) -> list[str]:
+    """Every case of every family in `dtypes` on the CPU, plus clipping: the failures, as text.
+    Run under ATEN_CPU_CAPABILITY=<isa> to test that ISA's build of the kernels."""
+    bad = []
+    for case in CASES:
+        for dtype in dtypes:
+            for what, c in parity(case.ours, case.torch, case.make("cpu", dtype)):
+                if not c.ok:
+                    bad.append(f"{case.label} {dtype_name(dtype)} {what}: {c.message}")
+    for dtype in DTYPES:
+        for p in CLIP_NORM_TYPES:
+            bad += [f"clip_grad_norm_(p={p:g}) {dtype_name(dtype)} {what}: {c.message}"
+                    for what, c in clip_parity("cpu", dtype, p) if not c.ok]
+        if not clip_value_matches("cpu", dtype):
+            bad.append(f"clip_grad_value_ {dtype_name(dtype)}")
+    return bad
+
+
+_ISA_SCRIPT = """
+import torch, backprop_ext
+from backprop_ext.testing import isa_self_check
+bad = isa_self_check()
+print(torch.backends.cpu.get_cpu_capability())
+assert not bad, "\\n".join(bad)
+"""
+
+
+def run_on_each_isa(isas, timeout: float = 600) -> dict[str, tuple[int, str, str]]:
+    """isa_self_check in one child process per ISA, side by side: {isa: (returncode, the
+    capability the child ran with, stderr)}."""
+    procs = {isa: subprocess.Popen([sys.executable, "-c", _ISA_SCRIPT], text=True,
+                                   env=dict(os.environ, ATEN_CPU_CAPABILITY=isa),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for isa in isas}
+    out = {}
+    for isa, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=timeout)
+        lines = stdout.strip().splitlines()
+        out[isa] = (proc.returncode, lines[-1] if lines else "", stderr)
+    return out

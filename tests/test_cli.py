@@ -28,7 +28,7 @@ def test_demo_loss_curves_agree(capsys, tmp_path):
 def test_check_passes_and_reports_a_planted_failure(capsys, monkeypatch):
     cases = check_mod.all_cases()
     relu = next(c for c in cases if c.label == "relu")
-    planted = check_mod.CheckCase("planted", lambda x: relu.ours(x) * 1.01, relu.theirs, relu.make)
+    planted = check_mod.CheckCase("planted", lambda x: relu.ours(x) * 1.01, relu.torch, relu.make)
     monkeypatch.setattr(check_mod, "all_cases", lambda: [relu, planted])
     assert main(["check"]) == 1
     out = capsys.readouterr().out

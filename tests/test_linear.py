@@ -564,47 +564,6 @@ def test_convert_fuse_leaves_hooked_and_subclassed_modules():
     assert model[4].activation is None and type(model[5]) is bnn.Tanh
 
 
-# --- every CPU ISA build
-
-_ISA_SCRIPT = """
-import torch, backprop_ext
-from backprop_ext.testing import LINEAR_CASES, compare
-bad = []
-g = torch.Generator().manual_seed(0)
-for dtype in (torch.float64, torch.float32, torch.bfloat16):
-    x = torch.randn(70, 37, generator=g, dtype=torch.float64)
-    w = torch.randn(45, 37, generator=g, dtype=torch.float64) / 6
-    b = torch.randn(45, generator=g, dtype=torch.float64)
-    for case in LINEAR_CASES:
-        outs = []
-        for dt in (dtype, dtype, torch.float64):
-            leaves = [t.to(dt).clone().requires_grad_() for t in (x, w, b)]
-            y = (case.ours if len(outs) == 0 else case.torch)(*leaves)
-            y.square().sum().backward()
-            outs.append([y] + [t.grad for t in leaves])
-        for a, t, r in zip(*outs):
-            c = compare(a, t, r)
-            if not c.ok:
-                bad.append(f"{case.label} {dtype}: {c.message}")
-print(torch.backends.cpu.get_cpu_capability())
-assert not bad, bad
-"""
-
-
-@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
-def test_every_cpu_isa_build_matches_torch(isa):
-    cap = torch.backends.cpu.get_cpu_capability()
-    if isa == "avx512" and cap != "AVX512":
-        pytest.skip("this CPU has no AVX512")
-    if isa == "avx2" and cap not in ("AVX2", "AVX512"):
-        pytest.skip("this CPU has no AVX2")
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)
-    out = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == isa.upper()
-
-
 # --- CUDA only
 
 

@@ -412,46 +412,6 @@ def test_compile_fullgraph():
         torch.testing.assert_close(a.grad, b.grad)
 
 
-_ISA_SCRIPT = """
-import math, torch, backprop_ext
-ops = torch.ops.backprop_ext
-torch.manual_seed(0)
-bad = []
-for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
-    ts = [torch.randn(n, dtype=dtype) for n in (1, 77, 1000, 70000)]
-    for p in (2.0, float("inf"), 1.0, 0.5, 3.0):
-        ref = torch.linalg.vector_norm(torch.cat([t.double() for t in ts]), p).item()
-        got = ops.multi_tensor_norm(ts, p).item()
-        if abs(got - ref) > 1e-5 * ref:
-            bad.append(f"norm {dtype} p={p}: {got} vs {ref}")
-    xs = [t.clone() for t in ts]
-    ops.multi_tensor_clamp_(xs, -0.5, 0.25)
-    bad += [f"clamp {dtype}" for x, t in zip(xs, ts) if not torch.equal(x, t.clamp(-0.5, 0.25))]
-    xs = [t.clone() for t in ts]
-    ops.multi_tensor_scale_(xs, torch.tensor(4.0), 1.0)
-    coef = torch.clamp(1.0 / (torch.tensor(4.0) + 1e-6), max=1.0)
-    bad += [f"scale {dtype}" for x, t in zip(xs, ts) if not torch.equal(x, t * coef)]
-print(torch.backends.cpu.get_cpu_capability())
-assert not bad, bad
-"""
-
-
-def test_every_cpu_isa_build():
-    # The *_kernels.cpp objects are compiled per ISA; ATEN_CPU_CAPABILITY picks torch's and ours.
-    # One process per ISA this CPU has, run side by side.
-    cap = torch.backends.cpu.get_cpu_capability()
-    isas = ["default"] + (["avx2"] if cap in ("AVX2", "AVX512") else []) + (
-        ["avx512"] if cap == "AVX512" else [])
-    procs = {isa: subprocess.Popen([sys.executable, "-c", _ISA_SCRIPT], text=True,
-                                   env=dict(os.environ, ATEN_CPU_CAPABILITY=isa),
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for isa in isas}
-    for isa, proc in procs.items():
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"{isa}: {err[-3000:]}"
-        assert out.strip().splitlines()[-1] == isa.upper()
-
-
 # --- CUDA only: launch packing, alignment, no host sync
 
 

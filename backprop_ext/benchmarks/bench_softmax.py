@@ -1,5 +1,5 @@
-"""Softmax family: softmax, log_softmax, logsumexp, cross-entropy; forward, backward (autograd
-on a retained graph) and fwd+bwd, ours vs torch's on the same tensors.
+"""Softmax family: softmax, log_softmax, logsumexp, cross-entropy over the last dim, ours vs
+torch's on the same tensors, in the directions of common.measure.
 
 Ideal traffic counted (in passes over the input): softmax fwd 2, bwd 3, fwd+bwd 5; logsumexp
 fwd 1, bwd 2, fwd+bwd 3; cross-entropy fwd 1, bwd 2, fwd+bwd 3.
@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as TF
 
 from .. import functional as BF
-from .common import Row, time_ms, time_pair
+from .common import Row, measure
 
 FAMILY = "softmax"
+SIZES_HELP = ("softmax: total element counts, as rows of the default row length (32000 or "
+              "32768 on a GPU, 4096 on a CPU)")
 DEFAULT_SHAPES = {
     "cpu": {"softmax": (4096, 4096), "log_softmax": (4096, 4096), "logsumexp": (4096, 4096),
             "cross_entropy": (8192, 32000)},
@@ -45,33 +47,12 @@ def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled
                 shape = (max(1, sizes[0] // shape[1]), shape[1])
             x = torch.randn(shape, device=device, dtype=dtype)
             target = torch.randint(0, shape[1], (shape[0],), device=device)
+            g = torch.randn_like(ours_fn(x, target))
             nbytes = x.numel() * x.element_size()
-            comp_fn = torch.compile(torch_fn) if compiled else None
-            common = dict(family=FAMILY, op=name, shape=f"{shape}", dtype=dtype_name,
-                          device=device)
-
-            with torch.no_grad():
-                ms, tms = time_pair(lambda: ours_fn(x, target), lambda: torch_fn(x, target),
-                                    device, reps)
-                cms = time_ms(lambda: comp_fn(x, target), device, reps) if compiled else None
-            rows.append(Row(direction="fwd", ms=ms, torch_ms=tms, compiled_ms=cms,
-                            bytes=passes[0] * nbytes, **common))
-
-            xg = x.detach().requires_grad_()
-            y_ours, y_torch = ours_fn(xg, target), torch_fn(xg, target)
-            g = torch.randn_like(y_ours)
-            ms, tms = time_pair(
-                lambda: torch.autograd.grad(y_ours, xg, g, retain_graph=True),
-                lambda: torch.autograd.grad(y_torch, xg, g, retain_graph=True), device, reps)
-            rows.append(Row(direction="bwd", ms=ms, torch_ms=tms, bytes=passes[1] * nbytes,
-                            **common))
-            del y_ours, y_torch
-
-            def step(fn):
-                return lambda: torch.autograd.grad(fn(xg, target), xg, g)
-
-            ms, tms = time_pair(step(ours_fn), step(torch_fn), device, reps)
-            cms = time_ms(step(comp_fn), device, reps) if compiled else None
-            rows.append(Row(direction="fwd+bwd", ms=ms, torch_ms=tms, compiled_ms=cms,
-                            bytes=passes[2] * nbytes, **common))
+            comp = torch.compile(torch_fn) if compiled else None
+            times = measure(ours_fn, torch_fn, (x, target), g, device, reps, compiled=comp)
+            for (direction, (ms, tms, cms)), p in zip(times.items(), passes):
+                rows.append(Row(family=FAMILY, op=name, shape=f"{shape}", dtype=dtype_name,
+                                direction=direction, device=device, ms=ms, torch_ms=tms,
+                                compiled_ms=cms, bytes=p * nbytes))
     return rows

@@ -28,6 +28,7 @@ from .._memory import LiveTensorMemory
 from .common import Row, time_ms, time_pair
 
 FAMILY = "utils"
+SIZES_HELP = "utils: total gradient elements of the clipping workload (the MLP ignores it)"
 OPS = ("clip_grad_norm_", "get_total_norm", "clip_grad_value_", "ckpt_mlp")
 DEFAULT_CLIP = {"cpu": (200, 1 << 24), "cuda": (288, 1_210_000_000)}  # tensors, elements
 DEFAULT_DTYPES = {"cpu": ["float32"], "cuda": ["float32"]}

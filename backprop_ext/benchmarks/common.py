@@ -1,8 +1,17 @@
 """Timing, bandwidth and reporting shared by every family's benchmark.
 
 Times are medians: of CUDA-event timings of single calls on a GPU, of wall-clock timings of
-single calls on the CPU. Ratios compare against torch measured in the same run, case by case,
-interleaved, so that a noisy neighbour slows both sides alike.
+single calls on the CPU. Ratios compare against torch measured in the same run, case by case, in
+alternating rounds (each side goes first in every other round), so that a noisy neighbour, a
+clock that ramps up or the order itself favours neither side.
+
+The directions mean the same in every family (measure() times them):
+    fwd       the forward call with autograd off: what inference costs.
+    bwd       the backward pass alone: torch.autograd.grad from the output to the inputs that
+              require grad, on a graph recorded once and retained, the Python of our Functions
+              included: what a training step's backward costs.
+    fwd+bwd   a forward that records the graph, then its backward, per call: a training step.
+Rows that time something else say so in their `direction` (clipping: "clip") or `vs` column.
 """
 
 from __future__ import annotations
@@ -93,13 +102,51 @@ def time_ms(fn: Callable[[], object], device: str, reps: int = 20, warmup: int =
     return statistics.median(samples)
 
 
-def time_pair(ours: Callable, theirs: Callable, device: str, reps: int = 20, rounds: int = 3):
-    """Median times of ours and theirs, measured in alternating rounds."""
+def time_pair(ours: Callable, theirs: Callable, device: str, reps: int = 20, rounds: int = 4):
+    """Median times of ours and theirs over `rounds` rounds of `reps` calls, each side first in
+    every other round; the median of the rounds' medians."""
     a, b = [], []
-    for _ in range(rounds):
-        a.append(time_ms(ours, device, reps))
-        b.append(time_ms(theirs, device, reps))
+    for r in range(rounds):
+        if r % 2 == 0:
+            a.append(time_ms(ours, device, reps))
+            b.append(time_ms(theirs, device, reps))
+        else:
+            b.append(time_ms(theirs, device, reps))
+            a.append(time_ms(ours, device, reps))
     return statistics.median(a), statistics.median(b)
+
+
+def measure(ours: Callable, theirs: Callable, inputs, grad: torch.Tensor, device: str,
+            reps: int = 20, rounds: int = 4, compiled: Callable | None = None,
+            directions=("fwd", "bwd", "fwd+bwd")) -> dict[str, tuple]:
+    """{direction: (ours ms, torch ms, compiled ms or None)} for fn(*inputs), by the module's
+    definition of the directions. Floating inputs get gradients; others (targets) do not.
+    `grad` is the gradient of the output."""
+    out = {}
+    leaves = [t.detach().requires_grad_() if t.is_floating_point() else t for t in inputs]
+    diff = [t for t in leaves if t.requires_grad]
+
+    def timed(make, with_compiled=True):
+        ms, tms = time_pair(make(ours), make(theirs), device, reps, rounds)
+        with_compiled = with_compiled and compiled is not None
+        return ms, tms, time_ms(make(compiled), device, reps) if with_compiled else None
+
+    if "fwd" in directions:
+        def fwd(fn):
+            def call():
+                with torch.no_grad():
+                    fn(*inputs)
+            return call
+        out["fwd"] = timed(fwd)
+    if "bwd" in directions:
+        graphs = {fn: fn(*leaves) for fn in (ours, theirs)}
+        out["bwd"] = timed(lambda fn: lambda: torch.autograd.grad(graphs[fn], diff, grad,
+                                                                  retain_graph=True),
+                           with_compiled=False)
+        del graphs
+    if "fwd+bwd" in directions:
+        out["fwd+bwd"] = timed(lambda fn: lambda: torch.autograd.grad(fn(*leaves), diff, grad))
+    return out
 
 
 def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:

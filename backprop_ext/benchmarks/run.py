@@ -1,7 +1,9 @@
 """The benchmark runner: `python -m backprop_ext bench [--family activation] [--dtypes ...] ...`.
 
 Prints a table (ours vs torch eager, and vs torch.compile on a GPU, with the share of the
-measured device-copy bandwidth) and writes JSON/CSV/PNG on request.
+measured device-copy bandwidth) and writes JSON/CSV/PNG on request; README's result tables are
+generated from the JSON (python -m backprop_ext.benchmarks.readme). The directions fwd, bwd and
+fwd+bwd mean the same in every family: see benchmarks/common.py.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--dtypes", nargs="*", default=None,
                    choices=["float64", "float32", "float16", "bfloat16"])
     p.add_argument("--sizes", nargs="*", type=int, default=None,
-                   help="element counts (linear: M = K = N = size)")
+                   help="problem sizes, per family: " + "; ".join(
+                       f.SIZES_HELP for f in FAMILIES.values()))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile columns (GPU)")
