@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ._autograd import pick, twin
+from ._autograd import pick, save_for_forward, twin
 from ._layout import elementwise_output
 
 __all__ = ["relu", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "softplus", "activation"]
@@ -99,7 +99,7 @@ class ActivationFunction(torch.autograd.Function):
         ctx.activation, ctx.p0, ctx.p1 = activation, p0, p1
         saved = output if activation in SAVES_OUTPUT else x
         ctx.save_for_backward(saved)
-        ctx.save_for_forward(saved)
+        save_for_forward(ctx, saved)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -127,7 +127,7 @@ class ActivationBackwardFunction(torch.autograd.Function):
         grad_output, saved, activation, p0, p1 = inputs
         ctx.activation, ctx.p0, ctx.p1 = activation, p0, p1
         ctx.save_for_backward(grad_output, saved)
-        ctx.save_for_forward(grad_output, saved)
+        save_for_forward(ctx, grad_output, saved)
 
     @staticmethod
     def backward(ctx, gg):
