@@ -19,6 +19,8 @@ Two measures, both device-agnostic:
 
 from __future__ import annotations
 
+import dataclasses
+import time
 import weakref
 
 import torch
@@ -91,3 +93,107 @@ def peak_training_step_bytes(step) -> int:
         step()
     return mem.peak
 
+
+# --- one measured plain step, module by module (for CheckpointedSequential's memory budget)
+
+
+@dataclasses.dataclass
+class StepProfile:
+    """A plain forward (and on CUDA, backward) of a sequence of modules, module by module.
+
+    records: every storage saved for backward that the step created (parameters and the input
+        excluded), with the index of the module that created it (`producer`), of those that saved
+        it (`savers`) and, for an activation output a rebuild scope would rebuild, its kept
+        source and the measured time to rebuild it (`rebuild_s`).
+    output_bytes[i]: bytes of module i's output, when the step created it (0 when it is the
+        input, or a view of it, passed through).
+    forward_s[i]: module i's forward time (what recomputing it costs).
+    saved_bytes: bytes saved for backward by the plain step: its activation memory on the CPU.
+    peak_bytes: CUDA only: torch.cuda.max_memory_allocated() during the plain forward + backward,
+        above what was allocated before; None on other devices.
+    """
+
+    records: list
+    rebuild_s: dict  # id(record) -> seconds
+    output_bytes: list
+    forward_s: list
+    saved_bytes: int
+    peak_bytes: int | None
+    device: str
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def profile_sequential(modules, input: torch.Tensor) -> StepProfile:
+    """Runs `modules` in order on `input` plainly (twice: the first run warms up) and measures
+    what each saves, creates and costs (see StepProfile). The graph is discarded; parameters'
+    .grad, the modules' buffers and the RNG state are left as they were; on CUDA the peak-memory
+    statistics are reset (torch.cuda.reset_peak_memory_stats)."""
+    modules = list(modules)
+    device = input.device
+    # The step must leave no trace: buffers (batch-norm statistics) and the RNG (dropout) as
+    # they were before it.
+    buffers = [(b, b.detach().clone()) for m in modules for b in m.buffers()]
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        profile = _profile(modules, input, device)
+    with torch.no_grad():
+        for b, saved in buffers:
+            b.copy_(saved)
+    return profile
+
+
+def _profile(modules, input, device) -> StepProfile:
+    from ._recompute import Observation, rebuild_scope
+
+    with torch.enable_grad(), rebuild_scope(Observation()):  # first-call costs out of the timings
+        x = input
+        for m in modules:
+            x = m(x)
+    del x
+    cuda = device.type == "cuda"
+    if cuda:
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    observe = Observation()
+    output_bytes, forward_s = [], []
+    x = input
+    with torch.enable_grad(), rebuild_scope(observe):
+        for i, m in enumerate(modules):
+            observe.tag = i
+            _sync(device)
+            t0 = time.perf_counter()
+            x = m(x)
+            _sync(device)
+            forward_s.append(time.perf_counter() - t0)
+            made_here = isinstance(x, torch.Tensor) and observe.producer(x) is not None
+            output_bytes.append(x.untyped_storage().nbytes() if made_here else 0)
+    forward_peak = torch.cuda.max_memory_allocated(device) - base if cuda else None
+    records = [r for r in observe.records if r.producer is not None]
+    rebuild_s, z = {}, None
+    for r in records:
+        if r.rebuilt is not None:
+            z = r.rebuilt.source.unpack()
+            _sync(device)
+            t0 = time.perf_counter()
+            r.rebuilt.rebuild(z)
+            _sync(device)
+            rebuild_s[id(r)] = time.perf_counter() - t0
+            r.rebuilt = None
+    del z
+    peak = None
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        wrt = [t for t in (input, *(p for m in modules for p in m.parameters()))
+               if t.requires_grad]
+        if wrt and isinstance(x, torch.Tensor) and x.requires_grad:
+            torch.autograd.grad(x, wrt, torch.ones_like(x), allow_unused=True)
+        _sync(device)
+        peak = max(forward_peak, torch.cuda.max_memory_allocated(device) - base)
+    return StepProfile(records=records, rebuild_s=rebuild_s, output_bytes=output_bytes,
+                       forward_s=forward_s, saved_bytes=sum(r.nbytes for r in records),
+                       peak_bytes=peak, device=str(device))
