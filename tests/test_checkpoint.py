@@ -673,3 +673,25 @@ def test_rejects_bad_arguments():
         bnn.CheckpointedSequential(torch.nn.ReLU(), segments=0)
     with pytest.raises(TypeError, match="policy must be one of"):
         checkpoint(torch.relu, torch.randn(2), policy=3)
+
+
+# --- the benchmark
+
+
+def test_bench_family_runs_and_plots(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    from backprop_ext.__main__ import main
+    from backprop_ext.benchmarks import bench_checkpoint
+
+    monkeypatch.setitem(bench_checkpoint.DEFAULT_MLP, "cpu",
+                        dict(depth=4, batch=32, width=32, dtype="float32"))
+    monkeypatch.setattr(bench_checkpoint, "SEGMENTS", (2,))
+    monkeypatch.setattr(bench_checkpoint, "BUDGETS", (0.5,))
+    png = tmp_path / "ckpt.png"
+    assert main(["bench", "--family", "checkpoint", "--device", "cpu", "--reps", "1",
+                 "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    for variant in ("torch ckpt every block", "full every block", "selective every block",
+                    "full+selective 2 segments", "budget 0.5"):
+        assert out.count(variant) >= 4  # two workloads, in both tables
+    assert "memory vs plain" in out and png.stat().st_size > 0
