@@ -64,8 +64,8 @@ class CheckpointPlan:
         return self.predicted_bytes <= self.budget_bytes
 
     def __str__(self) -> str:
-        lines = [f"{'modules':<12}{'level':<16}"]
-        lines += [f"{f'[{a}, {b})':<12}{level:<16}" for a, b, level in self.segments]
+        lines = [f"{'modules':<12}level"]
+        lines += [f"{f'[{a}, {b})':<12}{level}" for a, b, level in self.segments]
         if self.predicted_bytes is not None:
             mib = 2.0 ** 20
             lines.append(f"predicted activation memory: {self.predicted_bytes / mib:.2f} MiB "

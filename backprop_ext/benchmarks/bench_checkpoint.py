@@ -19,18 +19,19 @@ allocated before the step; on CPU the peak of the bytes held by tensors the step
 (backprop_ext._memory.LiveTensorMemory). Parameters, their gradients and the input excluded.
 Time: every variant is timed in each of several rounds, in turn (median of a few steps each);
 its ratio to plain is the median over rounds of (its time / plain's time in that round), so a
-noisy neighbour slows both sides of each ratio alike.
+noisy neighbour slows both sides of each ratio alike. On a CPU with one thread
+(OMP_NUM_THREADS=1) the clock is the thread's CPU time, which other jobs on a shared machine do
+not inflate; otherwise wall time (CUDA: synchronized).
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 
 from .. import nn as bnn
-from .._memory import LiveTensorMemory
+from .._memory import LiveTensorMemory, step_clock
 from .common import Row
 
 FAMILY = "checkpoint"
@@ -38,7 +39,7 @@ OPS = ("ckpt_mlp", "ckpt_mlp_fused")
 DEFAULT_MLP = {"cpu": dict(depth=16, batch=1024, width=512, dtype="float32"),
                "cuda": dict(depth=16, batch=8192, width=4096, dtype="bfloat16")}
 SEGMENTS = (2, 4, 8)  # in blocks
-BUDGETS = (0.5, 0.35, 0.25)  # fractions of the plain step's activation memory
+BUDGETS = (0.45, 0.3, 0.15)  # fractions of the plain step's activation memory
 
 
 def _blocks(cfg, fused: bool, device, dtype) -> list[torch.nn.Module]:
@@ -126,16 +127,17 @@ def _peak_bytes(step, device: str) -> int:
 
 def _time_rounds(steps: dict, device: str, rounds: int, reps: int) -> dict[str, list[float]]:
     """Per variant, one median time (ms) of `reps` steps per round; variants in turn."""
+    clock = step_clock(device)[0]
     times = {k: [] for k in steps}
     for _ in range(rounds):
         for name, step in steps.items():
             samples = []
             for _ in range(reps):
                 _sync(device)
-                t0 = time.perf_counter()
+                t0 = clock()
                 step()
                 _sync(device)
-                samples.append((time.perf_counter() - t0) * 1e3)
+                samples.append((clock() - t0) * 1e3)
             times[name].append(statistics.median(samples))
     return times
 
@@ -173,6 +175,7 @@ def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled
     kind = device.split(":")[0]
     rounds, per_round = max(3, reps // 4), 2
     rows = []
+    print(f"# checkpoint family: timed by {step_clock(device)[1]}")
     for op in ops or OPS:
         for dtype_name in dtypes or [None]:
             cfg = dict(DEFAULT_MLP[kind])
@@ -199,6 +202,15 @@ def format_tradeoff(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _short(name: str) -> str:
+    """A plot label: "full+selective 4 segments" -> "f+s 4", "full every block" -> "full/blk"."""
+    for long, short in (("full+selective", "f+s"), ("selective", "sel"), (" every block", "/blk"),
+                        (" segments", ""), ("torch ckpt_sequential", "torch seq"),
+                        ("torch ckpt", "torch"), ("budget ", "budget ")):
+        name = name.replace(long, short)
+    return name
+
+
 def plot(path: str, rows: list[Row]) -> None:
     """Memory against time, relative to the plain step, one point per variant; torch's
     checkpoint as the reference; one panel per way of writing the block."""
@@ -213,7 +225,8 @@ def plot(path: str, rows: list[Row]) -> None:
              "full+selective": ("tab:purple", "D"), "selective": ("tab:green", "^"),
              "budget": ("tab:red", "*")}
     for ax, shape in zip(axes[0], shapes):
-        for r in (r for r in rows if r.shape == shape):
+        seen = set()
+        for i, r in enumerate(r for r in rows if r.shape == shape):
             kind = ("plain" if r.op == "plain" else "torch" if r.op.startswith("torch")
                     else "budget" if r.op.startswith("budget")
                     else "full+selective" if r.op.startswith("full+selective")
@@ -221,8 +234,10 @@ def plot(path: str, rows: list[Row]) -> None:
             color, marker = style[kind]
             x, y = 100 * (r.time_ratio - 1), r.memory_ratio
             ax.scatter([x], [y], color=color, marker=marker, s=70 if kind != "budget" else 140,
-                       zorder=3)
-            ax.annotate(r.op, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
+                       zorder=3, label=None if kind in seen else kind)
+            seen.add(kind)
+            ax.annotate(_short(r.op), (x, y), textcoords="offset points", fontsize=7,
+                        xytext=(6, 6 if i % 2 else -10))  # alternate sides: fewer overlaps
         ax.axhline(0.5, color="tab:green", linestyle=":", linewidth=1)
         ax.axhline(0.25, color="tab:purple", linestyle=":", linewidth=1)
         ax.axvline(10, color="tab:green", linestyle=":", linewidth=1)
@@ -232,6 +247,7 @@ def plot(path: str, rows: list[Row]) -> None:
         ax.set_ylim(0, 1.1)
         ax.set_title(shape, fontsize=9)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
     first = rows[0]
     fig.suptitle(f"checkpointing trade-off, {first.device}, {first.dtype} (dotted: the targets, "
                  "2x less at +10 %, 4x less at +35 %)", fontsize=10)
