@@ -391,6 +391,8 @@ _fused_exact: dict = {}
 
 
 def _fused_rebuild_is_exact(activation: str, p0: float, p1: float, z: torch.Tensor) -> bool:
+    # Probed once per shape, dtype, device and thread count (on CUDA that first time syncs with
+    # the host, as the probe compares results).
     key = (activation, p0, p1, z.dtype, z.device, tuple(z.shape), torch.get_num_threads())
     exact = _fused_exact.get(key)
     if exact is None:

@@ -182,12 +182,12 @@ def _effective_policy(policy: Policy, args, kwargs) -> Policy:
         if ("Jvp" in transforms and not _torch_checkpoint_runs_under("jvp")) or (
                 "Vmap" in transforms and not _torch_checkpoint_runs_under("vmap")):
             return "none"
-        # Our rebuild scope keys tensors by storage, which functorch's wrappers do not expose.
-        return {"selective": "none", "full+selective": "full"}.get(policy, policy) \
-            if isinstance(policy, str) else policy
-    if policy != "selective" and _has_tangent(args, kwargs) \
-            and not _torch_checkpoint_runs_under("jvp"):
-        return "none"
+        # The rebuild scope keys tensors by storage, which functorch's wrappers do not expose.
+        if policy == "selective":
+            return "none"
+        return "full" if policy == "full+selective" else policy
+    if policy != "selective" and _has_tangent(args, kwargs):
+        return policy if _torch_checkpoint_runs_under("jvp") else "none"
     return policy
 
 

@@ -460,7 +460,7 @@ def test_cuda_max_memory_allocated_falls():
     assert peaks["full+selective"] < peaks["full"] < peaks["selective"] < peaks["none"]
     for policy in ("selective", "full", "full+selective"):
         assert torch.equal(outs[policy][0], outs["none"][0])
-        assert torch.equal(outs[policy][1], outs["none"][1])
+        torch.testing.assert_close(outs[policy][1], outs["none"][1])  # cuBLAS may pick otherwise
 
 
 @pytest.mark.cuda
@@ -468,7 +468,10 @@ def test_cuda_max_memory_allocated_falls():
 def test_cuda_matches_plain_with_dropout(policy):
     plain = _mlp(dtype=torch.float32, device="cuda")
     x = torch.randn(32, 16, device="cuda")
-    _assert_identical(_run(bnn.Checkpoint(plain, policy=policy), x), _run(plain, x))
+    (y0, g0), (y1, g1) = _run(plain, x), _run(bnn.Checkpoint(plain, policy=policy), x)
+    assert torch.equal(y1, y0)  # the same dropout masks
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b)
 
 
 # --- the memory-budget planner
