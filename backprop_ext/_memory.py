@@ -138,6 +138,9 @@ def profile_sequential(modules, input: torch.Tensor) -> StepProfile:
     # they were before it.
     buffers = [(b, b.detach().clone()) for m in modules for b in m.buffers()]
     devices = [device] if device.type == "cuda" else []
+    # Detached: the step's backward (CUDA) must stop at the input, not run on into the caller's
+    # graph.
+    input = input.detach().requires_grad_(input.requires_grad)
     with torch.random.fork_rng(devices=devices, device_type=device.type):
         profile = _profile(modules, input, device)
     with torch.no_grad():
@@ -155,11 +158,28 @@ def step_clock(device) -> tuple:
     return time.perf_counter, "wall time"
 
 
+def _backward_without_gradients(output: torch.Tensor, modules) -> None:
+    """output.backward(ones), each parameter's gradient dropped as soon as it is made (as if it
+    were accumulated into one allocated before the step) and every .grad left as it was."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    grads = [p.grad for p in params]
+    handles = []
+    for p in params:
+        p.grad = None
+        handles.append(p.register_post_accumulate_grad_hook(
+            lambda p: setattr(p, "grad", None)))
+    try:
+        output.backward(torch.ones_like(output))
+    finally:
+        for p, g, h in zip(params, grads, handles):
+            h.remove()
+            p.grad = g
+
+
 def _profile(modules, input, device) -> StepProfile:
     from ._recompute import Observation, rebuild_scope
 
     clock = step_clock(device)[0]
-
     with torch.enable_grad(), rebuild_scope(Observation()):  # first-call costs out of the timings
         x = input
         for m in modules:
@@ -199,10 +219,8 @@ def _profile(modules, input, device) -> StepProfile:
     peak = None
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-        wrt = [t for t in (input, *(p for m in modules for p in m.parameters()))
-               if t.requires_grad]
-        if wrt and isinstance(x, torch.Tensor) and x.requires_grad:
-            torch.autograd.grad(x, wrt, torch.ones_like(x), allow_unused=True)
+        if isinstance(x, torch.Tensor) and x.requires_grad:
+            _backward_without_gradients(x, modules)
         _sync(device)
         peak = max(forward_peak, torch.cuda.max_memory_allocated(device) - base)
     return StepProfile(records=records, rebuild_s=rebuild_s, output_bytes=output_bytes,

@@ -612,6 +612,32 @@ def test_budget_in_bytes_errors_and_repr():
     assert fixed.plan(x).predicted_bytes < fixed.plan(x).plain_bytes
 
 
+def test_profiling_leaves_no_trace():
+    # Batch-norm statistics, the RNG (dropout), parameters' .grad and the caller's graph upstream
+    # of the input are as they were; the CUDA-only backward drops each gradient as it comes.
+    from backprop_ext._memory import _backward_without_gradients
+
+    mods = [torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.5), bnn.GELU(),
+            torch.nn.Linear(8, 8)]
+    upstream = torch.nn.Linear(8, 8)
+    x = upstream(torch.randn(16, 8))
+    grad = torch.ones(8, 8)
+    mods[0].weight.grad = grad
+    stats = mods[1].running_mean.clone()
+    rng = torch.get_rng_state()
+    profile_sequential(mods, x)
+    assert torch.equal(mods[1].running_mean, stats) and torch.equal(torch.get_rng_state(), rng)
+    assert mods[0].weight.grad is grad
+    y = x.detach()
+    for m in mods:
+        y = m(y)
+    _backward_without_gradients(y, mods)
+    assert mods[0].weight.grad is grad and mods[4].weight.grad is None
+    assert upstream.weight.grad is None
+    x.sum().backward()  # the caller's graph is intact
+    assert upstream.weight.grad is not None
+
+
 # --- torch.compile
 
 
