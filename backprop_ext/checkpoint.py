@@ -29,10 +29,11 @@ Recompute levels (`policy`), after flash-attention's FusedMLP(checkpoint_lvl=...
                       OpOverloads to keep (torch's create_selective_checkpoint_contexts).
                       selective_policy below keeps matrix products, convolutions and attention.
 
-Guarantees (all levels): the same outputs and gradients as the plain run, bit for bit (the
-rebuilt tensors are the same ops on the same inputs; dropout replays the forward's RNG state;
-autocast state is replayed too); .backward() and torch.autograd.grad, inputs that do not require
-grad, keyword arguments, nesting, retain_graph, double backward and gradcheck; torch.compile
+Guarantees (all levels): the same outputs and gradients as the plain run, bit for bit in eager
+mode (the rebuilt tensors are the same ops on the same inputs; dropout replays the forward's RNG
+state; autocast state is replayed too; on CUDA as deterministic as cuBLAS's choices);
+.backward() and torch.autograd.grad, inputs that do not require grad, keyword arguments, nesting,
+retain_graph, double backward, gradcheck and forward-mode AD; torch.compile
 (under which "selective" becomes torch's selective checkpointing with selective_policy, and the
 compiler's partitioner decides what is recomputed); state_dict keys of the wrapped modules. A
 tensor kept for backward and then modified in place raises in backward, as without
