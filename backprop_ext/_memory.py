@@ -5,10 +5,11 @@ Two measures, both device-agnostic:
 * LiveTensorMemory: the peak of the bytes held by tensor storages that ops created inside the
   context and that are still alive. A TorchDispatchMode sees every op's outputs (forward,
   recomputation and backward alike, on the calling thread, which is where autograd runs CPU work),
-  counts each new storage once (views and in-place results share their base's) and a weakref
-  finalizer on the storage subtracts it when it is freed. On CPU this is the honest analogue of
-  torch.cuda.max_memory_allocated() minus what existed before (parameters, inputs); it does not
-  see allocator caching or scratch buffers internal to a kernel.
+  counts each new storage once and a weakref finalizer on the storage subtracts it when it is
+  freed; views and in-place results, which share an input's storage, add nothing (not even a view
+  of a tensor made before the context, such as a Linear's weight.t()). On CPU this is the honest
+  analogue of torch.cuda.max_memory_allocated() minus what existed before (parameters, inputs);
+  it does not see allocator caching or scratch buffers internal to a kernel.
 * SavedTensorBytes: the bytes autograd saves for backward, counted once per storage through
   torch.autograd.graph.saved_tensors_hooks. It sees what the graph outside any checkpointed region
   keeps; inside a region torch.utils.checkpoint installs its own hooks (and selective
@@ -18,6 +19,8 @@ Two measures, both device-agnostic:
 
 from __future__ import annotations
 
+import dataclasses
+import time
 import weakref
 
 import torch
@@ -38,13 +41,18 @@ class LiveTensorMemory(TorchDispatchMode):
         self.live -= self._sizes.pop(key, 0)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        # A view or an in-place result shares an input's storage: no new memory, even when the
+        # input existed before (a view of a parameter, such as a Linear's weight.t()).
+        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor) or t.device.type == "meta":
                 continue
             storage = t.untyped_storage()
             key = storage._cdata  # the StorageImpl's address: one per live storage
-            if key in self._sizes:
+            if key in self._sizes or key in inputs:
                 continue
             nbytes = storage.nbytes()
             self._sizes[key] = nbytes
@@ -84,3 +92,137 @@ def peak_training_step_bytes(step) -> int:
     with LiveTensorMemory() as mem:
         step()
     return mem.peak
+
+
+# --- one measured plain step, module by module (for CheckpointedSequential's memory budget)
+
+
+@dataclasses.dataclass
+class StepProfile:
+    """A plain forward (and on CUDA, backward) of a sequence of modules, module by module.
+
+    records: every storage saved for backward that the step created (parameters and the input
+        excluded), with the index of the module that created it (`producer`), of those that saved
+        it (`savers`) and, for an activation output a rebuild scope would rebuild, its kept
+        source and the measured time to rebuild it (`rebuild_s`).
+    output_bytes[i]: bytes of module i's output, when the step created it (0 when it is the
+        input, or a view of it, passed through).
+    forward_s[i]: module i's forward time (what recomputing it costs).
+    saved_bytes: bytes saved for backward by the plain step: its activation memory on the CPU.
+    peak_bytes: CUDA only: torch.cuda.max_memory_allocated() during the plain forward + backward,
+        above what was allocated before; None on other devices.
+    """
+
+    records: list
+    rebuild_s: dict  # id(record) -> seconds
+    output_bytes: list
+    forward_s: list
+    saved_bytes: int
+    peak_bytes: int | None
+    device: str
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def profile_sequential(modules, input: torch.Tensor) -> StepProfile:
+    """Runs `modules` in order on `input` plainly (twice: the first run warms up) and measures
+    what each saves, creates and costs (see StepProfile). The graph is discarded; parameters'
+    .grad, the modules' buffers and the RNG state are left as they were; on CUDA the peak-memory
+    statistics are reset (torch.cuda.reset_peak_memory_stats)."""
+    modules = list(modules)
+    device = input.device
+    # The step must leave no trace: buffers (batch-norm statistics) and the RNG (dropout) as
+    # they were before it.
+    buffers = [(b, b.detach().clone()) for m in modules for b in m.buffers()]
+    devices = [device] if device.type == "cuda" else []
+    # Detached: the step's backward (CUDA) must stop at the input, not run on into the caller's
+    # graph.
+    input = input.detach().requires_grad_(input.requires_grad)
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        profile = _profile(modules, input, device)
+    with torch.no_grad():
+        for b, saved in buffers:
+            b.copy_(saved)
+    return profile
+
+
+def step_clock(device) -> tuple:
+    """(clock, its name) for timing work on `device`. With one CPU thread every op of a step runs
+    on the calling thread (autograd runs CPU backward there too), so that thread's CPU time
+    measures the step and, unlike wall time, not the other jobs sharing the machine."""
+    if torch.device(device).type == "cpu" and torch.get_num_threads() == 1:
+        return time.thread_time, "thread CPU time"
+    return time.perf_counter, "wall time"
+
+
+def _backward_without_gradients(output: torch.Tensor, modules) -> None:
+    """output.backward(ones), each parameter's gradient dropped as soon as it is made (as if it
+    were accumulated into one allocated before the step) and every .grad left as it was."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    grads = [p.grad for p in params]
+    handles = []
+    for p in params:
+        p.grad = None
+        handles.append(p.register_post_accumulate_grad_hook(
+            lambda p: setattr(p, "grad", None)))
+    try:
+        output.backward(torch.ones_like(output))
+    finally:
+        for p, g, h in zip(params, grads, handles):
+            h.remove()
+            p.grad = g
+
+
+def _profile(modules, input, device) -> StepProfile:
+    from ._recompute import Observation, rebuild_scope
+
+    clock = step_clock(device)[0]
+    with torch.enable_grad(), rebuild_scope(Observation()):  # first-call costs out of the timings
+        x = input
+        for m in modules:
+            x = m(x)
+    del x
+    cuda = device.type == "cuda"
+    if cuda:
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    observe = Observation()
+    output_bytes, forward_s = [], []
+    x = input
+    with torch.enable_grad(), rebuild_scope(observe):
+        for i, m in enumerate(modules):
+            observe.tag = i
+            _sync(device)
+            t0 = clock()
+            x = m(x)
+            _sync(device)
+            forward_s.append(clock() - t0)
+            made_here = isinstance(x, torch.Tensor) and observe.producer(x) is not None
+            output_bytes.append(x.untyped_storage().nbytes() if made_here else 0)
+    forward_peak = torch.cuda.max_memory_allocated(device) - base if cuda else None
+    records = [r for r in observe.records if r.producer is not None]
+    rebuild_s, z = {}, None
+    for r in records:
+        if r.rebuilt is not None:
+            z = r.rebuilt.source.unpack()
+            _sync(device)
+            t0 = clock()
+            r.rebuilt.rebuild(z)
+            _sync(device)
+            rebuild_s[id(r)] = clock() - t0
+            r.rebuilt = None
+    del z
+    peak = None
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        if isinstance(x, torch.Tensor) and x.requires_grad:
+            _backward_without_gradients(x, modules)
+        _sync(device)
+        peak = max(forward_peak, torch.cuda.max_memory_allocated(device) - base)
+    return StepProfile(records=records, rebuild_s=rebuild_s, output_bytes=output_bytes,
+                       forward_s=forward_s, saved_bytes=sum(r.nbytes for r in records),
+                       peak_bytes=peak, device=str(device))

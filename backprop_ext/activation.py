@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 from . import _C
-from ._autograd import pick, twin
+from ._autograd import pick, save_for_forward, twin
 from ._common import check_float_input
 from ._layout import elementwise_output
 
@@ -206,7 +206,7 @@ class ActivationFunction(torch.autograd.Function):
         ctx.activation, ctx.p0, ctx.p1 = activation, p0, p1
         saved = output if activation in SAVES_OUTPUT else x
         ctx.save_for_backward(saved)
-        ctx.save_for_forward(saved)
+        save_for_forward(ctx, saved)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -234,7 +234,7 @@ class ActivationBackwardFunction(torch.autograd.Function):
         grad_output, saved, activation, p0, p1 = inputs
         ctx.activation, ctx.p0, ctx.p1 = activation, p0, p1
         ctx.save_for_backward(grad_output, saved)
-        ctx.save_for_forward(grad_output, saved)
+        save_for_forward(ctx, grad_output, saved)
 
     @staticmethod
     def backward(ctx, gg):

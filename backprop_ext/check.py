@@ -3,13 +3,14 @@
 The cases are backprop_ext.testing's tables (the ones the test suite runs). For each: parity of
 forward and backward against torch's own op on a float64 reference (testing.compare's rule) in
 every dtype, and in float64 gradcheck, gradgradcheck and forward-mode AD against torch.func.jvp
-of torch's op; clipping against torch.nn.utils; a checkpointed block against the plain one.
+of torch's op; clipping against torch.nn.utils; each checkpoint policy against the plain block.
 Prints op x device x dtype -> pass/fail and max error; a check that raises is a failed row.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Iterable
 
 import torch
@@ -40,10 +41,9 @@ class CheckCase:
     make: Callable
 
 
-def _checkpoint_case() -> CheckCase:
-    """A small MLP (GEMMs and our activations) under Checkpoint(policy="full") against the same
-    MLP run plainly. ("selective" allows one backward per forward, so it cannot be gradchecked;
-    its parity is in tests/test_checkpoint.py.)"""
+def _checkpoint_cases() -> list[CheckCase]:
+    """A small MLP (GEMMs and our activations) under each checkpoint policy against the same MLP
+    run plainly."""
     from . import functional as BF
     from .checkpoint import checkpoint
 
@@ -58,11 +58,13 @@ def _checkpoint_case() -> CheckCase:
     def make(device, dtype, small=False):
         return (torch.randn(16 if small else 257, dtype=torch.float64).to(device, dtype),)
 
-    return CheckCase("checkpoint(full) Linear+GELU+SiLU", lambda x: checkpoint(mlp, x), mlp, make)
+    return [CheckCase(f"checkpoint({policy}) MLP",
+                      functools.partial(checkpoint, mlp, policy=policy), mlp, make)
+            for policy in ("full", "selective", "full+selective")]
 
 
 def all_cases() -> list:
-    return list(testing.CASES) + [_checkpoint_case()]
+    return list(testing.CASES) + _checkpoint_cases()
 
 
 def _row(case, device, dtype, test, results) -> CheckResult:

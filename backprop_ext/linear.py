@@ -36,7 +36,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as TF
 
-from ._autograd import pick, twin
+from ._autograd import pick, save_for_forward, twin
 from ._common import FLOAT_DTYPES
 from .activation import _ACTIVATION_BWD, SAVES_OUTPUT, _dfactor_dsaved, resolve
 
@@ -189,7 +189,7 @@ class LinearFunction(torch.autograd.Function):
         ctx.recompute = _keeps_preact(activation) and not ctx.preact_kept
         # The bias is kept only to recompute z; it is a parameter, so this costs no memory.
         ctx.save_for_backward(input, weight, bias if ctx.recompute else None, saved)
-        ctx.save_for_forward(input, weight, bias, saved)
+        save_for_forward(ctx, input, weight, bias, saved)
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -261,7 +261,7 @@ class LinearBackwardFunction(torch.autograd.Function):
         grad_out, input, weight, saved, activation, p0, p1, mask = inputs
         ctx.activation, ctx.p0, ctx.p1, ctx.mask = activation, p0, p1, tuple(mask)
         ctx.save_for_backward(grad_out, input, weight, saved)
-        ctx.save_for_forward(grad_out, input, weight, saved)
+        save_for_forward(ctx, grad_out, input, weight, saved)
         ctx.set_materialize_grads(False)
 
     @staticmethod

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from ._autograd import pick, twin
+from ._autograd import pick, save_for_forward, twin
 from ._common import HALF_DTYPES, check_float_input, opmath_dtype
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "cross_entropy"]
@@ -94,7 +94,7 @@ class SoftmaxFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         _, ctx.dim, ctx.log = inputs
         ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
+        save_for_forward(ctx, output)
 
     @staticmethod
     def backward(ctx, grad):
@@ -120,7 +120,7 @@ class SoftmaxBackwardFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         g, y, ctx.dim, ctx.log = inputs
         ctx.save_for_backward(g, y)
-        ctx.save_for_forward(g, y)
+        save_for_forward(ctx, g, y)
 
     @staticmethod
     def backward(ctx, gg):
@@ -168,7 +168,7 @@ class LogsumexpFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, ctx.dim = inputs
         ctx.save_for_backward(x, output)
-        ctx.save_for_forward(x, output)
+        save_for_forward(ctx, x, output)
 
     @staticmethod
     def backward(ctx, grad):
@@ -192,7 +192,7 @@ class LogsumexpBackwardFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         g, x, r, ctx.dim = inputs
         ctx.save_for_backward(g, x, r)
-        ctx.save_for_forward(g, x, r)
+        save_for_forward(ctx, g, x, r)
 
     @staticmethod
     def backward(ctx, gg):
@@ -242,7 +242,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         lse = output[2]
         ctx.mark_non_differentiable(lse)
         ctx.save_for_backward(logits, target, weight, lse)
-        ctx.save_for_forward(logits, target, weight, lse)
+        save_for_forward(ctx, logits, target, weight, lse)
 
     @staticmethod
     def backward(ctx, grad_nll, grad_smooth, _grad_lse):

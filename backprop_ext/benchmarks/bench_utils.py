@@ -1,4 +1,4 @@
-"""Utilities: gradient clipping over many tensors, and the checkpointed MLP stack.
+"""Utilities: gradient clipping over many tensors. (Checkpointing: bench_checkpoint.py.)
 
 Clipping (ops clip_grad_norm_, get_total_norm, clip_grad_value_): one model-like set of
 gradients (a few large matrices, many small vectors; CPU default 200 tensors, 2^24 float32
@@ -6,34 +6,20 @@ elements in all; GPU default 288 tensors, 1.21e9 float32 elements), ours vs torc
 function (foreach where torch has it: CUDA; torch has no CPU foreach kernels). Ideal traffic:
 clip_grad_norm_ 3 passes (read for the norm, read + write to scale), get_total_norm 1,
 clip_grad_value_ 2. `--sizes` sets the total element count.
-
-Checkpointed MLP (op ckpt_mlp): a stack of Linear + GELU layers (CPU default 16 layers, batch
-512, width 256, float32; GPU default 16 layers, batch 8192, width 4096, bfloat16), one training
-step (forward, sum, backward; gradients set to None first), CheckpointedSequential with the
-default sqrt(32) segments, policy "full" and "selective", each against the plain stack (vs plain)
-and against torch.utils.checkpoint.checkpoint_sequential(use_reentrant=False) with the same
-segments (vs torch ckpt). Peak memory of the step: on GPU torch.cuda.max_memory_allocated()
-above what was allocated before; on CPU the peak of the bytes held by tensors the step's ops
-created (backprop_ext._memory.LiveTensorMemory: a dispatch mode that counts each new storage
-once and subtracts it when freed). Parameters and the input are excluded on both.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .. import nn as bnn
 from .. import utils as BU
-from .._memory import LiveTensorMemory
 from .common import Row, time_ms, time_pair
 
 FAMILY = "utils"
-SIZES_HELP = "utils: total gradient elements of the clipping workload (the MLP ignores it)"
-OPS = ("clip_grad_norm_", "get_total_norm", "clip_grad_value_", "ckpt_mlp")
+SIZES_HELP = "utils: total gradient elements of the clipping workload"
+OPS = ("clip_grad_norm_", "get_total_norm", "clip_grad_value_")
 DEFAULT_CLIP = {"cpu": (200, 1 << 24), "cuda": (288, 1_210_000_000)}  # tensors, elements
 DEFAULT_DTYPES = {"cpu": ["float32"], "cuda": ["float32"]}
-DEFAULT_MLP = {"cpu": dict(depth=16, batch=512, width=256, dtype="float32"),
-               "cuda": dict(depth=16, batch=8192, width=4096, dtype="bfloat16")}
 # Ideal passes over the gradients per call.
 PASSES = {"clip_grad_norm_": 3, "get_total_norm": 1, "clip_grad_value_": 2}
 
@@ -89,77 +75,6 @@ def _clip_rows(device, dtype_name, total, names, reps, compiled):
     return rows
 
 
-# --- checkpointed MLP
-
-
-def _mlp_modules(depth, width, device, dtype):
-    torch.manual_seed(0)
-    mods = []
-    for _ in range(depth):
-        mods += [torch.nn.Linear(width, width, device=device, dtype=dtype), bnn.GELU()]
-    return mods
-
-
-def _step(model, x):
-    def step():
-        for p in model.parameters():
-            p.grad = None
-        model(x).sum().backward()
-    return step
-
-
-def _peak_bytes(step, device) -> int:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    with LiveTensorMemory() as mem:
-        step()
-    return mem.peak
-
-
-class _TorchCheckpointSequential(torch.nn.Module):
-    """torch.utils.checkpoint.checkpoint_sequential over the same modules and segments."""
-
-    def __init__(self, seq: bnn.CheckpointedSequential):
-        super().__init__()
-        self.seq = seq
-
-    def forward(self, x):
-        return torch.utils.checkpoint.checkpoint_sequential(
-            list(self.seq), len(self.seq.segment_bounds()), x, use_reentrant=False)
-
-
-def _mlp_rows(device, dtype_name, reps):
-    cfg = dict(DEFAULT_MLP[device.split(":")[0]])
-    if dtype_name:
-        cfg["dtype"] = dtype_name
-    dtype = getattr(torch, cfg["dtype"])
-    mods = _mlp_modules(cfg["depth"], cfg["width"], device, dtype)
-    x = torch.randn(cfg["batch"], cfg["width"], device=device, dtype=dtype)
-    plain = bnn.CheckpointedSequential(*mods, policy="none")
-    variants = {"plain": plain,
-                "torch ckpt": _TorchCheckpointSequential(bnn.CheckpointedSequential(*mods))}
-    for policy in ("full", "selective"):
-        variants[policy] = bnn.CheckpointedSequential(*mods, policy=policy)
-    steps = {k: _step(m, x) for k, m in variants.items()}
-    peaks = {k: _peak_bytes(s, device) for k, s in steps.items()}
-    flops = 3 * 2 * cfg["batch"] * cfg["width"] ** 2 * cfg["depth"]  # GEMMs of fwd + bwd
-    shape = f"{cfg['depth']}x(Linear+GELU) {cfg['batch']}x{cfg['width']}"
-    rows = []
-    for policy in ("full", "selective"):
-        for vs in ("plain", "torch ckpt"):
-            ms, tms = time_pair(steps[policy], steps[vs], device, reps)
-            rows.append(Row(family=FAMILY, op=f"ckpt_mlp[{policy}]", shape=shape,
-                            dtype=cfg["dtype"], direction="fwd+bwd", device=device, ms=ms,
-                            torch_ms=tms, flops=flops, vs=vs, peak_bytes=peaks[policy],
-                            torch_peak_bytes=peaks[vs]))
-    return rows
-
-
 def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled: bool = False):
     kind = device.split(":")[0]
     ops = list(ops or OPS)
@@ -169,8 +84,4 @@ def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled
         for dtype_name in dtypes or DEFAULT_DTYPES[kind]:
             for total in sizes or [DEFAULT_CLIP[kind][1]]:
                 rows += _clip_rows(device, dtype_name, total, clip_ops, reps, compiled)
-    if "ckpt_mlp" in ops:
-        # A training step is long: fewer repetitions give the same precision.
-        for dtype_name in dtypes or [None]:
-            rows += _mlp_rows(device, dtype_name, max(3, reps // 4))
     return rows

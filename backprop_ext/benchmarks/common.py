@@ -43,6 +43,8 @@ class Row:
     vs: str = ""  # what torch_ms (and torch_peak_bytes) measured, when not torch's own op
     peak_bytes: int = 0  # ours: peak memory of the case (benchmarks that measure it)
     torch_peak_bytes: int = 0  # the comparison's peak memory
+    time_ratio: float | None = None  # ours / the comparison's time, as the benchmark measured it
+    note: str = ""  # what the case ran, when its name does not say (e.g. a checkpoint plan)
 
     @property
     def gbps(self) -> float:

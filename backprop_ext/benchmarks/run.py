@@ -13,11 +13,11 @@ import sys
 
 import torch
 
-from . import bench_activation, bench_linear, bench_softmax, bench_utils
+from . import bench_activation, bench_checkpoint, bench_linear, bench_softmax, bench_utils
 from .common import copy_bandwidth_gbps, environment, format_table, plot, write_csv, write_json
 
-FAMILIES = {"activation": bench_activation, "linear": bench_linear, "softmax": bench_softmax,
-            "utils": bench_utils}
+FAMILIES = {"activation": bench_activation, "checkpoint": bench_checkpoint,
+            "linear": bench_linear, "softmax": bench_softmax, "utils": bench_utils}
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -35,7 +35,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile columns (GPU)")
     p.add_argument("--json", help="write rows and environment as JSON")
     p.add_argument("--csv", help="write rows as CSV")
-    p.add_argument("--plot", help="write a PNG of achieved bandwidth")
+    p.add_argument("--plot", help="write a PNG of achieved bandwidth (checkpoint family: of "
+                   "memory against time, to this path, or beside it as <name>-checkpoint.png when "
+                   "other families ran too)")
     return p
 
 
@@ -59,7 +61,14 @@ def main(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(args.csv, rows, copy)
     if args.plot:
-        plot(args.plot, rows, copy)
+        ckpt = [r for r in rows if r.family == bench_checkpoint.FAMILY]
+        others = [r for r in rows if r.family != bench_checkpoint.FAMILY]
+        if others:
+            plot(args.plot, others, copy)
+        if ckpt:
+            stem, dot, ext = args.plot.rpartition(".")
+            path = f"{stem}-checkpoint.{ext}" if others and dot else args.plot
+            bench_checkpoint.plot(path, ckpt)
     return 0
 
 

@@ -1,0 +1,191 @@
+"""Choosing segments and recompute levels for CheckpointedSequential under a memory budget.
+
+From one measured plain step (backprop_ext._memory.profile_sequential: what each module saves for
+backward, creates and costs) the planner predicts, for any cut of the modules into contiguous
+segments with a level each, the activation memory at the step's peak and the time recomputation
+adds; it returns the plan that fits the budget with the least recomputation.
+
+Model. Backward runs the segments last to first. While it works on segment j, alive are what the
+segments before j keep plus what j needs to run its backward:
+
+    level            keeps until its backward   needs during its backward     recomputes
+    none             what its modules save       the same                      nothing
+    selective        that, less rebuilt outputs  the same                      rebuilt outputs
+    full             its input                   input + all its modules save  its forward
+    full+selective   its input                   input + selective's set       both
+
+    predicted peak = max_j (sum of keeps before j + needs of j)  [+ on CUDA: the plain step's
+                     allocator peak minus its saved bytes: gradients, workspace, temporaries]
+
+A rebuilt output is counted as rebuilt only when its source is saved within the same segment
+(the scope does link across consecutive selective segments; the model then over-predicts
+slightly). On the CPU the unit is bytes saved for backward, the plain step's activation memory
+being their sum; on CUDA it is the allocator's bytes, the plain step's being its measured peak.
+
+Search: dynamic programming over cut points, keeping at each point the plans not dominated in
+(bytes kept so far, peak so far, recompute so far); every plan is reachable, so the choice is
+the exact optimum of the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ._memory import StepProfile
+
+LEVELS = ("none", "selective", "full", "full+selective")
+
+
+@dataclasses.dataclass
+class CheckpointPlan:
+    """What CheckpointedSequential runs, and what the planner predicts of it.
+
+    segments: (start, end, level) in order; modules [start, end) run under `level`.
+    predicted_bytes: activation memory at the step's peak, predicted (see `unit`).
+    recompute_s: time recomputation adds to a step, predicted from the measured forward.
+    plain_bytes: the plain step's activation memory, measured in the same unit.
+    forward_s: the plain forward's measured time (recompute_s / forward_s: the share re-run).
+    budget_bytes: the budget asked for (None when the plan was given, not chosen).
+    unit: "bytes saved for backward" (CPU) or "CUDA allocator bytes".
+    """
+
+    segments: list
+    predicted_bytes: int | None = None
+    recompute_s: float | None = None
+    plain_bytes: int | None = None
+    forward_s: float | None = None
+    budget_bytes: int | None = None
+    unit: str = ""
+
+    @property
+    def fits(self) -> bool | None:
+        if self.budget_bytes is None or self.predicted_bytes is None:
+            return None
+        return self.predicted_bytes <= self.budget_bytes
+
+    def __str__(self) -> str:
+        lines = [f"{'modules':<12}level"]
+        lines += [f"{f'[{a}, {b})':<12}{level}" for a, b, level in self.segments]
+        if self.predicted_bytes is not None:
+            mib = 2.0 ** 20
+            lines.append(f"predicted activation memory: {self.predicted_bytes / mib:.2f} MiB "
+                         f"({self.predicted_bytes / self.plain_bytes:.2f}x plain, "
+                         f"{self.plain_bytes / mib:.2f} MiB; {self.unit})")
+            lines.append(f"predicted recompute: {1e3 * self.recompute_s:.3f} ms a step "
+                         f"({self.recompute_s / self.forward_s:.2f}x the forward, "
+                         f"{1e3 * self.forward_s:.3f} ms)")
+        if self.budget_bytes is not None:
+            verdict = "fits" if self.fits else "does NOT fit (the plan with the least memory)"
+            lines.append(f"budget: {self.budget_bytes / 2.0 ** 20:.2f} MiB: {verdict}")
+        return "\n".join(lines)
+
+
+class _Costs:
+    """Per segment [i, k) and level: (keeps, needs, recompute seconds)."""
+
+    def __init__(self, profile: StepProfile):
+        self.profile = profile
+        self.n = len(profile.forward_s)
+        # Transients on top of what is saved: what the plain step's peak adds to its saved bytes.
+        self.extra = 0 if profile.peak_bytes is None else max(
+            0, profile.peak_bytes - profile.saved_bytes)
+        self._cache: dict = {}
+
+    def __call__(self, i: int, k: int, level: str) -> tuple[int, int, float]:
+        key = (i, k, level)
+        if key not in self._cache:
+            self._cache[key] = self._compute(i, k, level)
+        return self._cache[key]
+
+    def _compute(self, i: int, k: int, level: str) -> tuple[int, int, float]:
+        p = self.profile
+        inside = range(i, k)
+        saved = [r for r in p.records if any(s in inside for s in r.savers)]
+        selective = level in ("selective", "full+selective")
+
+        def rebuilt(r) -> bool:
+            return (selective and r.source is not None
+                    and any(s in inside for s in r.source.savers))
+
+        kept = [r for r in saved if not rebuilt(r)]
+        rebuild_s = sum(p.rebuild_s.get(id(r), 0.0) for r in saved if rebuilt(r))
+        if level in ("none", "selective"):
+            nbytes = sum(r.nbytes for r in kept)
+            return nbytes, nbytes, rebuild_s
+        # Checkpointed: keeps its input; its recomputation re-creates what its modules create.
+        input_bytes = p.output_bytes[i - 1] if i > 0 else 0
+        needs = input_bytes + sum(r.nbytes for r in kept if r.producer >= i)
+        return input_bytes, needs, sum(p.forward_s[i:k]) + rebuild_s
+
+    def evaluate(self, segments) -> tuple[int, float]:
+        """(predicted peak bytes, recompute seconds) of a given plan."""
+        before, peak, cost = 0, 0, 0.0
+        for i, k, level in segments:
+            keeps, needs, seconds = self(i, k, level)
+            peak = max(peak, before + needs)
+            before += keeps
+            cost += seconds
+        return peak + self.extra, cost
+
+
+def plain_bytes(profile: StepProfile) -> int:
+    """The plain step's activation memory in the planner's unit."""
+    return profile.saved_bytes if profile.peak_bytes is None else profile.peak_bytes
+
+
+def unit(profile: StepProfile) -> str:
+    return "bytes saved for backward" if profile.peak_bytes is None else "CUDA allocator bytes"
+
+
+def describe(profile: StepProfile, segments, budget_bytes: int | None = None) -> CheckpointPlan:
+    """The predictions for a plan chosen by hand."""
+    peak, cost = _Costs(profile).evaluate(segments)
+    return CheckpointPlan(list(segments), peak, cost, plain_bytes(profile),
+                          sum(profile.forward_s), budget_bytes, unit(profile))
+
+
+def choose(profile: StepProfile, budget_bytes: int, levels=LEVELS) -> CheckpointPlan:
+    """The plan with the least predicted recompute whose predicted peak fits `budget_bytes`, or,
+    when none fits, the one with the least predicted peak."""
+    costs = _Costs(profile)
+    n = costs.n
+    if n == 0:
+        return describe(profile, [], budget_bytes)
+    # fronts[i]: plans of modules [0, i) as (kept, peak, seconds, segments), none dominated.
+    fronts: list[list] = [[] for _ in range(n + 1)]
+    fronts[0] = [(0, 0, 0.0, ())]
+    for i in range(n):
+        for kept, peak, seconds, segs in fronts[i]:
+            for k in range(i + 1, n + 1):
+                for level in levels:
+                    keeps, needs, cost = costs(i, k, level)
+                    _insert(fronts[k], (kept + keeps, max(peak, kept + needs), seconds + cost,
+                                        segs + ((i, k, level),)))
+    finals = [(peak + costs.extra, seconds, segs) for _, peak, seconds, segs in fronts[n]]
+    fitting = [f for f in finals if f[0] <= budget_bytes]
+    if fitting:
+        best = min(fitting, key=lambda f: (f[1], f[0], len(f[2])))
+    else:
+        best = min(finals, key=lambda f: (f[0], f[1], len(f[2])))
+    return CheckpointPlan(_merge(best[2]), best[0], best[1], plain_bytes(profile),
+                          sum(profile.forward_s), budget_bytes, unit(profile))
+
+
+def _insert(front: list, plan: tuple) -> None:
+    kept, peak, seconds = plan[:3]
+    for other in front:
+        if other[0] <= kept and other[1] <= peak and other[2] <= seconds:
+            return
+    front[:] = [o for o in front if not (kept <= o[0] and peak <= o[1] and seconds <= o[2])]
+    front.append(plan)
+
+
+def _merge(segments) -> list:
+    """Joins neighbouring "none" or "selective" segments of the same level: the same run."""
+    out = []
+    for i, k, level in segments:
+        if out and out[-1][2] == level and level in ("none", "selective"):
+            out[-1] = (out[-1][0], k, level)
+        else:
+            out.append((i, k, level))
+    return out
