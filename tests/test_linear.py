@@ -634,3 +634,16 @@ def test_cuda_cublaslt_activation_epilogues():
     out = subprocess.run([sys.executable, "-c", _LT_EPILOGUE_SCRIPT], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "silu", "softplus", "leaky_relu"])
+def test_fused_output_is_the_activation_of_the_kept_preactivation(name, dtype):
+    # Bit for bit: what lets a checkpoint rebuild the output from the kept pre-activation. The
+    # odd width puts columns in the last partial vector of every row.
+    x = torch.randn(9, 21, dtype=torch.float64).to(dtype)
+    w = (torch.randn(37, 21, dtype=torch.float64) / 5).to(dtype)
+    b = torch.randn(37, dtype=torch.float64).to(dtype)
+    p0, p1 = backprop_ext.activation.SPECS[name].floats({})
+    y, z = ops.linear_fwd(x, w, b, name, p0, p1, True)
+    assert torch.equal(y, ops.activation_fwd(z, name, p0, p1))

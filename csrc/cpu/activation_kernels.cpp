@@ -1,6 +1,6 @@
 // Vectorized activation loops (at::vec), compiled once per ISA with CPU_CAPABILITY set by
-// setup.py. The vector math is vec_math.h's, the loops vec_loops.h's; the scalar tail calls
-// activation_math.h's functors.
+// setup.py. The vector math is vec_math.h's (activation_math.h's lane for lane), the loops
+// vec_loops.h's: every element, the last partial vector's included, takes the vector math.
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -22,7 +22,7 @@ void activation_fwd_kernel(c10::ScalarType dtype, const void* x, void* y, int64_
     visit_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
       map_unary(static_cast<const scalar_t*>(x), static_cast<scalar_t*>(y), n,
-                 ActivationForward<A, T>{T(p0), T(p1)}, VecForward<A, T>{T(p0), T(p1)});
+                VecForward<A, T>{T(p0), T(p1)});
     });
   });
 }
@@ -34,8 +34,7 @@ void activation_bwd_kernel(c10::ScalarType dtype, const void* grad, const void* 
     visit_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
       map_binary(static_cast<const scalar_t*>(grad), static_cast<const scalar_t*>(saved),
-                  static_cast<scalar_t*>(grad_input), n, ActivationBackward<A, T>{T(p0), T(p1)},
-                  VecBackward<A, T>{T(p0), T(p1)});
+                 static_cast<scalar_t*>(grad_input), n, VecBackward<A, T>{T(p0), T(p1)});
     });
   });
 }

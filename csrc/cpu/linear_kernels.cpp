@@ -4,8 +4,10 @@
 //   forward:   y = act(z + b)                    after the GEMM z = x W^T
 //   backward:  gz = gy * act'(s),  gb = sum_rows gz   in one read of gy and s
 //
-// The vector math is vec_math.h's (shared with the activation family); scalar tails call
-// activation_math.h's functors. Half types compute in float.
+// The vector math is vec_math.h's (shared with the activation family), the loops vec_loops.h's:
+// every column, the last partial vector's included, takes the same vector math as the
+// activation family's kernels, so a fused layer's output and a separate activation's agree bit
+// for bit. Half types compute in float.
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -15,6 +17,7 @@
 
 #include "../dispatch.h"
 #include "linear_kernels.h"
+#include "vec_loops.h"
 #include "vec_math.h"
 
 namespace backprop_ext::cpu {
@@ -25,13 +28,6 @@ namespace {
 // rounding error of a bias gradient grows with kGroupRows + rows / kGroupRows, not with rows.
 constexpr int64_t kGroupRows = 32;
 
-// The biased pre-activation as a dtype value, back in opmath: what a GEMM with the bias folded in
-// stores, so y = act(z) sees exactly the z that backward will read.
-template <typename scalar_t, typename T>
-inline T round_to(T v) {
-  return static_cast<T>(static_cast<scalar_t>(v));
-}
-
 // --- forward: y = act(z + b)
 
 template <typename scalar_t, Activation A, bool kBias>
@@ -39,77 +35,68 @@ void bias_act_fwd_rows(scalar_t* z, scalar_t* y, const scalar_t* bias, int64_t r
                        double p0, double p1) {
   using T = at::opmath_type<scalar_t>;
   using V = Vectorized<scalar_t>;
-  const ActivationForward<A, T> f{T(p0), T(p1)};
   const VecForward<A, T> vf{T(p0), T(p1)};
   const bool keep_z = y != z;
   for (int64_t r = 0; r < rows; ++r) {
     scalar_t* zr = z + r * cols;
     scalar_t* yr = y + r * cols;
-    int64_t c = 0;
-    for (; c + V::size() <= cols; c += V::size()) {
-      V zv = V::loadu(zr + c);
+    for_each_vector<scalar_t>(cols, [&](int64_t c, int64_t k) {
+      V zv = load_n(zr + c, k);
       if constexpr (std::is_same_v<scalar_t, T>) {
         if constexpr (kBias) {
-          zv = zv + V::loadu(bias + c);
-          if (keep_z) zv.store(zr + c);
+          zv = zv + load_n(bias + c, k);
+          if (keep_z) zv.store(zr + c, k);
         }
-        vf(zv).store(yr + c);
+        vf(zv).store(yr + c, k);
       } else {
-        if constexpr (kBias) {
+        if constexpr (kBias) {  // z rounded to scalar_t, as a GEMM with the bias folded in stores it
           auto [z_lo, z_hi] = at::vec::convert_to_float<scalar_t>(zv);
-          auto [b_lo, b_hi] = at::vec::convert_to_float<scalar_t>(V::loadu(bias + c));
+          auto [b_lo, b_hi] = at::vec::convert_to_float<scalar_t>(load_n(bias + c, k));
           zv = at::vec::convert_from_float<scalar_t>(z_lo + b_lo, z_hi + b_hi);
-          if (keep_z) zv.store(zr + c);
+          if (keep_z) zv.store(zr + c, k);
         }
         auto [lo, hi] = at::vec::convert_to_float<scalar_t>(zv);
-        at::vec::convert_from_float<scalar_t>(vf(lo), vf(hi)).store(yr + c);
+        at::vec::convert_from_float<scalar_t>(vf(lo), vf(hi)).store(yr + c, k);
       }
-    }
-    for (; c < cols; ++c) {
-      T v = static_cast<T>(zr[c]);
-      if constexpr (kBias) {
-        v = round_to<scalar_t>(v + static_cast<T>(bias[c]));
-        if (keep_z) zr[c] = static_cast<scalar_t>(v);
-      }
-      yr[c] = static_cast<scalar_t>(f(v));
-    }
+    });
   }
 }
 
 // --- backward: gz = gy * act'(s) and the column sums of gz
 
+// acc[0, k) += d, for the first k of d's lanes.
+template <typename T>
+inline void accumulate(T* acc, Vectorized<T> d, int64_t k) {
+  if (k <= 0) return;
+  const int64_t n = std::min<int64_t>(k, Vectorized<T>::size());
+  (load_n(acc, n) + d).store(acc, n);
+}
+
 // One row: gz[c] = gy[c] * act'(s[c]); with kSum, also acc[c] += gz[c] (unrounded, in opmath).
 template <typename scalar_t, Activation A, bool kSum>
 inline void bias_act_bwd_row(const scalar_t* g, const scalar_t* s, scalar_t* gz,
                              at::opmath_type<scalar_t>* acc, int64_t cols,
-                             const ActivationBackward<A, at::opmath_type<scalar_t>>& f,
                              const VecBackward<A, at::opmath_type<scalar_t>>& vf) {
   using T = at::opmath_type<scalar_t>;
   using V = Vectorized<scalar_t>;
   using VT = Vectorized<T>;
-  int64_t c = 0;
-  for (; c + V::size() <= cols; c += V::size()) {
+  for_each_vector<scalar_t>(cols, [&](int64_t c, int64_t k) {
     if constexpr (std::is_same_v<scalar_t, T>) {
-      const V d = vf(V::loadu(g + c), V::loadu(s + c));
-      d.store(gz + c);
-      if constexpr (kSum) (VT::loadu(acc + c) + d).store(acc + c);
+      const V d = vf(load_n(g + c, k), load_n(s + c, k));
+      d.store(gz + c, k);
+      if constexpr (kSum) accumulate(acc + c, d, k);
     } else {
-      auto [g_lo, g_hi] = at::vec::convert_to_float<scalar_t>(V::loadu(g + c));
-      auto [s_lo, s_hi] = at::vec::convert_to_float<scalar_t>(V::loadu(s + c));
+      auto [g_lo, g_hi] = at::vec::convert_to_float<scalar_t>(load_n(g + c, k));
+      auto [s_lo, s_hi] = at::vec::convert_to_float<scalar_t>(load_n(s + c, k));
       const VT d_lo = vf(g_lo, s_lo);
       const VT d_hi = vf(g_hi, s_hi);
-      at::vec::convert_from_float<scalar_t>(d_lo, d_hi).store(gz + c);
+      at::vec::convert_from_float<scalar_t>(d_lo, d_hi).store(gz + c, k);
       if constexpr (kSum) {
-        (VT::loadu(acc + c) + d_lo).store(acc + c);
-        (VT::loadu(acc + c + VT::size()) + d_hi).store(acc + c + VT::size());
+        accumulate(acc + c, d_lo, k);
+        accumulate(acc + c + VT::size(), d_hi, k - VT::size());
       }
     }
-  }
-  for (; c < cols; ++c) {
-    const T d = f(static_cast<T>(g[c]), static_cast<T>(s[c]));
-    gz[c] = static_cast<scalar_t>(d);
-    if constexpr (kSum) acc[c] += d;
-  }
+  });
 }
 
 template <typename T>
@@ -127,12 +114,10 @@ void bias_act_bwd_tile(const scalar_t* g, const scalar_t* s, scalar_t* gz,
                        at::opmath_type<scalar_t>* partial, int64_t rows, int64_t cols, int64_t ld,
                        double p0, double p1) {
   using T = at::opmath_type<scalar_t>;
-  const ActivationBackward<A, T> f{T(p0), T(p1)};
   const VecBackward<A, T> vf{T(p0), T(p1)};
   if (partial == nullptr) {
     for (int64_t r = 0; r < rows; ++r) {
-      bias_act_bwd_row<scalar_t, A, false>(g + r * ld, s + r * ld, gz + r * ld, nullptr, cols, f,
-                                           vf);
+      bias_act_bwd_row<scalar_t, A, false>(g + r * ld, s + r * ld, gz + r * ld, nullptr, cols, vf);
     }
     return;
   }
@@ -142,7 +127,7 @@ void bias_act_bwd_tile(const scalar_t* g, const scalar_t* s, scalar_t* gz,
     std::fill_n(group, cols, T(0));
     const int64_t r1 = std::min(rows, r0 + kGroupRows);
     for (int64_t r = r0; r < r1; ++r) {
-      bias_act_bwd_row<scalar_t, A, true>(g + r * ld, s + r * ld, gz + r * ld, group, cols, f, vf);
+      bias_act_bwd_row<scalar_t, A, true>(g + r * ld, s + r * ld, gz + r * ld, group, cols, vf);
     }
     add_into(partial, group, cols);
   }

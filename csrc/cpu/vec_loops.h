@@ -4,11 +4,12 @@
 //
 //   Lanes<scalar_t>         kSize opmath lanes loaded from / stored to scalar_t memory (a half
 //                           type reads half a vector of its own and widens it to float)
-//   map_unary(x, y, n, ...) y[i] = op(x[i]) over n elements, y may be x (in place)
-//   map_binary(a, b, y, n, ...)  y[i] = op(a[i], b[i])
-// The maps take the scalar op (for the tail, and the reference the vector op mirrors lane for
-// lane) and the vector op on Vectorized<opmath>; half types load a whole vector of scalar_t and
-// widen it to two float vectors, which keeps the loads full width.
+//   for_each_vector(n, body)   body(i, k) per vector of scalar_t, the last one partial
+//   map_unary(x, y, n, vop)    y[i] = vop(x[i]) over n elements, y may be x (in place)
+//   map_binary(a, b, y, n, vop)  y[i] = vop(a[i], b[i])
+// The maps take the vector op on Vectorized<opmath> and run every element through it, the last
+// partial vector included; half types load a whole vector of scalar_t and widen it to two float
+// vectors, which keeps the loads full width.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -57,40 +58,52 @@ struct Lanes {
   }
 };
 
-template <typename scalar_t, typename ScalarOp, typename VecOp>
-void map_unary(const scalar_t* x, scalar_t* y, int64_t n, const ScalarOp& op, const VecOp& vop) {
-  using T = at::opmath_type<scalar_t>;
-  using VS = Vectorized<scalar_t>;
+// Calls body(i, k) over [0, count) one vector of scalar_t at a time: k is the vector's size for
+// every full vector and count's remainder for the last one. Every element goes through the same
+// vector math: a scalar tail (libm's exp against Sleef's, a polynomial tanh against tanhf) would
+// round differently from the lanes, so a value's result would depend on where it sits.
+template <typename scalar_t, typename Body>
+inline void for_each_vector(int64_t count, const Body& body) {
+  constexpr int64_t kSize = Vectorized<scalar_t>::size();
   int64_t i = 0;
-  for (; i + VS::size() <= n; i += VS::size()) {
-    if constexpr (std::is_same_v<scalar_t, T>) {
-      vop(VS::loadu(x + i)).store(y + i);
-    } else {
-      auto [lo, hi] = at::vec::convert_to_float<scalar_t>(VS::loadu(x + i));
-      at::vec::convert_from_float<scalar_t>(vop(lo), vop(hi)).store(y + i);
-    }
-  }
-  for (; i < n; ++i) y[i] = static_cast<scalar_t>(op(static_cast<T>(x[i])));
+  for (; i + kSize <= count; i += kSize) body(i, kSize);
+  if (i < count) body(i, count - i);
 }
 
-template <typename scalar_t, typename ScalarOp, typename VecOp>
-void map_binary(const scalar_t* a, const scalar_t* b, scalar_t* y, int64_t n, const ScalarOp& op,
-                const VecOp& vop) {
-  using T = at::opmath_type<scalar_t>;
-  using VS = Vectorized<scalar_t>;
-  int64_t i = 0;
-  for (; i + VS::size() <= n; i += VS::size()) {
-    if constexpr (std::is_same_v<scalar_t, T>) {
-      vop(VS::loadu(a + i), VS::loadu(b + i)).store(y + i);
+// The first k lanes of a vector at p (k == size: a plain load); the others hold zeros.
+template <typename scalar_t>
+inline Vectorized<scalar_t> load_n(const scalar_t* p, int64_t k) {
+  return k == Vectorized<scalar_t>::size() ? Vectorized<scalar_t>::loadu(p)
+                                           : Vectorized<scalar_t>::loadu(p, k);
+}
+
+// y[i] = vop(x[i]) over n elements, in opmath lanes.
+template <typename scalar_t, typename VecOp>
+void map_unary(const scalar_t* x, scalar_t* y, int64_t n, const VecOp& vop) {
+  for_each_vector<scalar_t>(n, [&](int64_t i, int64_t k) {
+    const Vectorized<scalar_t> v = load_n(x + i, k);
+    if constexpr (std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
+      vop(v).store(y + i, k);
     } else {
-      auto [a_lo, a_hi] = at::vec::convert_to_float<scalar_t>(VS::loadu(a + i));
-      auto [b_lo, b_hi] = at::vec::convert_to_float<scalar_t>(VS::loadu(b + i));
-      at::vec::convert_from_float<scalar_t>(vop(a_lo, b_lo), vop(a_hi, b_hi)).store(y + i);
+      auto [lo, hi] = at::vec::convert_to_float<scalar_t>(v);
+      at::vec::convert_from_float<scalar_t>(vop(lo), vop(hi)).store(y + i, k);
     }
-  }
-  for (; i < n; ++i) {
-    y[i] = static_cast<scalar_t>(op(static_cast<T>(a[i]), static_cast<T>(b[i])));
-  }
+  });
+}
+
+// y[i] = vop(a[i], b[i]) over n elements, in opmath lanes.
+template <typename scalar_t, typename VecOp>
+void map_binary(const scalar_t* a, const scalar_t* b, scalar_t* y, int64_t n, const VecOp& vop) {
+  for_each_vector<scalar_t>(n, [&](int64_t i, int64_t k) {
+    const Vectorized<scalar_t> va = load_n(a + i, k), vb = load_n(b + i, k);
+    if constexpr (std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
+      vop(va, vb).store(y + i, k);
+    } else {
+      auto [a_lo, a_hi] = at::vec::convert_to_float<scalar_t>(va);
+      auto [b_lo, b_hi] = at::vec::convert_to_float<scalar_t>(vb);
+      at::vec::convert_from_float<scalar_t>(vop(a_lo, b_lo), vop(a_hi, b_hi)).store(y + i, k);
+    }
+  });
 }
 
 }  // namespace CPU_CAPABILITY
