@@ -239,6 +239,7 @@ def _fsdp_scenario(rank, world_size, device, wrap, reshard):
         ref = _net(device, fuse)
         model = _fully_shard(_net(device, fuse), wrap, reshard)
         assert all(isinstance(p, DTensor) for p in model.parameters())
+        assert isinstance(model.body[0], bnn.Linear)  # still ours (FSDPLinear subclasses it)
         _train_side_by_side(model, ref, rank, world_size, device)
 
 
@@ -587,12 +588,33 @@ def _nccl_scenario(rank, world_size, device):
     _fsdp_scenario(rank, world_size, device, "per_layer", True)
     for p in NORM_TYPES:
         _clipping_scenario(rank, world_size, device, p)
+    # Clipping sharded gradients never waits for the GPU: the all-reduce is waited for on the
+    # stream.
+    model, _ = _sharded_grads(rank, world_size, device)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for p in NORM_TYPES:
+            BU.clip_grad_norm_(model.parameters(), 0.1, p)
+            BU.clip_grad_value_(model.parameters(), 0.01)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_nccl_fsdp2_and_clipping(world):
     world(_nccl_scenario, 2, device="cuda")
+
+
+def test_distributed_benchmark_runs():
+    # The benchmark's own world (spawned), on a small case: it validates ours against torch
+    # before timing, so a wrong norm fails here.
+    from backprop_ext.benchmarks import bench_distributed
+
+    rows = bench_distributed.run("cpu", sizes=[20000], reps=1, tensors=[10], ranks=[2])
+    assert [r.op for r in rows] == list(bench_distributed.OPS)
+    assert all(r.ms > 0 and r.torch_ms > 0 and "2 ranks" in r.shape for r in rows)
 
 
 def test_world_failures_are_reported_not_hung(world):
@@ -608,3 +630,4 @@ def _failing_scenario(rank, world_size, device):
     if rank == 1:
         raise RuntimeError("rank 1 gives up")
     dist.all_reduce(torch.ones(1))
+
