@@ -10,16 +10,17 @@ first two the norm over all ranks follows from the local ones,
 
 provided each replicated copy is counted once: a rank contributes its local part only if it sits
 at coordinate 0 of every reduced mesh dimension the tensor is replicated over. Then the norms of
-any number of DTensors on one mesh take one all-reduce of a small vector per mesh dimension that
-some of them are sharded over: one for FSDP2, whatever the number of tensors. A Partial
-placement's local norm says nothing about the whole; such tensors are left to torch's DTensor ops.
+any number of DTensors on one mesh take one all-reduce (of one number; of one per tensor for the
+gradient-flow report) per mesh dimension that some of them are sharded over: one for FSDP2,
+whatever the number of tensors. A Partial placement's local norm says nothing about the whole;
+such tensors are left to torch's DTensor ops.
 
 The p-th powers are taken in float64: a float32 norm raised to p overflows above 1.8e19 for p = 2,
 float64 only above 1.3e154. For the inf norm the all-reduce is a max, of each norm and a NaN flag:
 a max all-reduce need not propagate NaN (gloo's keeps whichever operand comes first).
 
 The collectives are torch's functional collectives, the ones DTensor itself runs: asynchronous,
-waited for on the device stream (no host sync on CUDA), traceable by torch.compile.
+waited for on the device stream when the result is first used (no host sync on CUDA).
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ their ratio, and which layers' gradients vanish or explode.
 
 All norms come from two calls of the fused per-tensor norm op (one over the gradients, one over
 the weights, per device) and one transfer to the host, instead of two reductions and a sync per
-parameter.
+parameter. For sharded models (FSDP2's DTensor parameters) the norms are over all ranks, the same
+report on every rank: the per-tensor norms of the local shards take one all-reduce per mesh
+dimension they are sharded over (backprop_ext._sharded), so gradient_flow is then a collective
+that every rank must call.
 """
 
 from __future__ import annotations
@@ -232,6 +235,8 @@ def gradient_flow(model: torch.nn.Module | Iterable, *, by: str = "parameter",
     exploding_threshold, "non-finite" if its gradient holds NaN or inf, "no grad" if it requires
     grad but got no gradient (not part of the loss); frozen parameters are left out unless
     include_frozen. plot: also write the PNG there. Reads the norms on the host (one sync).
+    Sharded parameters (DTensors) report their norms over all ranks and their global numel; call
+    it on every rank then.
     """
     if by not in ("parameter", "module"):
         raise ValueError(

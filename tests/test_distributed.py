@@ -436,6 +436,9 @@ def _placements_scenario(rank, world_size, device):
         assert_matches(BU.get_total_norm(subset, p).full_tensor(),
                        torch.nn.utils.get_total_norm(subset, p).full_tensor(),
                        expect([reference[k] for k in keep] + [reference_partial]))
+        # foreach=False: the same kernels a tensor per call
+        torch.testing.assert_close(BU.get_total_norm(tensors, p, foreach=False).full_tensor(),
+                                   ours.full_tensor())
         # torch refuses DTensors mixed with plain tensors; ours counts a plain tensor as whole
         mixed = BU.get_total_norm([plain] + tensors, p)
         assert mixed.device_mesh == mesh
@@ -451,6 +454,8 @@ def _placements_scenario(rank, world_size, device):
             norm = BU.get_total_norm([t], p)
             _assert_replicated(norm, world_size)
             assert norm.to_local().isnan() if math.isnan(bad) else norm.to_local() == INF, p
+        with pytest.raises(RuntimeError, match="non-finite"):  # on every rank alike
+            BU.clip_grad_norm_(_holding([t]), 1.0, error_if_nonfinite=True)
 
     # Scaling and clamping: each rank's parts (the Partial one through torch's DTensor ops), as
     # torch does on the same gradients and one process in float64.

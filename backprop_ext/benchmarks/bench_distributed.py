@@ -9,8 +9,8 @@ default 288 tensors, 1.21e9) sharded by fully_shard over all ranks, with random 
 torch's is torch.nn.utils' function (foreach where torch has it).
 
 Timing: before each call a barrier, so that the ranks start together; a call's time is that of
-the slowest rank (the step cannot go on before); the median over the calls, in alternating
-rounds of ours and torch's. GB/s counts one rank's ideal traffic (its shards: clip_grad_norm_
+the slowest rank (the step cannot go on before); the median over 3 x reps calls of each, ours and
+torch's alternating call by call. GB/s counts one rank's ideal traffic (its shards: clip_grad_norm_
 3 passes, get_total_norm 1, clip_grad_value_ 2). `--ranks` and `--tensors` sweep the world size
 and the number of tensors (at a fixed total, `--sizes`).
 """
@@ -38,7 +38,7 @@ DEFAULT_CLIP = {"cpu": (200, 50_000_000), "cuda": (288, 1_210_000_000)}  # tenso
 DEFAULT_DTYPES = {"cpu": ["float32"], "cuda": ["float32"]}
 DEFAULT_RANKS = 2
 WORLD_TIMEOUT = 1800  # seconds for one world's whole benchmark
-ROUNDS = 3
+ROUNDS = 3  # reps x ROUNDS calls of each side
 
 
 # --- on each rank
@@ -66,23 +66,28 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _slowest_rank_ms(fn, device, reps, warmup=3):
-    """Median over `reps` calls of the slowest rank's milliseconds."""
+def _paired_ms(ours, theirs, device, reps, warmup=3):
+    """Median milliseconds of ours and of theirs, each call the slowest rank's. The two alternate
+    call by call (which goes first alternating too), so that a neighbour's load on this shared
+    machine falls on both alike."""
     import torch.distributed as dist
 
     for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(reps):
+        ours()
+        theirs()
+    samples = {ours: [], theirs: []}
+    for i in range(2 * reps):
+        fn = (ours, theirs)[i % 2] if (i // 2) % 2 == 0 else (theirs, ours)[i % 2]
         dist.barrier()
         _sync(device)
         t0 = time.perf_counter()
         fn()
         _sync(device)
-        samples.append((time.perf_counter() - t0) * 1e3)
-    slowest = torch.tensor(samples, dtype=torch.float64, device=device)
+        samples[fn].append((time.perf_counter() - t0) * 1e3)
+    # A call is done when every rank is done: take the slowest rank's time of each call.
+    slowest = torch.tensor([samples[ours], samples[theirs]], dtype=torch.float64, device=device)
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-    return statistics.median(slowest.tolist())
+    return statistics.median(slowest[0].tolist()), statistics.median(slowest[1].tolist())
 
 
 def _clip_fns(name, params, foreach):
@@ -127,15 +132,11 @@ def _rank_main(rank, ranks, device_kind, cases, reps, out_dir):
             local_bytes = sum(p.grad.to_local().numel() for p in params) * grads[0].element_size()
             foreach = True if device_kind == "cuda" else None
             for name in names:
-                a, b = [], []
-                for _ in range(ROUNDS):
-                    fn_ours, fn_torch = _clip_fns(name, params, foreach)
-                    a.append(_slowest_rank_ms(fn_ours, device, reps))
-                    b.append(_slowest_rank_ms(fn_torch, device, reps))
+                ms, torch_ms = _paired_ms(*_clip_fns(name, params, foreach), device,
+                                          ROUNDS * reps)
                 rows.append(dict(
                     op=name, shape=f"{n_tensors} tensors, {total:.3g} elems, {ranks} ranks",
-                    dtype=dtype_name, ms=statistics.median(a), torch_ms=statistics.median(b),
-                    bytes=PASSES[name] * local_bytes))
+                    dtype=dtype_name, ms=ms, torch_ms=torch_ms, bytes=PASSES[name] * local_bytes))
             del params, grads
         if rank == 0:
             with open(os.path.join(out_dir, "rows.json"), "w") as f:
