@@ -39,7 +39,8 @@ no part of a parameter, as FSDP2 leaves when a dimension is smaller than the wor
 elements for the inf norm too (torch raises on that rank); torch's inf norm is a DTensor still to
 be reduced (Partial), ours is reduced already (Replicate); plain tensors may be mixed with DTensors
 (each rank counts its plain tensors whole, as under DDP), where torch raises. Partial placements
-(addends of a gradient) go through torch's DTensor ops, one collective each.
+(addends of a gradient) go through torch's DTensor ops: a collective each for the norm, scaled
+locally, refused by clip_grad_value_ as by torch.
 """
 
 from __future__ import annotations
@@ -313,8 +314,9 @@ def clip_grad_value_(parameters: _TensorOrTensors, clip_value: float,
                      foreach: bool | None = None) -> None:
     """Clamps the gradients of `parameters` in place to [-clip_value, clip_value], like
     torch.nn.utils.clip_grad_value_ (NaN stays NaN). clip_value must be >= 0. Sharded gradients
-    (DTensors) are clamped through their local parts, except Partial ones (addends of the
-    gradient, which torch's DTensor clamp reduces first)."""
+    (DTensors) are clamped through their local parts, except Partial ones (addends of a gradient:
+    clamping them would not clamp their sum), which go to torch's DTensor clamp_, which refuses
+    them as torch.nn.utils does."""
     parameters = _as_list(parameters)
     clip_value = _nonnegative("clip_grad_value_", "clip_value", clip_value)
     grads = _grads(parameters)
