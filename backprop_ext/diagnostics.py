@@ -8,7 +8,10 @@ their ratio, and which layers' gradients vanish or explode.
 
 All norms come from two calls of the fused per-tensor norm op (one over the gradients, one over
 the weights, per device) and one transfer to the host, instead of two reductions and a sync per
-parameter.
+parameter. For sharded models (FSDP2's DTensor parameters) the norms are over all ranks, the same
+report on every rank: the per-tensor norms of the local shards take one all-reduce per mesh
+dimension they are sharded over (backprop_ext._sharded), so gradient_flow is then a collective
+that every rank must call.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from collections.abc import Iterable
 
 import torch
 
+from . import _sharded
 from ._common import FLOAT_DTYPES
 
 __all__ = ["LayerStats", "GradientFlowReport", "gradient_flow"]
 
 _ops = torch.ops.backprop_ext
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 # Layer statuses.
 OK, VANISHING, EXPLODING = "ok", "vanishing", "exploding"
@@ -172,23 +177,37 @@ def _combine(norms: list[float], p: float) -> float:
 
 
 def _norms(tensors: list[torch.Tensor], p: float) -> list[float]:
-    """||t||_p of each tensor, read back to the host in one transfer per device."""
-    out = [0.0] * len(tensors)
-    by_device: dict[torch.device, list[int]] = {}
-    for i, t in enumerate(tensors):
-        by_device.setdefault(t.device, []).append(i)
-    for device, idx in by_device.items():
-        group = [tensors[i] for i in idx]
-        fused = device.type in ("cpu", "cuda") and all(
-            t.dtype in FLOAT_DTYPES and t.layout == torch.strided for t in group)
-        if fused and (device.type == "cpu" or torch._C._dispatch_has_kernel_for_dispatch_key(
-                "backprop_ext::multi_tensor_norm_per_tensor", "CUDA")):
-            values = _ops.multi_tensor_norm_per_tensor(group, p)
-        else:
-            values = torch.stack([torch.linalg.vector_norm(t, p).double() for t in group])
-        for i, v in zip(idx, values.tolist()):
-            out[i] = v
-    return out
+    """||t||_p of each tensor, read back to the host in one transfer per device and per mesh.
+    A DTensor's norm is over all its shards (see backprop_ext._sharded): the norms of all the
+    DTensors of a mesh take one all-reduce per mesh dimension they are sharded over."""
+    parts = _sharded.split(tensors)
+    plain = tensors if parts is None else parts.plain
+    out: dict[int, float] = {}  # id(tensor) -> norm
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in plain:
+        by_device.setdefault(t.device, []).append(t)
+    for group in by_device.values():
+        out.update(zip(map(id, group), _local_norms(group, p).tolist()))
+    if parts is not None:
+        for g in parts.groups.values():
+            local = _local_norms([t._local_tensor for t in g.dtensors], p)
+            local = local.where(torch.tensor(g.counts, device=local.device), 0.0)
+            out.update(zip(map(id, g.dtensors),
+                           _sharded.all_ranks_norms(local, g.mesh, g.dims, p).tolist()))
+        for t in parts.other:  # Partial: torch's DTensor norm reduces it first
+            out[id(t)] = torch.linalg.vector_norm(t, p).full_tensor().item()
+    return [out[id(t)] for t in tensors]
+
+
+def _local_norms(group: list[torch.Tensor], p: float) -> torch.Tensor:
+    """||t||_p of each tensor of `group` (plain tensors on one device) as one 1-d tensor."""
+    device = group[0].device
+    fused = device.type in ("cpu", "cuda") and all(
+        t.dtype in FLOAT_DTYPES and t.layout == torch.strided and type(t) in _PLAIN for t in group)
+    if fused and (device.type == "cpu" or torch._C._dispatch_has_kernel_for_dispatch_key(
+            "backprop_ext::multi_tensor_norm_per_tensor", "CUDA")):
+        return _ops.multi_tensor_norm_per_tensor(group, p)
+    return torch.stack([torch.linalg.vector_norm(t, p).double() for t in group])
 
 
 def _named_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
@@ -216,6 +235,8 @@ def gradient_flow(model: torch.nn.Module | Iterable, *, by: str = "parameter",
     exploding_threshold, "non-finite" if its gradient holds NaN or inf, "no grad" if it requires
     grad but got no gradient (not part of the loss); frozen parameters are left out unless
     include_frozen. plot: also write the PNG there. Reads the norms on the host (one sync).
+    Sharded parameters (DTensors) report their norms over all ranks and their global numel; call
+    it on every rank then.
     """
     if by not in ("parameter", "module"):
         raise ValueError(

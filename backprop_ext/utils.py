@@ -23,9 +23,24 @@ error_if_nonfinite=True (then one, as in torch). Where they differ from torch, o
 * `foreach`: None or True run the fused ops (one call per device for every gradient; True is
   accepted on CPU too, where torch has no foreach kernels and raises); False runs the same
   kernels one tensor per call.
-* An empty gradient counts as no elements for every norm order; torch raises for the inf norm. Gradients our kernels cannot take (devices other than CPU
-  and CUDA, complex dtypes, sparse layouts, tensor subclasses) go through torch's own
-  implementation, with torch's rules for `foreach` (True raises where torch has no foreach).
+* An empty gradient counts as no elements for every norm order; torch raises for the inf norm.
+  Gradients our kernels cannot take (devices other than CPU and CUDA, complex dtypes, sparse
+  layouts, tensor subclasses other than DTensor) go through torch's own implementation, with
+  torch's rules for `foreach` (True raises where torch has no foreach).
+
+Sharded gradients (DTensor: FSDP2's fully_shard, tensor and hybrid parallelism) go through the
+same kernels on each rank's local parts. The norm is over all ranks: one fused norm of the local
+parts, then one all-reduce of one number (two for the inf norm) per mesh dimension the gradients
+are sharded over (one for FSDP2, however many gradients), asynchronous and without a host sync
+(backprop_ext._sharded says how replicated copies are counted once). The result is a DTensor, as
+torch's is, replicated over the first gradient's mesh: the same value on every rank. Scaling and
+clamping are local. Where they differ from torch on DTensors: an empty local shard (a rank holding
+no part of a parameter, as FSDP2 leaves when a dimension is smaller than the world) counts as no
+elements for the inf norm too (torch raises on that rank); torch's inf norm is a DTensor still to
+be reduced (Partial), ours is reduced already (Replicate); plain tensors may be mixed with DTensors
+(each rank counts its plain tensors whole, as under DDP), where torch raises. Partial placements
+(addends of a gradient) go through torch's DTensor ops: a collective each for the norm, scaled
+locally, refused by clip_grad_value_ as by torch.
 """
 
 from __future__ import annotations
@@ -39,8 +54,10 @@ from typing import Union
 import torch
 from torch.utils._foreach_utils import _device_has_foreach_support, _has_foreach_support
 
+from . import _sharded
 from ._common import CUDA_BUILT, FLOAT_DTYPES
 from .diagnostics import GradientFlowReport, LayerStats, gradient_flow
+from .multi_tensor import norm_dtype
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm",
            "gradient_flow", "GradientFlowReport", "LayerStats"]
@@ -140,10 +157,35 @@ def _accumulated_norm(tensors: list[torch.Tensor], p: float, foreach) -> torch.T
             norms.extend(torch._foreach_norm(rest, p))
         elif rest:
             norms.extend(torch.linalg.vector_norm(t, p) for t in rest)
+    return _combine(norms, p, first_device)
+
+
+def _combine(norms: list[torch.Tensor], p: float, device: torch.device) -> torch.Tensor:
+    """The p-norm of norms of disjoint parts, in float32 (float64 if any norm is float64)."""
     if len(norms) == 1 and norms[0].dtype in (torch.float32, torch.float64):
         return norms[0]
     dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
-    return torch.linalg.vector_norm(torch.stack([n.to(first_device, dtype) for n in norms]), p)
+    return torch.linalg.vector_norm(torch.stack([n.to(device, dtype) for n in norms]), p)
+
+
+def _sharded_norm(parts: _sharded.Split, p: float, foreach) -> torch.Tensor:
+    """||tensors||_p over all ranks for a list holding DTensors, taken apart in `parts`: as
+    _accumulated_norm computes it (dtype included), the same on every rank.
+
+    Plain tensors count as they are on this rank (whole, as under DDP). The DTensors of one mesh
+    take one fused norm of the local parts this rank counts and one all-reduce per mesh dimension
+    they are sharded over (see backprop_ext._sharded); Partial ones go through torch's DTensor
+    norm (a collective each).
+    """
+    device = parts.locals[0].device
+    norms = [_accumulated_norm(parts.plain, p, foreach)] if parts.plain else []
+    for group in parts.groups.values():
+        mine = group.contributing()
+        local_norm = (_accumulated_norm(mine, p, foreach) if mine
+                      else torch.zeros((), device=group.dtensors[0]._local_tensor.device))
+        norms.append(_sharded.all_ranks_norms(local_norm, group.mesh, group.dims, p))
+    norms += [torch.linalg.vector_norm(t, p).full_tensor() for t in parts.other]
+    return _combine(norms, p, device).to(norm_dtype(parts.locals))
 
 
 def _raise_if_nonfinite(total_norm: torch.Tensor, norm_type: float) -> None:
@@ -159,19 +201,25 @@ def get_total_norm(tensors: _TensorOrTensors, norm_type: float = 2.0,
                    error_if_nonfinite: bool = False, foreach: bool | None = None) -> torch.Tensor:
     """The p-norm of `tensors` viewed as one vector, like torch.nn.utils.get_total_norm.
 
-    tensors: a tensor or an iterable of tensors of any shapes, dtypes and devices.
+    tensors: a tensor or an iterable of tensors of any shapes, dtypes and devices; DTensors count
+    with all their shards (the norm is over all ranks, the same on each).
     norm_type: p > 0, or inf. Returns a 0-d tensor on the first tensor's device, in the dtype torch
-    returns (the promotion of the tensors' dtypes), tensor(0.) for no tensors. Raises RuntimeError
-    for a NaN or infinite norm when error_if_nonfinite (which reads the norm on the host).
+    returns (the promotion of the tensors' dtypes), tensor(0.) for no tensors; with DTensors, a
+    DTensor replicated over the first one's mesh. Raises RuntimeError for a NaN or infinite norm
+    when error_if_nonfinite (which reads the norm on the host).
     """
     tensors = _as_list(tensors)
     p = _norm_order("get_total_norm", norm_type)
     if not tensors:
         return torch.tensor(0.0)
-    total_norm = _accumulated_norm(tensors, p, foreach).to(_torch_norm_dtype(tensors))
+    parts = _sharded.split(tensors)
+    norm = (_accumulated_norm(tensors, p, foreach) if parts is None
+            else _sharded_norm(parts, p, foreach))
+    total_norm = norm.to(_torch_norm_dtype(tensors))
     if error_if_nonfinite:
         _raise_if_nonfinite(total_norm, p)
-    return total_norm
+    # For DTensors, like torch: a DTensor (replicated: the same value on every rank).
+    return total_norm if parts is None else _sharded.replicated(total_norm, parts.mesh)
 
 
 # --- scaling and clamping
@@ -204,8 +252,8 @@ def clip_grads_with_norm_(parameters: _TensorOrTensors, max_norm: float,
     """Scales the gradients of `parameters` in place by min(1, max_norm / (total_norm + 1e-6)),
     like torch.nn.utils.clip_grads_with_norm_.
 
-    total_norm: a tensor (as get_total_norm returns; any device) or a number. Parameters without
-    a gradient are skipped. max_norm must be >= 0.
+    total_norm: a tensor (as get_total_norm returns, ours or torch's, DTensor included; any
+    device) or a number. Parameters without a gradient are skipped. max_norm must be >= 0.
     """
     parameters = _as_list(parameters)
     max_norm = _nonnegative("clip_grads_with_norm_", "max_norm", max_norm)
@@ -214,7 +262,12 @@ def clip_grads_with_norm_(parameters: _TensorOrTensors, max_norm: float,
         return
     if not isinstance(total_norm, torch.Tensor):
         total_norm = torch.tensor(float(total_norm))
-    _scale(grads, max_norm, total_norm, foreach)
+    elif _sharded.is_dtensor(total_norm):
+        # Ours is replicated (no collective here); torch's inf norm is still a pending max.
+        total_norm = total_norm.full_tensor()
+    parts = _sharded.split(grads)
+    # Scaling commutes with every placement: each rank scales its own parts of DTensors.
+    _scale(grads if parts is None else parts.locals, max_norm, total_norm, foreach)
 
 
 @torch.no_grad()
@@ -225,7 +278,8 @@ def clip_grad_norm_(parameters: _TensorOrTensors, max_norm: float, norm_type: fl
 
     parameters: a tensor or an iterable of tensors (their .grad is clipped; None grads skipped).
     max_norm >= 0; norm_type p > 0 or inf. Returns the total norm of the gradients before
-    clipping, as torch does (0-d, torch's dtype, first gradient's device). No host sync unless
+    clipping, as torch does (0-d, torch's dtype, first gradient's device; a replicated DTensor
+    for sharded gradients, whose norm is over all ranks). No host sync unless
     error_if_nonfinite=True.
     """
     if isinstance(parameters, torch.Tensor):
@@ -241,22 +295,36 @@ def clip_grad_norm_(parameters: _TensorOrTensors, max_norm: float, norm_type: fl
     grads = _grads(parameters)
     if not grads:
         return torch.tensor(0.0)
-    norm = _accumulated_norm(grads, p, foreach)
+    parts = _sharded.split(grads)
+    if parts is None:
+        norm = _accumulated_norm(grads, p, foreach)
+    else:  # sharded: the norm over all ranks; each rank scales its own parts
+        norm, grads = _sharded_norm(parts, p, foreach), parts.locals
     total_norm = norm.to(_torch_norm_dtype(grads))
     if error_if_nonfinite:
         _raise_if_nonfinite(total_norm, p)
     _scale(grads, max_norm, norm, foreach)
-    return total_norm
+    return total_norm if parts is None else _sharded.replicated(total_norm, parts.mesh)
 
 
 @torch.no_grad()
 def clip_grad_value_(parameters: _TensorOrTensors, clip_value: float,
                      foreach: bool | None = None) -> None:
     """Clamps the gradients of `parameters` in place to [-clip_value, clip_value], like
-    torch.nn.utils.clip_grad_value_ (NaN stays NaN). clip_value must be >= 0."""
+    torch.nn.utils.clip_grad_value_ (NaN stays NaN). clip_value must be >= 0. Sharded gradients
+    (DTensors) are clamped through their local parts, except Partial ones (addends of a gradient:
+    clamping them would not clamp their sum), which go to torch's DTensor clamp_, which refuses
+    them as torch.nn.utils does."""
     parameters = _as_list(parameters)
     clip_value = _nonnegative("clip_grad_value_", "clip_value", clip_value)
-    for device, ours, rest in _partition(_grads(parameters)):
+    grads = _grads(parameters)
+    parts = _sharded.split(grads)
+    if parts is not None:
+        # Clamping commutes with splitting and replicating but not with summing: each rank clamps
+        # its own parts of DTensors, and torch's DTensor clamp_ takes the Partial ones.
+        partial = {id(t) for t in parts.other}
+        grads = [t if id(t) in partial else x for t, x in zip(grads, parts.locals)]
+    for device, ours, rest in _partition(grads):
         if ours and foreach is False:
             for g in ours:
                 _ops.multi_tensor_clamp_([g], -clip_value, clip_value)

@@ -13,10 +13,13 @@ import sys
 
 import torch
 
-from . import bench_activation, bench_checkpoint, bench_linear, bench_softmax, bench_utils
+from . import (
+    bench_activation, bench_checkpoint, bench_distributed, bench_linear, bench_softmax, bench_utils,
+)
 from .common import copy_bandwidth_gbps, environment, format_table, plot, write_csv, write_json
 
 FAMILIES = {"activation": bench_activation, "checkpoint": bench_checkpoint,
+            "distributed": bench_distributed,
             "linear": bench_linear, "softmax": bench_softmax, "utils": bench_utils}
 
 
@@ -30,6 +33,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--sizes", nargs="*", type=int, default=None,
                    help="problem sizes, per family: " + "; ".join(
                        f.SIZES_HELP for f in FAMILIES.values()))
+    p.add_argument("--ranks", nargs="*", type=int, default=None,
+                   help="distributed: world sizes (default 2)")
+    p.add_argument("--tensors", nargs="*", type=int, default=None,
+                   help="distributed: numbers of gradient tensors (default 200 CPU, 288 GPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile columns (GPU)")
@@ -54,7 +61,10 @@ def main(args: argparse.Namespace) -> int:
         family_ops = [o for o in (args.ops or []) if o in FAMILIES[name].OPS] or None
         if args.ops and not family_ops:
             continue
-        rows += FAMILIES[name].run(device, args.dtypes, args.sizes, family_ops, args.reps, compiled)
+        module = FAMILIES[name]
+        extra = {k: getattr(args, k) for k in getattr(module, "EXTRA_ARGS", ())}
+        rows += module.run(device, args.dtypes, args.sizes, family_ops, args.reps, compiled,
+                           **extra)
     print(format_table(rows, copy))
     if args.json:
         write_json(args.json, rows, env, copy)
