@@ -171,6 +171,9 @@ def convert(model: torch.nn.Module, *, fuse: bool = False) -> torch.nn.Module:
     place so that indices and state_dict keys stay as they were. Pairs where either module has
     hooks, or is a user subclass, are left apart.
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError("backprop_ext.nn.convert: expected model to be a torch.nn.Module, got "
+                        f"{type(model).__name__}")
     for module in model.modules():
         _swap(module)
     if fuse:

@@ -21,6 +21,8 @@ grad_output for reduction='none' come for free from autograd.
 
 from __future__ import annotations
 
+import math
+import operator
 import warnings
 from typing import Sequence
 
@@ -326,11 +328,29 @@ def _autocast_float32(x: torch.Tensor, devices: Sequence[str]) -> torch.Tensor:
     return x
 
 
+def _dim_int(op: str, dim) -> int:
+    """dim as an int: an int, or anything with __index__ but a bool, as torch takes it."""
+    try:
+        if isinstance(dim, bool):
+            raise TypeError
+        return operator.index(dim)
+    except TypeError:
+        raise TypeError(f"backprop_ext.{op}: dim must be an int, got {type(dim).__name__} "
+                        f"{dim!r}") from None
+
+
 def _softmax_common(op, input, dim, dtype, log, stacklevel):
     check_float_input(op, input)
     if dim is None:
         dim = _implicit_dim(op, input.dim(), stacklevel + 1)
+    dim = _dim_int(op, dim)
     if dtype is not None:
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"backprop_ext.{op}: dtype must be a torch.dtype or None, got "
+                            f"{type(dtype).__name__} {dtype!r}")
+        if dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"backprop_ext.{op}: dtype must be float64, float32, float16 or "
+                            f"bfloat16, got {dtype}")
         input = input.to(dtype)
     input = _autocast_float32(input, ("cuda",))
     return pick(_SOFTMAX).apply(input, dim, log)
@@ -365,31 +385,35 @@ def logsumexp(input: torch.Tensor, dim: int | Sequence[int], keepdim: bool = Fal
     check_float_input("logsumexp", input)
     input = _autocast_float32(input, ("cuda",))
     ndim = input.dim()
-    dims = [dim] if isinstance(dim, int) else list(dim)
-    if not dims:
-        dims = list(range(ndim))
-    if ndim == 0:
-        for d in dims:
-            if d not in (0, -1):
-                raise IndexError(f"backprop_ext.logsumexp: dim {d} is out of range for a 0-d tensor")
-        return pick(_LOGSUMEXP).apply(input, 0)
+    try:
+        dims = [_dim_int("logsumexp", d)
+                for d in (dim if isinstance(dim, (tuple, list)) else [dim])]
+    except TypeError:
+        raise TypeError("backprop_ext.logsumexp: dim must be an int or a tuple of ints, got "
+                        f"{type(dim).__name__} {dim!r}") from None
+    size = max(ndim, 1)  # a 0-d tensor has the one dim 0 (or -1)
     wrapped = []
     for d in dims:
-        if not -ndim <= d < ndim:
+        if not -size <= d < size:
             raise IndexError(
                 f"backprop_ext.logsumexp: dim {d} is out of range for a tensor of {ndim} "
-                f"dimensions (shape {tuple(input.shape)})"
-            )
-        if d % ndim in wrapped:
-            raise ValueError(f"backprop_ext.logsumexp: dim {d % ndim} appears more than once")
-        wrapped.append(d % ndim)
+                f"dimensions (shape {tuple(input.shape)})")
+        if d % size in wrapped:  # torch's exception type and words
+            raise RuntimeError(f"backprop_ext.logsumexp: dim {d % size} appears multiple times "
+                               "in the list of dims")
+        wrapped.append(d % size)
+    if ndim == 0:
+        return pick(_LOGSUMEXP).apply(input, 0)
+    wrapped = wrapped or list(range(ndim))
     if len(wrapped) == 1:
         out = pick(_LOGSUMEXP).apply(input, wrapped[0])
         return out if keepdim else out.squeeze(wrapped[0])
-    # Several dims: move them to the end, flatten them into one, reduce that.
+    # Several dims: move them to the end, flatten them into one, reduce that. The flattened size
+    # is given, not -1: with an empty dim among the kept ones -1 would be ambiguous.
     kept = [d for d in range(ndim) if d not in wrapped]
     moved = input.permute(kept + sorted(wrapped))
-    flat = moved.reshape([input.shape[d] for d in kept] + [-1])
+    flat = moved.reshape([input.shape[d] for d in kept]
+                         + [math.prod(input.shape[d] for d in wrapped)])
     out = pick(_LOGSUMEXP).apply(flat, -1).squeeze(-1)
     if keepdim:
         out = out.reshape([1 if d in wrapped else input.shape[d] for d in range(ndim)])
@@ -406,8 +430,10 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
 
     input: (C), (N, C) or (N, C, d1, ...) logits, float64/float32/float16/bfloat16.
     target: class indices (int64) of shape (), (N) or (N, d1, ...), each in [0, C) or equal to
-    ignore_index; or class probabilities of input's shape. weight: (C,) in input's dtype.
-    Returns the loss in input's dtype: a scalar, or target's shape for reduction='none'.
+    ignore_index; or class probabilities of input's shape (then ignore_index must be negative).
+    weight: (C,), in input's dtype for class indices (any floating dtype for probabilities).
+    Returns the loss, a scalar or target's shape for reduction='none': in input's dtype for class
+    indices; for probabilities in the promotion of input's, target's and weight's, as torch.
     """
     if size_average is not None or reduce is not None:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
@@ -427,8 +453,11 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     if target.device != input.device:
         raise ValueError(f"backprop_ext.cross_entropy: expected target on {input.device} like "
                          f"input, got {target.device}")
-    input = _autocast_float32(input, ("cpu", "cuda"))  # torch runs cross-entropy in float32
-    out_dtype = input.dtype
+    if weight is not None and not isinstance(weight, torch.Tensor):
+        raise TypeError("backprop_ext.cross_entropy: expected weight to be a Tensor or None, got "
+                        f"{type(weight).__name__}")
+    # torch runs cross-entropy in float32 under autocast: half inputs, weights and targets.
+    input = _autocast_float32(input, ("cpu", "cuda"))
     class_dim = 0 if input.dim() == 1 else 1
     C = input.shape[class_dim]
     if weight is not None:
@@ -438,17 +467,40 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
         if weight.device != input.device:
             raise ValueError(f"backprop_ext.cross_entropy: expected weight on {input.device} "
                              f"like input, got {weight.device}")
-        weight = weight.to(input.dtype)
+        weight = _autocast_float32(weight, ("cpu", "cuda"))
     if target.is_floating_point():
-        loss = _cross_entropy_probs(input, target, weight, class_dim, C, reduction,
+        if ignore_index >= 0:  # torch's exception type
+            raise RuntimeError("backprop_ext.cross_entropy: ignore_index is not supported for "
+                               f"class-probability targets, got ignore_index={ignore_index}")
+        target = _autocast_float32(target, ("cpu", "cuda"))
+        return _cross_entropy_probs(input, target, weight, class_dim, C, reduction,
                                     label_smoothing)
-    elif target.dtype == torch.int64:
-        loss = _cross_entropy_indices(input, target, weight, class_dim, C, ignore_index,
-                                      reduction, label_smoothing)
-    else:
+    if target.dtype != torch.int64:
         raise TypeError("backprop_ext.cross_entropy: expected target of dtype int64 (class "
                         f"indices) or a floating dtype (class probabilities), got {target.dtype}")
-    return loss.to(out_dtype)
+    if weight is not None and weight.dtype != input.dtype:  # torch's exception type
+        raise RuntimeError(f"backprop_ext.cross_entropy: expected weight of input's dtype "
+                           f"{input.dtype}, got {weight.dtype}")
+    loss = _cross_entropy_indices(input, target, weight, class_dim, C, ignore_index, reduction,
+                                  label_smoothing)
+    return loss.to(input.dtype)
+
+
+def _no_class_losses(logits, rows_target, ignore_index):
+    """(nll, smooth) for logits of shape (N, 0), where the op has no class to read: every target
+    must be ignore_index (as torch requires), and then both are 0, still joined to logits so
+    that backward gives their (empty) gradient."""
+    if rows_target.numel():
+        bad = rows_target != ignore_index
+        if bad.is_cuda:  # checked on the device, like the op's targets: no host sync
+            torch._assert_async(~bad.any(), "backprop_ext.cross_entropy: target is out of "
+                                "bounds: input has no classes")
+        elif bad.any():
+            t = rows_target[bad][0].item()
+            raise IndexError(f"backprop_ext.cross_entropy: target {t} is out of bounds: input "
+                             "has no classes")
+    zero = logits.to(_opmath(logits.dtype)).sum(1)
+    return zero, zero
 
 
 def _cross_entropy_indices(input, target, weight, class_dim, C, ignore_index, reduction, eps):
@@ -458,23 +510,34 @@ def _cross_entropy_indices(input, target, weight, class_dim, C, ignore_index, re
             f"backprop_ext.cross_entropy: expected class-index target of shape {tuple(expected)} "
             f"for input of shape {tuple(input.shape)}, got {tuple(target.shape)}"
         )
-    logits = input.movedim(class_dim, -1).reshape(-1, C)
+    # The row count is given, not -1: it would be ambiguous for C = 0.
+    logits = input.movedim(class_dim, -1).reshape(target.numel(), C)
     rows_target = target.reshape(-1)
-    nll, smooth, _ = pick(_CROSS_ENTROPY).apply(logits, rows_target, weight, ignore_index,
-                                                     eps > 0)
+    if C == 0:
+        nll, smooth = _no_class_losses(logits, rows_target, ignore_index)
+    else:
+        nll, smooth, _ = pick(_CROSS_ENTROPY).apply(logits, rows_target, weight, ignore_index,
+                                                    eps > 0)
     keep = rows_target != ignore_index
-    if weight is None:
+    if weight is None or C == 0:
         w_t = keep.to(nll.dtype)
     else:
         w_t = weight.to(nll.dtype).gather(0, rows_target.clamp(0, C - 1)) * keep
     loss = w_t * nll
-    if eps > 0:
-        loss = (1 - eps) * loss + (eps / C) * smooth
+    # torch's eps / C: inf for C = 0, so that 0 * inf gives torch's NaN.
+    smooth_scale = eps / C if C else math.inf
     if reduction == "none":
+        if eps > 0:
+            loss = (1 - eps) * loss + smooth_scale * smooth
         return loss.reshape(target.shape)
     if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / w_t.sum()
+        loss = loss.sum()
+        return (1 - eps) * loss + smooth_scale * smooth.sum() if eps > 0 else loss
+    # Both terms over the total weight of the counted targets, as torch: 0 / 0 = NaN when it is 0
+    # (a smoothing term over that zero would otherwise make it inf).
+    total = w_t.sum()
+    loss = loss.sum() / total
+    return (1 - eps) * loss + smooth_scale * (smooth.sum() / total) if eps > 0 else loss
 
 
 def _cross_entropy_probs(input, target, weight, class_dim, C, reduction, eps):
@@ -483,11 +546,10 @@ def _cross_entropy_probs(input, target, weight, class_dim, C, reduction, eps):
             f"backprop_ext.cross_entropy: expected class-probability target of input's shape "
             f"{tuple(input.shape)}, got {tuple(target.shape)}"
         )
-    target = target.to(input.dtype)
     if eps > 0:
-        target = target * (1 - eps) + eps / C
+        target = target * (1 - eps) + (eps / C if C else math.inf)
     logp = pick(_SOFTMAX).apply(input, class_dim, True)
-    prod = logp * target
+    prod = logp * target  # promotes, as torch does, to target's dtype (and weight's) if wider
     if weight is not None:
         shape = [1] * input.dim()
         shape[class_dim] = C
@@ -497,4 +559,6 @@ def _cross_entropy_probs(input, target, weight, class_dim, C, reduction, eps):
         return loss
     if reduction == "sum":
         return loss.sum()
+    if input.numel() == 0:  # torch's NaN, also when rows remain (C = 0)
+        return loss.sum() * math.nan
     return loss.mean()

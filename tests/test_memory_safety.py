@@ -88,6 +88,9 @@ CROSS_ENTROPY_CASES = [
      "target -4611686018427387904 at position 2"),
     ("fwd-past-the-end", "", "BF.cross_entropy(torch.randn(2, 3, 4, device=dev), "
      "torch.tensor([[0, 1, 2, 3], [0, 4, 1, 1]], device=dev))", "out of bounds"),
+    # No classes: the op is not called; the targets are checked all the same.
+    ("no-classes", "", "BF.cross_entropy(torch.empty(3, 0, device=dev), "
+     "torch.tensor([-100, 0, -100], device=dev))", "target 0 is out of bounds"),
 ]
 
 

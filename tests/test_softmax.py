@@ -490,3 +490,133 @@ def test_bad_inputs():
         BF.softmax(torch.arange(4), 0)
     with pytest.raises(RuntimeError, match="same shape"):
         torch.ops.backprop_ext.softmax_bwd(torch.randn(3, 4), torch.randn(3, 5), 1)
+
+
+# --- arguments and shapes at the edge of what torch takes
+
+
+@pytest.mark.parametrize("shape,dim,keepdim", [
+    ((2, 0, 3), (0, 2), False), ((2, 0, 3), (2, 0), True), ((2, 0, 3), (0, 1), False),
+    ((0, 4, 5), (1, 2), True), ((3, 0), (0, 1), False), ((2, 0, 3, 1), (0, 3), False),
+], ids=str)
+def test_logsumexp_several_dims_of_an_empty_tensor(shape, dim, keepdim, device):
+    x = torch.empty(shape, device=device)
+    ours, theirs = BF.logsumexp(x, dim, keepdim), torch.logsumexp(x, dim, keepdim)
+    assert ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs)  # empty, or -inf where only empty dims were reduced
+
+
+def test_logsumexp_dims_as_torch_takes_them():
+    x = torch.randn(3, 4, 5)
+    np = pytest.importorskip("numpy")
+    for dim in (np.int64(1), torch.tensor(1), [0, 2], (np.int64(2), 0), torch.Size([1, 2])):
+        torch.testing.assert_close(BF.logsumexp(x, dim), torch.logsumexp(x, dim))
+    for dim, x_ in (((0, 0), x), ((0, -3), x), ((2, 1, -1), x), ((0, -1), torch.tensor(2.0))):
+        with pytest.raises(RuntimeError, match="appears multiple times in the list of dims"):
+            torch.logsumexp(x_, dim)
+        with pytest.raises(RuntimeError, match=f"dim {dim[0] % max(x_.dim(), 1)} appears "
+                                               "multiple times in the list of dims"):
+            BF.logsumexp(x_, dim)
+
+
+def test_unclear_arguments_raise_type_errors_naming_them():
+    x = torch.randn(3, 4)
+    for dim in (None, 1.0, "a", True, (0, 1.0), (False,)):
+        with pytest.raises(TypeError):
+            torch.logsumexp(x, dim)
+        with pytest.raises(TypeError, match=r"logsumexp: dim must be an int or a tuple of ints"):
+            BF.logsumexp(x, dim)
+    for fn in (BF.softmax, BF.log_softmax):
+        with pytest.raises(TypeError, match="dtype must be a torch.dtype or None, got str"):
+            fn(x, 1, dtype="float32")
+        with pytest.raises(TypeError, match="dtype must be float64, float32, float16 or"):
+            fn(x, 1, dtype=torch.int64)
+        with pytest.raises(TypeError, match="dim must be an int, got str"):
+            fn(x, "a")
+    for weight in ([1.0, 1.0, 1.0, 1.0], (1.0,) * 4):
+        with pytest.raises(TypeError, match="cross_entropy_loss.*'weight'"):
+            TF.cross_entropy(x, torch.tensor([0, 1, 2]), weight=weight)
+        with pytest.raises(TypeError, match="expected weight to be a Tensor or None, got"):
+            BF.cross_entropy(x, torch.tensor([0, 1, 2]), weight=weight)
+    with pytest.raises(TypeError, match="convert: expected model to be a torch.nn.Module, got "
+                                        "NoneType"):
+        bnn.convert(None)
+
+
+def test_cross_entropy_zero_total_weight_with_smoothing_is_nan_like_torch(device):
+    # The mean divides by the weight of the counted targets: 0 here, so torch returns NaN (0/0
+    # for the NLL term) even though the smoothing term alone would be inf.
+    x = torch.randn(3, 4, device=device)
+    t = torch.tensor([0, 1, 2], device=device)
+    w = torch.tensor([0.0, 0, 0, 1], device=device)
+    for smoothing in (0.0, 0.1, 1.0):
+        for reduction in ("mean", "sum", "none"):
+            kwargs = dict(weight=w, label_smoothing=smoothing, reduction=reduction)
+            ours, theirs = BF.cross_entropy(x, t, **kwargs), TF.cross_entropy(x, t, **kwargs)
+            torch.testing.assert_close(ours, theirs, equal_nan=True)
+            assert ours.isnan().any() == (reduction == "mean")
+
+
+def test_cross_entropy_weight_dtype_like_torch(device):
+    x = torch.randn(3, 4, device=device)
+    t = torch.tensor([0, 1, 3], device=device)
+    for w_dtype in (torch.float64, torch.float16):
+        w = torch.rand(4, device=device, dtype=w_dtype)
+        with pytest.raises(RuntimeError, match="expected scalar type Float"):
+            TF.cross_entropy(x, t, weight=w)
+        with pytest.raises(RuntimeError, match=f"expected weight of input's dtype torch.float32, "
+                                               f"got {w_dtype}"):
+            BF.cross_entropy(x, t, weight=w)
+    # Class probabilities: torch promotes input, target and weight instead.
+    p = torch.softmax(torch.randn(3, 4, device=device), 1)
+    for w_dtype, p_dtype in ((torch.float64, torch.float32), (torch.float32, torch.float64),
+                             (torch.float16, torch.float16)):
+        kwargs = dict(weight=torch.rand(4, device=device, dtype=w_dtype), label_smoothing=0.1)
+        ours = BF.cross_entropy(x, p.to(p_dtype), **kwargs)
+        theirs = TF.cross_entropy(x, p.to(p_dtype), **kwargs)
+        assert ours.dtype == theirs.dtype
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_cross_entropy_ignore_index_with_probabilities_like_torch(device):
+    x = torch.randn(3, 4, device=device)
+    p = torch.softmax(torch.randn(3, 4, device=device), 1)
+    for ignore_index in (0, 2, 7):
+        with pytest.raises(RuntimeError, match="ignore_index is not supported"):
+            TF.cross_entropy(x, p, ignore_index=ignore_index)
+        with pytest.raises(RuntimeError, match="ignore_index is not supported for class-"
+                                               f"probability targets, got ignore_index="
+                                               f"{ignore_index}"):
+            BF.cross_entropy(x, p, ignore_index=ignore_index)
+    for ignore_index in (-100, -1):  # negative values are accepted and mean nothing
+        torch.testing.assert_close(BF.cross_entropy(x, p, ignore_index=ignore_index),
+                                   TF.cross_entropy(x, p, ignore_index=ignore_index))
+
+
+@pytest.mark.parametrize("weight", [False, True])
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_without_classes_like_torch(weight, smoothing, reduction, device):
+    # Logits of shape (3, 0): torch accepts class-index targets that are all ignored, and
+    # class-probability targets; its results are 0 or NaN (smoothing divides by C = 0).
+    kwargs = dict(weight=torch.empty(0, device=device) if weight else None,
+                  label_smoothing=smoothing, reduction=reduction)
+    for target in (torch.full((3,), -100, device=device), torch.empty(3, 0, device=device)):
+        x, xt = (torch.empty(3, 0, device=device, requires_grad=True) for _ in range(2))
+        ours, theirs = BF.cross_entropy(x, target, **kwargs), TF.cross_entropy(xt, target, **kwargs)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        torch.testing.assert_close(ours, theirs, equal_nan=True)
+        ours.sum().backward()
+        assert x.grad.shape == (3, 0)
+    for x in (torch.empty(0), torch.empty(0, 0)):  # no classes and no (or one) row
+        t = torch.tensor(-100) if x.dim() == 1 else torch.empty(0, dtype=torch.long)
+        torch.testing.assert_close(BF.cross_entropy(x, t, **kwargs),
+                                   TF.cross_entropy(x, t, **kwargs), equal_nan=True)
+
+
+def test_cross_entropy_without_classes_rejects_counted_targets():
+    x = torch.empty(3, 0)
+    with pytest.raises(IndexError, match="Target 0 is out of bounds"):
+        TF.cross_entropy(x, torch.tensor([-100, 0, -100]))
+    with pytest.raises(IndexError, match="target 0 is out of bounds: input has no classes"):
+        BF.cross_entropy(x, torch.tensor([-100, 0, -100]))

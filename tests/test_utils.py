@@ -281,6 +281,155 @@ def test_nonfinite_norms_behave_like_torch(device):
                 torch.testing.assert_close(a.grad, b.grad, equal_nan=True, rtol=0, atol=0)
 
 
+# --- extreme values: the norm overflows or underflows only where its true value does
+
+
+def _exact_norm(tensors, p):
+    """||tensors||_p in float64 without overflow or underflow: max |x| times the (math.fsum) sum
+    of (|x| / max)^p, rooted; a few float64 ulps from the exact value."""
+    a = torch.cat([t.detach().double().flatten().cpu() for t in tensors]).abs()
+    if a.isnan().any():
+        return math.nan
+    m = a.max().item() if a.numel() else 0.0
+    if math.isinf(p) or m == 0 or math.isinf(m):
+        return m
+    return m * math.fsum((a / m).pow(p).tolist()) ** (1 / p)
+
+
+def _assert_exact_norm(got, tensors, p, rtol, name=""):
+    want = _exact_norm(tensors, p)
+    want = torch.tensor(want, dtype=torch.float64).to(got.dtype).item()  # rounded like ours
+    got = got.item()
+    if math.isnan(want) or math.isinf(want) or want == 0:
+        assert got == want or (math.isnan(got) and math.isnan(want)), (name, got, want)
+    else:
+        assert abs(got - want) <= rtol * want, (name, got, want, abs(got - want) / want)
+
+
+EXTREME_P = [2.0, 1.0, 3.0, 0.5, 1.5, 10.0, INF]
+# float32 sums of 2^16 terms in float lanes, float64 sums against the float64 reference.
+_RTOL = {torch.float64: 1e-13, torch.float32: 2e-5}
+
+
+@pytest.mark.parametrize("p", EXTREME_P, ids=lambda p: f"p{p:g}")
+@pytest.mark.parametrize("dtype,value", [(torch.float32, 3e34), (torch.float64, 1e300),
+                                         (torch.float32, -1e-30), (torch.float32, 1e-40),
+                                         (torch.float64, 1e-200), (torch.float64, -1e-310)],
+                         ids=lambda v: str(v).removeprefix("torch."))
+def test_one_element_norm_is_exact_and_clips_to_max_norm(p, dtype, value, device):
+    # One element's norm is its magnitude for every p, as torch computes it, however large or
+    # small; clipping then scales it to max_norm instead of zeroing it (huge) or leaving it.
+    g = torch.full((1,), value, dtype=dtype, device=device)
+    ours, theirs = BU.get_total_norm([g], p), torch.nn.utils.get_total_norm([g], p)
+    assert ours.dtype == theirs.dtype
+    torch.testing.assert_close(ours, theirs, rtol=_RTOL[dtype], atol=0)
+    assert ours.item() == pytest.approx(abs(value), rel=_RTOL[dtype])
+    param = torch.nn.Parameter(torch.zeros(1, dtype=dtype, device=device))
+    param.grad = g.clone()
+    total = BU.clip_grad_norm_([param], 0.5, p)
+    torch.testing.assert_close(total, ours, rtol=0, atol=0)
+    expected = min(1.0, 0.5 / (abs(value) + 1e-6)) * value
+    torch.testing.assert_close(param.grad.double().item(), expected, rtol=2 * _RTOL[dtype], atol=0)
+
+
+def test_norm_overflowing_its_dtype_is_inf_like_torch(device):
+    # The L1 norm of 200 x 3e36 is 6e38 > float32's max: inf, not an error.
+    g = torch.full((200,), 3e36, device=device)
+    for p in (1.0, 0.5):
+        assert BU.get_total_norm([g], p).isinf()
+        assert torch.nn.utils.get_total_norm([g], p).isinf()
+    param = torch.nn.Parameter(torch.zeros_like(g))
+    param.grad = g.clone()
+    assert BU.clip_grad_norm_([param], 1.0, 1.0).isinf()
+    assert not param.grad.any()  # coefficient 1 / inf = 0, as in torch
+    per = ops.multi_tensor_norm_per_tensor([g, g[:3]], 1.0)
+    assert per[0].isinf() and per[1].item() == pytest.approx(9e36, rel=1e-6)
+    # Its L2 norm, 3e36 * sqrt(200), is finite although the squares are not.
+    _assert_exact_norm(BU.get_total_norm([g]), [g], 2.0, _RTOL[torch.float32])
+
+
+def _extreme_sets(device):
+    """(name, tensors) whose sum of |x|^p leaves the accumulation range while the norm need not:
+    huge and tiny values over several chunks, beside ordinary, zero, NaN and inf chunks. Long
+    runs are random, not constant: a float32 sum of 2^10 equal terms per lane is itself off by
+    up to ~3e-5, which is not what these cases test."""
+    f32, f64 = torch.float32, torch.float64
+
+    def full(n, v, dtype=f32):
+        return torch.full((n,), v, dtype=dtype, device=device)
+
+    def randn(n, scale, dtype=f32):
+        return (torch.randn(n, dtype=f64, device=device) * scale).to(dtype)
+
+    return [
+        ("huge-chunks", [randn(70_000, 1e20), randn(65_536 * 2 + 3, 1e19)]),
+        ("huge-beside-ordinary", [randn(1000, 1.0), full(5, -2e37), randn(70_000, 3.0)]),
+        ("tiny-chunks", [randn(70_000, 1e-30), full(3, 1e-42)]),
+        ("tiny-beside-zeros", [torch.zeros(70_000, device=device), full(2, 1e-41)]),
+        ("zeros", [torch.zeros(70_000, device=device), torch.zeros(3, device=device)]),
+        ("huge-and-tiny", [full(3, 1e30), randn(65_536, 1e-30), randn(10, 1.0)]),
+        ("float64-huge", [randn(70_000, 1e300, f64), full(2, -1e-300, f64)]),
+        ("float64-tiny", [randn(70_000, 1e-300, f64), full(2, 5e-324, f64)]),
+        # A float64 result: float32 partials may leave float32's range (the L1 sums do).
+        ("mixed-dtypes", [randn(70_000, 1e36), randn(5, 1.0, f64)]),
+        ("half-huge", [full(4, 1e38, torch.bfloat16), full(9, 6e4, torch.float16)]),
+        ("inf-beside-huge", [randn(70_000, 1e30), full(1, -INF), full(3, 1e-40)]),
+        ("nan-beside-huge", [full(70_000, 1e30), full(1, math.nan), full(7, INF)]),
+        ("nan-beside-tiny", [full(70_000, 1e-30), torch.tensor([1.0, math.nan], device=device)]),
+    ]
+
+
+@pytest.mark.parametrize("p", EXTREME_P, ids=lambda p: f"p{p:g}")
+def test_norms_of_extreme_values_are_exact(p, device):
+    for name, tensors in _extreme_sets(device):
+        # Accumulated in float32 lanes unless every tensor is float64.
+        rtol = _RTOL[torch.float64 if all(t.dtype == torch.float64 for t in tensors)
+                     else torch.float32]
+        _assert_exact_norm(ops.multi_tensor_norm(tensors, p), tensors, p, rtol, name)
+        per = ops.multi_tensor_norm_per_tensor(tensors, p)
+        for i, t in enumerate(tensors):
+            _assert_exact_norm(per[i], [t], p, _RTOL[torch.float64 if t.dtype == torch.float64
+                                                      else torch.float32], f"{name}[{i}]")
+
+
+@pytest.mark.parametrize("foreach", [None, False])
+def test_norms_combine_without_overflow_on_every_path(foreach, device):
+    # foreach=False takes one norm per tensor and then the norm of those; that one must not
+    # overflow either (torch's: sqrt(2 * (3e34)^2) is inf in float32).
+    grads = [torch.full((1,), 3e34, device=device), torch.full((3,), -3e34, device=device)]
+    total = BU.get_total_norm(grads, 2.0, foreach=foreach)
+    assert total.dtype == torch.float32 and total.item() == pytest.approx(6e34, rel=1e-6)
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for param, g in zip(params, grads):
+        param.grad = g.clone()
+    BU.clip_grad_norm_(params, 1.0, foreach=foreach)
+    clipped = torch.cat([param.grad for param in params])
+    torch.testing.assert_close(clipped, torch.tensor([0.5, -0.5, -0.5, -0.5], device=device))
+
+
+def test_large_order_norm_of_values_below_one(device):
+    # 0.1^100 underflows float32 and float64 alike; the norm is still 0.1 * n^(1/100).
+    for dtype in (torch.float32, torch.float64):
+        g = torch.full((70_000,), 0.1, dtype=dtype, device=device)
+        _assert_exact_norm(ops.multi_tensor_norm([g], 100.0), [g], 100.0, _RTOL[dtype])
+
+
+def test_clip_grad_norm_of_huge_gradients_matches_float64(device):
+    # float32 gradients whose squares overflow float32: clipped as the float64 computation
+    # clips them (torch's float32 path agrees here only where its own norm stays finite).
+    params = []
+    for n, scale in ((70_000, 1e25), (10, 3e37), (1000, 1.0)):
+        p = torch.nn.Parameter(torch.zeros(n, device=device))
+        p.grad = torch.randn(n, device=device) * scale
+        params.append(p)
+    ref = _clone(params, torch.float64)
+    total = BU.clip_grad_norm_(params, 2.0)
+    ref_total = torch.nn.utils.clip_grad_norm_(ref, 2.0)
+    torch.testing.assert_close(total.double(), ref_total, rtol=3e-6, atol=0)
+    for a, r in zip(params, ref):
+        torch.testing.assert_close(a.grad.double(), r.grad, rtol=1e-5, atol=1e-30)
+
+
 # --- clip_grad_value_
 
 

@@ -69,10 +69,10 @@ std::vector<FlatView> flat_views(at::TensorList tensors) {
 
 // --- norm
 
-// One partial per chunk (sum of |x|^p, or max |x|), in double.
-std::vector<double> norm_partials(const std::vector<FlatView>& views, const ChunkPlan& plan,
-                                  NormKind kind, double p) {
-  std::vector<double> partials(plan.chunks.size());
+// One partial per chunk (see multi_tensor_math.h).
+std::vector<NormPartial> norm_partials(const std::vector<FlatView>& views, const ChunkPlan& plan,
+                                       NormKind kind, double p) {
+  std::vector<NormPartial> partials(plan.chunks.size());
   const auto kernel = pick_multi_tensor_norm_kernel();
   plan.parallel_for_each([&](int64_t c, const ChunkRef& chunk) {
     const at::Tensor& t = views[chunk.tensor].flat;
@@ -83,14 +83,20 @@ std::vector<double> norm_partials(const std::vector<FlatView>& views, const Chun
   return partials;
 }
 
-// The norm of chunks [begin, end): their partials combined in order, then the root.
-double finalize_range(const std::vector<double>& partials, int64_t begin, int64_t end,
+// The norm of chunks [begin, end): their largest scale, their sums weighted against it in
+// chunk order, then the root.
+double finalize_range(const std::vector<NormPartial>& partials, int64_t begin, int64_t end,
                       NormKind kind, double p) {
   return visit_norm_kind(kind, [&](auto tag) {
-    const NormOp<decltype(tag)::value, double> op{p};
-    double acc = 0;
-    for (int64_t c = begin; c < end; ++c) acc = op.combine(acc, partials[c]);
-    return op.finalize(acc);
+    constexpr NormKind K = decltype(tag)::value;
+    const NormOp<K, double> op{p};
+    double m = 0;
+    for (int64_t c = begin; c < end; ++c) m = op.max_scale(m, partials[c].scale);
+    double s = 0;
+    if constexpr (K != NormKind::kLinf) {
+      for (int64_t c = begin; c < end; ++c) s += partials[c].sum * op.weight(partials[c].scale, m);
+    }
+    return op.finalize(m, s);
   });
 }
 
@@ -101,7 +107,10 @@ at::Tensor multi_tensor_norm(at::TensorList tensors, double p) {
   const ChunkPlan plan(views);
   const auto partials = norm_partials(views, plan, kind, p);
   const double norm = finalize_range(partials, 0, static_cast<int64_t>(partials.size()), kind, p);
-  return at::scalar_tensor(norm, at::TensorOptions().dtype(norm_result_dtype(tensors)));
+  if (norm_result_dtype(tensors) == at::kDouble) return at::scalar_tensor(norm, at::kDouble);
+  // A float64 norm beyond float32's range rounds to inf, as Tensor.to(float32) rounds it
+  // (at::scalar_tensor would refuse the double).
+  return at::scalar_tensor(static_cast<float>(norm), at::kFloat);
 }
 
 at::Tensor multi_tensor_norm_per_tensor(at::TensorList tensors, double p) {

@@ -1,6 +1,9 @@
 // Multi-tensor ops on CUDA (gradient clipping), on multi_tensor_apply.cuh:
-//   norm:  one partial per chunk, sum |x|^p (or max |x|) in opmath, block-reduced into a float64
-//          workspace; a finalize kernel combines the partials and takes the p-th root.
+//   norm:  one partial per chunk into a float64 workspace: sum |x|^p (or max |x|) and max |x| in
+//          opmath, block-reduced; a second launch sums again, rescaled by their max, the chunks
+//          whose sum left the safe range (multi_tensor_math.h: "Norms without overflow"), and
+//          returns at once for every other chunk. A finalize kernel combines the partials and
+//          takes the p-th root.
 //   scale: x *= min(1, max_norm / (norm + 1e-6)), each block reading the norm from device memory.
 //   clamp: x = clamp(x, lo, hi).
 // Tensors are grouped by dtype (one kernel instantiation per dtype), each group packed into as
@@ -28,19 +31,67 @@ constexpr int kFinalizeThreads = 256;
 
 // --- jobs (see multi_tensor_apply.cuh)
 
+// The plain pass over a chunk writes its partial, or, where neither its sum of |x|^p nor its max
+// |x| settles it (multi_tensor_math.h), marks it pending with the divisor for NormRescaleJob: a
+// negative scale. The rescaled pass runs as its own launch rather than inside this loop: inlined
+// here it raises the register count of every chunk's kernel (float16 32 -> 54 registers, float64
+// 32 -> 48, with the IEEE division), lowering occupancy for a case ordinary data never reaches.
+// The running max costs float32 and float16 no register (32, as without it), bfloat16 one (62 ->
+// 63: the same occupancy) and float64 four (32 -> 36).
+__device__ inline NormPartial pending_partial(double divisor) { return {-divisor, 0.0}; }
+__device__ inline bool is_pending(const NormPartial& partial) { return partial.scale < 0; }
+
 template <typename scalar_t, NormKind K>
 struct NormPartialJob {
   using T = at::opmath_type<scalar_t>;
-  double* partials;  // one per chunk of the whole call
+  NormPartial* partials;  // one per chunk of the whole call
   T p;
 
   __device__ void operator()(void* data, int64_t begin, int64_t n, int64_t chunk) const {
+    using Op = NormOp<K, T>;
+    const Op op{p};
+    T acc = T(0), max_abs = T(0);
+    chunk_read(static_cast<const scalar_t*>(data) + begin, n, [&](T v) {
+      acc = op.combine(acc, op.map(v));
+      // p = inf accumulates the max itself. max_of may drop a NaN, which acc keeps.
+      if constexpr (K != NormKind::kLinf) max_abs = norm_math::max_of(max_abs, v < T(0) ? -v : v);
+    });
+    acc = block_reduce(acc, [](T a, T b) { return Op::combine(a, b); });
+    if constexpr (K == NormKind::kLinf) {
+      max_abs = acc;
+    } else {
+      max_abs = block_reduce(max_abs, [](T a, T b) { return norm_math::max_of(a, b); });
+    }
+    if (threadIdx.x == 0) {
+      NormPartial out;
+      if (!Op::partial_from_sum(acc, out) && !Op::partial_from_max(max_abs, out)) {
+        out = pending_partial(max_abs);
+      }
+      partials[chunk] = out;
+    }
+  }
+};
+
+// The second pass of the chunks NormPartialJob left pending: sum of |x / max|^p. It is launched
+// after each NormPartialJob launch (p != inf), on the same tensors; there every settled chunk
+// costs one read of its partial (one load per block, broadcast to its threads).
+template <typename scalar_t, NormKind K>
+struct NormRescaleJob {
+  using T = at::opmath_type<scalar_t>;
+  NormPartial* partials;
+  T p;
+
+  __device__ void operator()(void* data, int64_t begin, int64_t n, int64_t chunk) const {
+    const NormPartial pending = partials[chunk];
+    if (!is_pending(pending)) return;  // the same for every thread of the block
     const NormOp<K, T> op{p};
-    T acc = T(0);
+    const T divisor = static_cast<T>(-pending.scale);  // max |x|, exact in T
+    T sum = T(0);
     chunk_read(static_cast<const scalar_t*>(data) + begin, n,
-               [&](T v) { acc = op.combine(acc, op.map(v)); });
-    acc = block_reduce(acc, [](T a, T b) { return NormOp<K, T>::combine(a, b); });
-    if (threadIdx.x == 0) partials[chunk] = static_cast<double>(acc);
+               [&](T v) { sum += op.map(v / divisor); });
+    sum = block_reduce(sum, [](T a, T b) { return a + b; });
+    // Written after every thread has read the pending partial: block_reduce synchronizes.
+    if (threadIdx.x == 0) partials[chunk] = NormOp<K, T>::rescaled_partial(-pending.scale, sum);
   }
 };
 
@@ -71,20 +122,35 @@ struct ClampJob {
 
 // --- kernels: combine the chunk partials
 
-// Norm of chunks [begin, end) by one block; valid in thread 0.
+// Norm of chunks [begin, end) by one block, as multi_tensor.cpp's finalize_range: the largest
+// scale, then the sums weighted against it; valid in thread 0. Called once per block.
 template <NormKind K>
-__device__ double reduce_partials(const double* partials, int64_t begin, int64_t end, double p) {
-  double acc = 0;
+__device__ double reduce_partials(const NormPartial* partials, int64_t begin, int64_t end,
+                                  double p) {
+  using Op = NormOp<K, double>;
+  const Op op{p};
+  double m = 0;
   for (int64_t c = begin + threadIdx.x; c < end; c += blockDim.x) {
-    acc = NormOp<K, double>::combine(acc, partials[c]);
+    m = Op::max_scale(m, partials[c].scale);
   }
-  acc = block_reduce(acc, [](double a, double b) { return NormOp<K, double>::combine(a, b); });
-  return NormOp<K, double>{p}.finalize(acc);
+  m = block_reduce(m, [](double a, double b) { return Op::max_scale(a, b); });
+  __shared__ double shared_m;
+  if (threadIdx.x == 0) shared_m = m;
+  __syncthreads();
+  m = shared_m;
+  double s = 0;
+  if constexpr (K != NormKind::kLinf) {
+    for (int64_t c = begin + threadIdx.x; c < end; c += blockDim.x) {
+      s += partials[c].sum * op.weight(partials[c].scale, m);
+    }
+    s = block_reduce(s, [](double a, double b) { return a + b; });
+  }
+  return op.finalize(m, s);
 }
 
 template <NormKind K, typename out_t>
 __global__ void __launch_bounds__(kFinalizeThreads)
-    total_norm_kernel(const double* partials, int64_t n, double p, out_t* out) {
+    total_norm_kernel(const NormPartial* partials, int64_t n, double p, out_t* out) {
   const double norm = reduce_partials<K>(partials, 0, n, p);
   if (threadIdx.x == 0) *out = static_cast<out_t>(norm);
 }
@@ -99,7 +165,7 @@ struct ChunkRanges {
 // Block t writes the norm of tensor first_out + t.
 template <NormKind K, typename out_t>
 __global__ void __launch_bounds__(kFinalizeThreads)
-    per_tensor_norm_kernel(const ChunkRanges ranges, const double* partials, double p,
+    per_tensor_norm_kernel(const ChunkRanges ranges, const NormPartial* partials, double p,
                            out_t* out) {
   const int t = blockIdx.x;
   const double norm = reduce_partials<K>(partials, ranges.begin[t], ranges.end[t], p);
@@ -156,10 +222,16 @@ Plan make_plan(at::TensorList tensors) {
 
 // --- launchers
 
-// One float64 partial per chunk of every tensor.
+// Partials as NormPartial pairs of float64 values, one per chunk of every tensor.
+static_assert(sizeof(NormPartial) == 2 * sizeof(double), "NormPartial is two doubles");
+
+const NormPartial* as_partials(const at::Tensor& t) {
+  return reinterpret_cast<const NormPartial*>(t.const_data_ptr<double>());
+}
+
 at::Tensor norm_partials(const Plan& plan, NormKind kind, double p, const at::Tensor& like) {
-  at::Tensor partials = at::empty({plan.chunks}, like.options().dtype(at::kDouble));
-  double* out = partials.mutable_data_ptr<double>();
+  at::Tensor partials = at::empty({plan.chunks, 2}, like.options().dtype(at::kDouble));
+  auto* out = reinterpret_cast<NormPartial*>(partials.mutable_data_ptr<double>());
   for (const DtypeGroup& group : plan.groups) {
     BACKPROP_EXT_DISPATCH_FLOATS(group.dtype, "multi_tensor_norm", [&] {
       using T = at::opmath_type<scalar_t>;
@@ -167,6 +239,10 @@ at::Tensor norm_partials(const Plan& plan, NormKind kind, double p, const at::Te
         constexpr NormKind K = decltype(tag)::value;
         multi_tensor_apply(group.tensors, group.first_chunk,
                            NormPartialJob<scalar_t, K>{out, static_cast<T>(p)});
+        if constexpr (K != NormKind::kLinf) {  // the max |x| settles every inf-norm chunk
+          multi_tensor_apply(group.tensors, group.first_chunk,
+                             NormRescaleJob<scalar_t, K>{out, static_cast<T>(p)});
+        }
       });
     });
   }
@@ -178,7 +254,7 @@ void launch_total_norm(const at::Tensor& partials, NormKind kind, double p, out_
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   visit_norm_kind(kind, [&](auto tag) {
     total_norm_kernel<decltype(tag)::value><<<1, kFinalizeThreads, 0, stream>>>(
-        partials.const_data_ptr<double>(), partials.numel(), p, out);
+        as_partials(partials), partials.size(0), p, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -199,7 +275,7 @@ void launch_per_tensor_norm(const Plan& plan, const at::Tensor& partials, NormKi
     visit_norm_kind(kind, [&](auto tag) {
       per_tensor_norm_kernel<decltype(tag)::value>
           <<<static_cast<unsigned>(count), kFinalizeThreads, 0, stream>>>(
-              ranges, partials.const_data_ptr<double>(), p, out);
+              ranges, as_partials(partials), p, out);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
