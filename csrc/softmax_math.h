@@ -5,8 +5,9 @@
 //   log_softmax(x)  = x - m - log(s)
 //   logsumexp(x)    = m + log(s), except that torch shifts by 0 instead of m when m is +-inf, so
 //                     a row of -inf gives -inf and a row holding +inf gives +inf (not NaN)
-//   cross-entropy   = lse - x[target] with lse = m + log(s) unshifted, as torch's log_softmax
-//                     path gives (NaN for a row of -inf or a row holding +inf).
+//   cross-entropy   = -((x[target] - m) - log(s)), torch's -log_softmax[target] (NaN for a row of
+//                     -inf or a row holding +inf); the row's lse = m + log(s) is kept for the
+//                     backward, p = exp(x - lse).
 // NaN anywhere in a row makes the whole row NaN, as in torch: max_nan propagates NaN.
 //
 // The GPU reads a row once for its statistics with the online update of (m, s) (Milakov and
@@ -74,14 +75,15 @@ struct SoftmaxEpilogue {
   C10_HOST_DEVICE static T backward(T g, T y, T acc) { return y * (g - acc); }
 };
 
-// y = x - (m + log(s));  dx = g - exp(y) sum(g).
+// y = (x - m) - log(s), in that order, as torch computes it: x - (m + log s) would round
+// m + log s first and lose log s where |m| is large;  dx = g - exp(y) sum(g).
 template <typename T>
 struct LogSoftmaxEpilogue {
   static constexpr const char* kName = "log_softmax";
-  T shift;  // the row's log-sum-exp
+  T m, log_s;  // the row's max and log of sum(exp(x - m))
 
-  C10_HOST_DEVICE LogSoftmaxEpilogue(T max, T sum) : shift(max + math::log(sum)) {}
-  C10_HOST_DEVICE T operator()(T x) const { return x - shift; }
+  C10_HOST_DEVICE LogSoftmaxEpilogue(T max, T sum) : m(max), log_s(math::log(sum)) {}
+  C10_HOST_DEVICE T operator()(T x) const { return (x - m) - log_s; }
   C10_HOST_DEVICE static T reduce(T g, T) { return g; }
   C10_HOST_DEVICE static T backward(T g, T y, T acc) { return g - math::exp(y) * acc; }
 };

@@ -265,12 +265,12 @@ def test_activations_in_place(case, dtype, data):
 # --- softmax, log_softmax, logsumexp
 
 
-# log_softmax and cross_entropy compute x - (m + log s) where torch computes (x - m) - log s
-# (csrc/cpu/softmax_kernels.cpp, csrc/cuda/softmax.cu): a row whose max m is large in magnitude
-# and not alone at the top (log s not negligible) loses the low bits of log s to the rounding of
-# m + log s. Known (test_log_softmax_and_cross_entropy_of_large_near_ties below); such rows are
-# left out of the two tests that would meet them, every other row is tested. The bound: beyond
-# it half an ulp of m (in opmath) exceeds the tolerance floor.
+# cross_entropy's backward computes p = exp(x - lse) from the row's log-sum-exp, rounded to the
+# opmath type, where torch exponentiates its log_softmax, (x - m) - log s: a row whose max m is
+# large in magnitude and not alone at the top (log s not negligible) loses the low bits of log s
+# in its gradient. Such rows are left out of the cross-entropy test (their forward, computed in
+# torch's order, is tested by test_log_softmax_and_cross_entropy_of_large_near_ties); every other
+# row is tested. The bound: beyond it half an ulp of m (in opmath) exceeds the tolerance floor.
 _NEAR_TIE_BOUND = {torch.float64: 2.0**10, torch.float32: 4.0, torch.float16: 2.0**12,
                    torch.bfloat16: 2.0**12}
 
@@ -294,7 +294,6 @@ def test_softmax_and_log_softmax(log, dtype, data, seed):
     n = max(len(shape), 1)
     dim = data.draw(st.integers(-n, n - 1))
     cast = data.draw(st.sampled_from([None, None, torch.float32, torch.float64]))
-    hypothesis.assume(not (log and _large_near_ties(x.view().to(cast or dtype), dim)))
     ours_fn = BF.log_softmax if log else BF.softmax
     torch_fn = TF.log_softmax if log else TF.softmax
     _three([x], lambda v: ours_fn(v, dim, dtype=cast), lambda v: torch_fn(v, dim, dtype=cast),
@@ -362,8 +361,8 @@ def test_cross_entropy(dtype, data, seed):
         target = Input(t, "contiguous", lambda v: v)
         ignored = (t == ignore_index).unsqueeze(1 if len(shape) > 1 else 0).expand(shape)
         if (~x.view().isfinite() & ignored).any():
-            # Known divergence (test_cross_entropy_ignored_row_with_nonfinite_logits): keep
-            # non-finite logits out of this example rather than lose the rest of it.
+            # A deliberate divergence (test_cross_entropy_ignored_rows_get_zero_gradient_...):
+            # keep non-finite logits out of this example rather than lose the rest of it.
             x.leaf.nan_to_num_(0.0, 0.0, 0.0)
 
     hypothesis.assume(not _large_near_ties(x.view(), 1 if len(shape) > 1 else 0))
@@ -532,14 +531,9 @@ def test_clip_grad_value_and_clip_grads_with_norm(grads, clip, total, total_dtyp
                f"clip_grads_with_norm_ {total} grad {i} {g.layout}")
 
 
-# --- divergences the tests above found in code outside this file's scope, kept visible
+# --- what the tests above found, kept as tests of their own
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "log_softmax and cross_entropy round m + log(s) before subtracting it from x (torch: "
-    "(x - m) - log s), losing log s where |m| is large: rows [1e3, 1e3] in float32 are off by "
-    "3e-5, [1e8, 1e8] give 0 instead of -log 2. Fix in csrc/cpu/softmax_kernels.cpp and "
-    "csrc/cuda/softmax.cu (log_softmax's shift, cross-entropy's nll)."))
 def test_log_softmax_and_cross_entropy_of_large_near_ties():
     for v in (1e3, 1e8):
         x = torch.tensor([[v, v, v - 1.0]])
@@ -550,15 +544,18 @@ def test_log_softmax_and_cross_entropy_of_large_near_ties():
                "cross_entropy")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cross_entropy_bwd writes 0 for an ignored row; torch's log_softmax backward makes it NaN "
-    "where the row's log-probabilities are NaN (a NaN or +inf logit, or every logit -inf). "
-    "The fused kernel (csrc/cpu/softmax*, csrc/cuda/softmax.cu) never reads an ignored row."))
-def test_cross_entropy_ignored_row_with_nonfinite_logits():
+def test_cross_entropy_ignored_rows_get_zero_gradient_whatever_their_logits():
+    # A deliberate divergence (README): an ignored row's gradient is 0, never read from its
+    # logits. torch's log_softmax backward makes it NaN where the row's log-probabilities are NaN
+    # (a NaN or +inf logit, or every logit -inf), which would poison an optimizer step over a
+    # padding row. The other rows match torch.
     for row in ([math.nan, 0.0], [math.inf, 0.0], [-math.inf, -math.inf]):
         x = torch.tensor([row, [1.0, 2.0]], requires_grad=True)
         xt = x.detach().clone().requires_grad_()
         t = torch.tensor([-100, 1])
-        (g,) = torch.autograd.grad(BF.cross_entropy(x, t), x)
-        (gt,) = torch.autograd.grad(TF.cross_entropy(xt, t), xt)
-        torch.testing.assert_close(g, gt, equal_nan=True)
+        loss, loss_t = BF.cross_entropy(x, t), TF.cross_entropy(xt, t)
+        torch.testing.assert_close(loss, loss_t)
+        (g,) = torch.autograd.grad(loss, x)
+        (gt,) = torch.autograd.grad(loss_t, xt)
+        assert torch.equal(g[0], torch.zeros(2)), row
+        torch.testing.assert_close(g[1], gt[1])

@@ -136,10 +136,10 @@ struct VecEpilogue<SoftmaxEpilogue<T>> {
 template <typename T>
 struct VecEpilogue<LogSoftmaxEpilogue<T>> {
   using V = Vectorized<T>;
-  V shift;
-  explicit VecEpilogue(const LogSoftmaxEpilogue<T>& e) : shift(e.shift) {}
-  VecEpilogue(V max, V sum) : shift(max + sum.log()) {}
-  V operator()(V x) const { return x - shift; }
+  V m, log_s;
+  explicit VecEpilogue(const LogSoftmaxEpilogue<T>& e) : m(e.m), log_s(e.log_s) {}
+  VecEpilogue(V max, V sum) : m(max), log_s(sum.log()) {}
+  V operator()(V x) const { return (x - m) - log_s; }
   static V reduce(V g, V) { return g; }
   static V backward(V g, V y, V acc) { return g - y.exp() * acc; }
 };
@@ -292,20 +292,24 @@ int64_t cross_entropy_fwd_impl(const scalar_t* logits, const int64_t* target, co
     }
     if (!valid_class(t, C)) return r;
     const auto [m, s] = row_stats(x, C);
-    const T row_lse = m + math::log(s);
-    lse[r] = row_lse;
-    nll[r] = row_lse - static_cast<T>(x[t]);
+    const T log_s = math::log(s);
+    lse[r] = m + log_s;
+    nll[r] = -((static_cast<T>(x[t]) - m) - log_s);  // -log_softmax, in torch's order
     if (smooth) {
-      // sum_c w_c (lse - x_c): every term is >= 0, so no cancellation.
-      const V vlse(row_lse);
+      // sum_c w_c (-log_softmax_c) = sum_c w_c ((m - x_c) + log s): every term is >= 0, so no
+      // cancellation.
+      const V vm(m), vlog_s(log_s);
       if (w == nullptr) {
-        smooth[r] = row_sum(x, C, [&](V v) { return vlse - v; }, [&](T v) { return row_lse - v; });
+        smooth[r] = row_sum(x, C, [&](V v) { return (vm - v) + vlog_s; },
+                            [&](T v) { return (m - v) + log_s; });
       } else {
         V acc(T(0));
         int64_t c = 0;
-        for (; c + L::kSize <= C; c += L::kSize) acc = acc + L::load(w + c) * (vlse - L::load(x + c));
+        for (; c + L::kSize <= C; c += L::kSize) {
+          acc = acc + L::load(w + c) * ((vm - L::load(x + c)) + vlog_s);
+        }
         T sum = reduce_sum(acc);
-        for (; c < C; ++c) sum += static_cast<T>(w[c]) * (row_lse - static_cast<T>(x[c]));
+        for (; c < C; ++c) sum += static_cast<T>(w[c]) * ((m - static_cast<T>(x[c])) + log_s);
         smooth[r] = sum;
       }
     }

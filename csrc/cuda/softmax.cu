@@ -256,24 +256,25 @@ __device__ void cross_entropy_fwd_row(int64_t row, const scalar_t* __restrict__ 
   CUDA_KERNEL_ASSERT(t >= 0 && t < C && "cross_entropy_fwd: target out of bounds");
   const scalar_t* x = logits + row * C;
   const OnlineStats<T> st = row_stats<kVec>(x, C);
-  const T row_lse = st.m + math::log(st.s);
+  const T m = st.m, log_s = math::log(st.s);
   if (smooth) {
-    // sum_c w_c (lse - x_c): every term >= 0, no cancellation. A second read of the row.
+    // sum_c w_c ((m - x_c) + log s), i.e. w_c (-log_softmax_c): every term >= 0, no
+    // cancellation. A second read of the row.
     T acc = T(0);
     for (int64_t p = threadIdx.x; p < C / kVec; p += blockDim.x) {
       const P a = reinterpret_cast<const P*>(x)[p];
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
         const T w = weight ? static_cast<T>(weight[p * kVec + k]) : T(1);
-        acc += w * (row_lse - static_cast<T>(a.v[k]));
+        acc += w * ((m - static_cast<T>(a.v[k])) + log_s);  // w_c (-log_softmax_c)
       }
     }
     acc = block_sum(acc);
     if (threadIdx.x == 0) smooth[row] = acc;
   }
   if (threadIdx.x == 0) {
-    lse[row] = row_lse;
-    nll[row] = row_lse - static_cast<T>(x[t]);
+    lse[row] = m + log_s;
+    nll[row] = -((static_cast<T>(x[t]) - m) - log_s);  // -log_softmax, in torch's order
   }
 }
 
