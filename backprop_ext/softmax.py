@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 
 from ._autograd import pick, save_for_forward, twin
-from ._common import HALF_DTYPES, check_float_input, opmath_dtype
+from ._common import FLOAT_DTYPES, HALF_DTYPES, check_float_input, opmath_dtype
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "cross_entropy"]
 
@@ -348,7 +348,7 @@ def _softmax_common(op, input, dim, dtype, log, stacklevel):
         if not isinstance(dtype, torch.dtype):
             raise TypeError(f"backprop_ext.{op}: dtype must be a torch.dtype or None, got "
                             f"{type(dtype).__name__} {dtype!r}")
-        if dtype not in _FLOAT_DTYPES:
+        if dtype not in FLOAT_DTYPES:
             raise TypeError(f"backprop_ext.{op}: dtype must be float64, float32, float16 or "
                             f"bfloat16, got {dtype}")
         input = input.to(dtype)
@@ -499,7 +499,7 @@ def _no_class_losses(logits, rows_target, ignore_index):
             t = rows_target[bad][0].item()
             raise IndexError(f"backprop_ext.cross_entropy: target {t} is out of bounds: input "
                              "has no classes")
-    zero = logits.to(_opmath(logits.dtype)).sum(1)
+    zero = logits.to(opmath_dtype(logits.dtype)).sum(1)
     return zero, zero
 
 

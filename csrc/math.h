@@ -32,6 +32,13 @@ C10_HOST_DEVICE inline T max_nan(T a, T b) {
   return (a != a || a > b) ? a : b;
 }
 
+// max(a, b) that keeps `a` when b is NaN (a NaN in `a` stays): for a running max |x| kept beside a
+// sum that carries a NaN by itself.
+template <typename T>
+C10_HOST_DEVICE inline T max_of(T a, T b) {
+  return b > a ? b : a;
+}
+
 template <typename T>
 C10_HOST_DEVICE inline T neg_inf() {
   return -std::numeric_limits<T>::infinity();

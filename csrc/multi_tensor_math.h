@@ -50,6 +50,8 @@
 #include <limits>
 #include <type_traits>
 
+#include "math.h"
+
 namespace backprop_ext {
 
 // Accumulated quantity per norm order: L1 and L2 get their own (cheaper) code, Lp uses pow.
@@ -77,27 +79,6 @@ inline decltype(auto) visit_norm_kind(NormKind kind, F&& f) {
   TORCH_CHECK(false, "unreachable NormKind");
 }
 
-namespace norm_math {
-
-// Precise libm/CUDA math on each opmath type.
-C10_HOST_DEVICE inline float pow(float x, float y) { return ::powf(x, y); }
-C10_HOST_DEVICE inline double pow(double x, double y) { return ::pow(x, y); }
-C10_HOST_DEVICE inline float sqrt(float x) { return ::sqrtf(x); }
-C10_HOST_DEVICE inline double sqrt(double x) { return ::sqrt(x); }
-
-// max that returns NaN if either side is NaN (std::max and fmax drop it).
-template <typename T>
-C10_HOST_DEVICE inline T nan_max(T a, T b) {
-  return (a != a || a > b) ? a : b;
-}
-
-// max that keeps `a` when b is NaN: for max |x| beside a sum that carries the NaN itself.
-template <typename T>
-C10_HOST_DEVICE inline T max_of(T a, T b) {
-  return b > a ? b : a;
-}
-
-}  // namespace norm_math
 
 // Range of a chunk's plain sum of |x|^p (accumulated in T, then held in double) within which
 // nothing was lost: above kSafeSumMin<T> the terms that underflowed in T (each < T's smallest
@@ -129,13 +110,13 @@ struct NormOp {
     } else if constexpr (K == NormKind::kL2) {
       return a * a;
     } else {
-      return norm_math::pow(a, p);
+      return math::pow(a, p);
     }
   }
 
   C10_HOST_DEVICE static T combine(T a, T b) {
     if constexpr (K == NormKind::kLinf) {
-      return norm_math::nan_max(a, b);
+      return math::max_nan(a, b);
     } else {
       return a + b;
     }
@@ -171,7 +152,7 @@ struct NormOp {
 
   // Combining partials: M = the largest scale (max_scale over all of them), then
   // S = sum of partial.sum * weight(partial.scale, M), then finalize(M, S). Used with T = double.
-  C10_HOST_DEVICE static T max_scale(T m, T scale) { return norm_math::nan_max(m, scale); }
+  C10_HOST_DEVICE static T max_scale(T m, T scale) { return math::max_nan(m, scale); }
 
   // (scale / m)^p; 1 where scale == m (also for 0 and inf, where the ratio would be NaN).
   C10_HOST_DEVICE T weight(T scale, T m) const { return scale == m ? T(1) : map(scale / m); }
@@ -179,9 +160,9 @@ struct NormOp {
   // m * s^(1/p); for p = inf the largest scale is the norm.
   C10_HOST_DEVICE T finalize(T m, T s) const {
     if constexpr (K == NormKind::kL2) {
-      return m * norm_math::sqrt(s);
+      return m * math::sqrt(s);
     } else if constexpr (K == NormKind::kLp) {
-      return m * norm_math::pow(s, T(1) / p);
+      return m * math::pow(s, T(1) / p);
     } else if constexpr (K == NormKind::kL1) {
       return m * s;
     } else {

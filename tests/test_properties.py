@@ -25,7 +25,6 @@ import dataclasses
 import math
 
 import hypothesis
-import pytest
 import torch
 import torch.nn.functional as TF
 from hypothesis import HealthCheck, given, settings

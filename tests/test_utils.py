@@ -2,9 +2,6 @@
 and the gradient-flow report."""
 
 import math
-import os
-import subprocess
-import sys
 import warnings
 
 import pytest

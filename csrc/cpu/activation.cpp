@@ -8,7 +8,7 @@
 namespace backprop_ext::cpu {
 namespace {
 
-void activation_fwd_kernel(const at::Tensor& x, at::Tensor& out, Activation act, double p0,
+void activation_fwd_cpu(const at::Tensor& x, at::Tensor& out, Activation act, double p0,
                            double p1) {
   const auto kernel = pick_activation_fwd_kernel();
   const auto dtype = x.scalar_type();
@@ -20,7 +20,7 @@ void activation_fwd_kernel(const at::Tensor& x, at::Tensor& out, Activation act,
   });
 }
 
-void activation_bwd_kernel(const at::Tensor& grad_output, const at::Tensor& saved,
+void activation_bwd_cpu(const at::Tensor& grad_output, const at::Tensor& saved,
                            at::Tensor& grad_input, Activation act, double p0, double p1) {
   const auto kernel = pick_activation_bwd_kernel();
   const auto dtype = grad_output.scalar_type();
@@ -36,7 +36,7 @@ void activation_bwd_kernel(const at::Tensor& grad_output, const at::Tensor& save
 
 }  // namespace
 
-BACKPROP_EXT_REGISTER_KERNEL(activation_fwd_stub, CPU, &activation_fwd_kernel);
-BACKPROP_EXT_REGISTER_KERNEL(activation_bwd_stub, CPU, &activation_bwd_kernel);
+BACKPROP_EXT_REGISTER_KERNEL(activation_fwd_stub, CPU, &activation_fwd_cpu);
+BACKPROP_EXT_REGISTER_KERNEL(activation_bwd_stub, CPU, &activation_bwd_cpu);
 
 }  // namespace backprop_ext::cpu

@@ -54,7 +54,7 @@ void bias_act_fwd(at::Tensor& z, at::Tensor& y, const at::Tensor& bias, Activati
 // gz = g act'(s) for contiguous (M, N) g and s, and (when want_bias) gb = sum_rows gz: tiles of
 // at most kLinearMaxTileCols columns, each writing its column sums into one row of `partial`,
 // which is then summed in a fixed order.
-std::tuple<at::Tensor, at::Tensor> bias_act_bwd(const at::Tensor& g, const at::Tensor& s,
+std::tuple<at::Tensor, at::Tensor> bias_act_bwd_cpu(const at::Tensor& g, const at::Tensor& s,
                                                 Activation act, double p0, double p1,
                                                 bool want_bias) {
   const int64_t m = g.size(0), n = g.size(1);
@@ -94,7 +94,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_bwd(const at::Tensor& g, const at::T
 
 // --- kernels of the stubs (linear.h)
 
-void linear_fwd_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+void linear_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                        std::optional<Activation> act, double p0, double p1, at::Tensor& z,
                        at::Tensor& y) {
   // float16/bfloat16: the bias goes into the GEMM so that z is rounded once, as torch's linear
@@ -110,15 +110,15 @@ void linear_fwd_kernel(const at::Tensor& x, const at::Tensor& weight, const at::
   if (act.has_value()) bias_act_fwd(z, y, bias_in_gemm ? at::Tensor() : bias, *act, p0, p1);
 }
 
-std::tuple<at::Tensor, at::Tensor> weight_grad_kernel(const at::Tensor& gz, const at::Tensor& x,
+std::tuple<at::Tensor, at::Tensor> weight_grad_cpu(const at::Tensor& gz, const at::Tensor& x,
                                                       bool /*want_bias: summed by the op*/) {
   return {at::mm(gz.t(), x), at::Tensor()};
 }
 
 }  // namespace
 
-BACKPROP_EXT_REGISTER_KERNEL(linear_fwd_stub, CPU, &linear_fwd_kernel);
-BACKPROP_EXT_REGISTER_KERNEL(bias_act_bwd_stub, CPU, &bias_act_bwd);
-BACKPROP_EXT_REGISTER_KERNEL(weight_grad_stub, CPU, &weight_grad_kernel);
+BACKPROP_EXT_REGISTER_KERNEL(linear_fwd_stub, CPU, &linear_fwd_cpu);
+BACKPROP_EXT_REGISTER_KERNEL(bias_act_bwd_stub, CPU, &bias_act_bwd_cpu);
+BACKPROP_EXT_REGISTER_KERNEL(weight_grad_stub, CPU, &weight_grad_cpu);
 
 }  // namespace backprop_ext::cpu

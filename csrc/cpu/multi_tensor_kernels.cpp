@@ -1,12 +1,14 @@
 // Vectorized multi-tensor loops (at::vec) over one chunk, compiled once per ISA with
-// CPU_CAPABILITY set by setup.py. The scalar tails call multi_tensor_math.h's functions, which the
-// vector code mirrors lane for lane.
+// CPU_CAPABILITY set by setup.py. The norm's scalar tail calls multi_tensor_math.h's functions,
+// which its vector code mirrors lane for lane; scale and clamp run every element through
+// vec_loops.h's map.
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include "../dispatch.h"
 #include "multi_tensor_kernels.h"
+#include "vec_loops.h"
 
 namespace backprop_ext::cpu {
 namespace CPU_CAPABILITY {  // DEFAULT, AVX2 or AVX512: see isa.h
@@ -104,23 +106,6 @@ NormPartial norm_partial(const scalar_t* x, int64_t n, double p) {
       max_abs, chunk_sum<scalar_t, K, true>(x, n, T(p), static_cast<T>(max_abs)));
 }
 
-// x[i] = op(x[i]) in place, in opmath.
-template <typename scalar_t, typename ScalarOp, typename VecOp>
-void map_inplace(scalar_t* x, int64_t n, const ScalarOp& op, const VecOp& vop) {
-  using T = at::opmath_type<scalar_t>;
-  using VS = Vectorized<scalar_t>;
-  int64_t i = 0;
-  for (; i + VS::size() <= n; i += VS::size()) {
-    if constexpr (std::is_same_v<scalar_t, T>) {
-      vop(VS::loadu(x + i)).store(x + i);
-    } else {
-      auto [lo, hi] = at::vec::convert_to_float<scalar_t>(VS::loadu(x + i));
-      at::vec::convert_from_float<scalar_t>(vop(lo), vop(hi)).store(x + i);
-    }
-  }
-  for (; i < n; ++i) x[i] = static_cast<scalar_t>(op(static_cast<T>(x[i])));
-}
-
 }  // namespace
 
 // --- entry points
@@ -139,23 +124,21 @@ NormPartial multi_tensor_norm_kernel(c10::ScalarType dtype, const void* x, int64
 void multi_tensor_scale_kernel(c10::ScalarType dtype, void* x, int64_t n, double coef) {
   BACKPROP_EXT_DISPATCH_FLOATS(dtype, "multi_tensor_scale_", [&] {
     using T = at::opmath_type<scalar_t>;
-    const T c = static_cast<T>(coef);
-    const Vectorized<T> vc(c);
-    map_inplace(static_cast<scalar_t*>(x), n, [c](T v) { return v * c; },
-                [vc](Vectorized<T> v) { return v * vc; });
+    const Vectorized<T> vc(static_cast<T>(coef));
+    auto* p = static_cast<scalar_t*>(x);
+    map_unary(p, p, n, [vc](Vectorized<T> v) { return v * vc; });
   });
 }
 
 void multi_tensor_clamp_kernel(c10::ScalarType dtype, void* x, int64_t n, double lo, double hi) {
   BACKPROP_EXT_DISPATCH_FLOATS(dtype, "multi_tensor_clamp_", [&] {
     using T = at::opmath_type<scalar_t>;
-    const T l = static_cast<T>(lo), h = static_cast<T>(hi);
-    const Vectorized<T> vl(l), vh(h);
-    // maximum/minimum propagate NaN, as clamp_value does.
-    map_inplace(static_cast<scalar_t*>(x), n, [l, h](T v) { return clamp_value(v, l, h); },
-                [vl, vh](Vectorized<T> v) {
-                  return at::vec::minimum(at::vec::maximum(v, vl), vh);
-                });
+    const Vectorized<T> vl(static_cast<T>(lo)), vh(static_cast<T>(hi));
+    // maximum, then minimum: clamp_value's order; both propagate NaN, as clamp_value does.
+    auto* p = static_cast<scalar_t*>(x);
+    map_unary(p, p, n, [vl, vh](Vectorized<T> v) {
+      return at::vec::minimum(at::vec::maximum(v, vl), vh);
+    });
   });
 }
 

@@ -22,7 +22,7 @@ const char* byte_ptr_or_null(const at::Tensor& t, int64_t elements) {
   return t.defined() ? byte_ptr(t, elements) : nullptr;
 }
 
-void softmax_fwd_kernel(const at::Tensor& x, at::Tensor& y, const ReductionShape& s, bool log) {
+void softmax_fwd_cpu(const at::Tensor& x, at::Tensor& y, const ReductionShape& s, bool log) {
   const auto kernel = pick_softmax_fwd_kernel();
   parallel_slices(s.outer, s.D * s.inner, [&](int64_t begin, int64_t end) {
     const int64_t off = begin * s.D * s.inner;
@@ -30,7 +30,7 @@ void softmax_fwd_kernel(const at::Tensor& x, at::Tensor& y, const ReductionShape
   });
 }
 
-void softmax_bwd_kernel(const at::Tensor& g, const at::Tensor& y, at::Tensor& gx,
+void softmax_bwd_cpu(const at::Tensor& g, const at::Tensor& y, at::Tensor& gx,
                         const ReductionShape& s, bool log) {
   const auto kernel = pick_softmax_bwd_kernel();
   parallel_slices(s.outer, s.D * s.inner, [&](int64_t begin, int64_t end) {
@@ -40,7 +40,7 @@ void softmax_bwd_kernel(const at::Tensor& g, const at::Tensor& y, at::Tensor& gx
   });
 }
 
-void logsumexp_fwd_kernel(const at::Tensor& x, at::Tensor& out, const ReductionShape& s) {
+void logsumexp_fwd_cpu(const at::Tensor& x, at::Tensor& out, const ReductionShape& s) {
   const auto kernel = pick_logsumexp_fwd_kernel();
   parallel_slices(s.outer, s.D * s.inner, [&](int64_t begin, int64_t end) {
     kernel(x.scalar_type(), byte_ptr(x, begin * s.D * s.inner), byte_ptr(out, begin * s.inner),
@@ -48,7 +48,7 @@ void logsumexp_fwd_kernel(const at::Tensor& x, at::Tensor& out, const ReductionS
   });
 }
 
-void logsumexp_bwd_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor& r,
+void logsumexp_bwd_cpu(const at::Tensor& g, const at::Tensor& x, const at::Tensor& r,
                           at::Tensor& gx, const ReductionShape& s) {
   const auto kernel = pick_logsumexp_bwd_kernel();
   parallel_slices(s.outer, s.D * s.inner, [&](int64_t begin, int64_t end) {
@@ -69,7 +69,7 @@ void check_target_row(const char* op, int64_t bad_row, int64_t first_row, const 
                     ") or ignore_index (", ignore_index, ")");
 }
 
-void cross_entropy_fwd_kernel(const at::Tensor& x, const at::Tensor& t, const at::Tensor& w,
+void cross_entropy_fwd_cpu(const at::Tensor& x, const at::Tensor& t, const at::Tensor& w,
                               int64_t ignore_index, at::Tensor& nll, at::Tensor& smooth,
                               at::Tensor& lse) {
   const int64_t N = x.size(0), C = x.size(1);
@@ -85,7 +85,7 @@ void cross_entropy_fwd_kernel(const at::Tensor& x, const at::Tensor& t, const at
   });
 }
 
-void cross_entropy_bwd_kernel(const at::Tensor& x, const at::Tensor& t, const at::Tensor& w,
+void cross_entropy_bwd_cpu(const at::Tensor& x, const at::Tensor& t, const at::Tensor& w,
                               const at::Tensor& lse, const at::Tensor& grad_nll,
                               const at::Tensor& grad_smooth, int64_t ignore_index,
                               at::Tensor& grad) {
@@ -104,11 +104,11 @@ void cross_entropy_bwd_kernel(const at::Tensor& x, const at::Tensor& t, const at
 
 }  // namespace
 
-BACKPROP_EXT_REGISTER_KERNEL(softmax_fwd_stub, CPU, &softmax_fwd_kernel);
-BACKPROP_EXT_REGISTER_KERNEL(softmax_bwd_stub, CPU, &softmax_bwd_kernel);
-BACKPROP_EXT_REGISTER_KERNEL(logsumexp_fwd_stub, CPU, &logsumexp_fwd_kernel);
-BACKPROP_EXT_REGISTER_KERNEL(logsumexp_bwd_stub, CPU, &logsumexp_bwd_kernel);
-BACKPROP_EXT_REGISTER_KERNEL(cross_entropy_fwd_stub, CPU, &cross_entropy_fwd_kernel);
-BACKPROP_EXT_REGISTER_KERNEL(cross_entropy_bwd_stub, CPU, &cross_entropy_bwd_kernel);
+BACKPROP_EXT_REGISTER_KERNEL(softmax_fwd_stub, CPU, &softmax_fwd_cpu);
+BACKPROP_EXT_REGISTER_KERNEL(softmax_bwd_stub, CPU, &softmax_bwd_cpu);
+BACKPROP_EXT_REGISTER_KERNEL(logsumexp_fwd_stub, CPU, &logsumexp_fwd_cpu);
+BACKPROP_EXT_REGISTER_KERNEL(logsumexp_bwd_stub, CPU, &logsumexp_bwd_cpu);
+BACKPROP_EXT_REGISTER_KERNEL(cross_entropy_fwd_stub, CPU, &cross_entropy_fwd_cpu);
+BACKPROP_EXT_REGISTER_KERNEL(cross_entropy_bwd_stub, CPU, &cross_entropy_bwd_cpu);
 
 }  // namespace backprop_ext::cpu

@@ -10,7 +10,7 @@
 namespace backprop_ext::cuda {
 namespace {
 
-void activation_fwd_kernel(const at::Tensor& x, at::Tensor& out, Activation act, double p0,
+void activation_fwd_cuda(const at::Tensor& x, at::Tensor& out, Activation act, double p0,
                            double p1) {
   BACKPROP_EXT_DISPATCH_FLOATS(x.scalar_type(), "activation_fwd", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -22,7 +22,7 @@ void activation_fwd_kernel(const at::Tensor& x, at::Tensor& out, Activation act,
   });
 }
 
-void activation_bwd_kernel(const at::Tensor& grad_output, const at::Tensor& saved,
+void activation_bwd_cuda(const at::Tensor& grad_output, const at::Tensor& saved,
                            at::Tensor& grad_input, Activation act, double p0, double p1) {
   BACKPROP_EXT_DISPATCH_FLOATS(grad_output.scalar_type(), "activation_bwd", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -37,7 +37,7 @@ void activation_bwd_kernel(const at::Tensor& grad_output, const at::Tensor& save
 
 }  // namespace
 
-BACKPROP_EXT_REGISTER_KERNEL(activation_fwd_stub, CUDA, &activation_fwd_kernel);
-BACKPROP_EXT_REGISTER_KERNEL(activation_bwd_stub, CUDA, &activation_bwd_kernel);
+BACKPROP_EXT_REGISTER_KERNEL(activation_fwd_stub, CUDA, &activation_fwd_cuda);
+BACKPROP_EXT_REGISTER_KERNEL(activation_bwd_stub, CUDA, &activation_bwd_cuda);
 
 }  // namespace backprop_ext::cuda

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/OpMathType.h>
+#include <c10/macros/Macros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
@@ -19,7 +20,7 @@ struct alignas(sizeof(T) * kVec) Pack {
 template <typename T>
 constexpr int kVecFor16Bytes = 16 / sizeof(T);
 
-inline bool is_aligned(const void* p, int bytes) {
+C10_HOST_DEVICE inline bool is_aligned(const void* p, int bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
 
@@ -121,33 +122,46 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 }
 
 // --- reductions. Block sizes are multiples of 32; every thread of the block must call these.
+//
+// The one rule: a block reduction returns its result to every thread of the block. It
+// synchronizes the block, and may be called again right after (it waits for the previous call's
+// readers before reusing its shared memory).
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
-template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
+// combine over the 32 lanes of a warp, returned to every lane.
+template <typename T, typename Combine>
+__device__ __forceinline__ T warp_reduce(T v, Combine combine) {
 #pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v = combine(v, __shfl_xor_sync(kFullMask, v, offset));
+  }
   return v;
 }
 
-// Sum over the block, returned to every thread.
-template <typename T>
-__device__ T block_sum(T v) {
+// combine over the block, returned to every thread. `identity` (combine(identity, x) == x) fills
+// the lanes past the block's last warp.
+template <typename T, typename Combine>
+__device__ T block_reduce(T v, Combine combine, T identity = T(0)) {
   __shared__ T partial[32];
   __shared__ T total;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  v = warp_sum(v);
+  v = warp_reduce(v, combine);
   __syncthreads();  // the previous call's readers are done with `partial` and `total`
   if (lane == 0) partial[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    v = lane < int(blockDim.x / 32) ? partial[lane] : T(0);
-    v = warp_sum(v);
+    v = lane < int(blockDim.x / 32) ? partial[lane] : identity;
+    v = warp_reduce(v, combine);
     if (lane == 0) total = v;
   }
   __syncthreads();
   return total;
+}
+
+template <typename T>
+__device__ __forceinline__ T block_sum(T v) {
+  return block_reduce(v, [](T a, T b) { return a + b; });
 }
 
 // --- launchers: 16-byte packs when every pointer allows it, single elements otherwise.

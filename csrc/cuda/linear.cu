@@ -123,7 +123,7 @@ __global__ void sum_partials_kernel(const at::opmath_type<scalar_t>* __restrict_
 // --- launchers
 
 // gz = g act'(s), and gb = sum_rows gz when want_bias; g and s contiguous (m, n).
-std::tuple<at::Tensor, at::Tensor> bias_act_bwd(const at::Tensor& g, const at::Tensor& s,
+std::tuple<at::Tensor, at::Tensor> bias_act_bwd_cuda(const at::Tensor& g, const at::Tensor& s,
                                                 Activation act, double p0, double p1,
                                                 bool want_bias) {
   const int64_t m = g.size(0), n = g.size(1);
@@ -467,7 +467,7 @@ std::tuple<at::Tensor, at::Tensor> weight_grad_cuda(const at::Tensor& gz_in, con
 }  // namespace
 
 BACKPROP_EXT_REGISTER_KERNEL(linear_fwd_stub, CUDA, &linear_fwd_cuda);
-BACKPROP_EXT_REGISTER_KERNEL(bias_act_bwd_stub, CUDA, &bias_act_bwd);
+BACKPROP_EXT_REGISTER_KERNEL(bias_act_bwd_stub, CUDA, &bias_act_bwd_cuda);
 BACKPROP_EXT_REGISTER_KERNEL(weight_grad_stub, CUDA, &weight_grad_cuda);
 
 }  // namespace backprop_ext::cuda

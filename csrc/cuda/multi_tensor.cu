@@ -1,4 +1,5 @@
-// Multi-tensor ops on CUDA (gradient clipping), on multi_tensor_apply.cuh:
+// The multi-tensor family's CUDA kernels (gradient clipping), on multi_tensor_apply.cuh; the ops
+// around them are csrc/multi_tensor.cpp's:
 //   norm:  one partial per chunk into a float64 workspace: sum |x|^p (or max |x|) and max |x| in
 //          opmath, block-reduced; a second launch sums again, rescaled by their max, the chunks
 //          whose sum left the safe range (multi_tensor_math.h: "Norms without overflow"), and
@@ -11,16 +12,12 @@
 // copies of non-dense tensors, is queued on the current stream.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include <utility>
 #include <vector>
 
 #include "../dispatch.h"
 #include "../multi_tensor.h"
-#include "../multi_tensor_math.h"
 #include "common.cuh"
 #include "multi_tensor_apply.cuh"
 
@@ -54,13 +51,13 @@ struct NormPartialJob {
     chunk_read(static_cast<const scalar_t*>(data) + begin, n, [&](T v) {
       acc = op.combine(acc, op.map(v));
       // p = inf accumulates the max itself. max_of may drop a NaN, which acc keeps.
-      if constexpr (K != NormKind::kLinf) max_abs = norm_math::max_of(max_abs, v < T(0) ? -v : v);
+      if constexpr (K != NormKind::kLinf) max_abs = math::max_of(max_abs, v < T(0) ? -v : v);
     });
     acc = block_reduce(acc, [](T a, T b) { return Op::combine(a, b); });
     if constexpr (K == NormKind::kLinf) {
       max_abs = acc;
     } else {
-      max_abs = block_reduce(max_abs, [](T a, T b) { return norm_math::max_of(a, b); });
+      max_abs = block_reduce(max_abs, [](T a, T b) { return math::max_of(a, b); });
     }
     if (threadIdx.x == 0) {
       NormPartial out;
@@ -123,7 +120,7 @@ struct ClampJob {
 // --- kernels: combine the chunk partials
 
 // Norm of chunks [begin, end) by one block, as multi_tensor.cpp's finalize_range: the largest
-// scale, then the sums weighted against it; valid in thread 0. Called once per block.
+// scale, then the sums weighted against it; returned to every thread.
 template <NormKind K>
 __device__ double reduce_partials(const NormPartial* partials, int64_t begin, int64_t end,
                                   double p) {
@@ -133,11 +130,7 @@ __device__ double reduce_partials(const NormPartial* partials, int64_t begin, in
   for (int64_t c = begin + threadIdx.x; c < end; c += blockDim.x) {
     m = Op::max_scale(m, partials[c].scale);
   }
-  m = block_reduce(m, [](double a, double b) { return Op::max_scale(a, b); });
-  __shared__ double shared_m;
-  if (threadIdx.x == 0) shared_m = m;
-  __syncthreads();
-  m = shared_m;
+  m = block_reduce(m, [](double a, double b) { return Op::max_scale(a, b); });  // to every thread
   double s = 0;
   if constexpr (K != NormKind::kLinf) {
     for (int64_t c = begin + threadIdx.x; c < end; c += blockDim.x) {
@@ -181,18 +174,15 @@ struct DtypeGroup {
 };
 
 struct Plan {
-  std::vector<FlatView> views;          // per input tensor
   std::vector<DtypeGroup> groups;       // in order of first appearance
   std::vector<int64_t> chunk_begin;     // per input tensor: its chunks are [begin, end)
   std::vector<int64_t> chunk_end;
   int64_t chunks = 0;
 };
 
-Plan make_plan(at::TensorList tensors) {
+Plan make_plan(const std::vector<at::Tensor>& tensors) {
   Plan plan;
   const size_t n = tensors.size();
-  plan.views.reserve(n);
-  for (const at::Tensor& t : tensors) plan.views.push_back(flat_view(t));
   std::vector<int> group_of(n);
   for (size_t i = 0; i < n; ++i) {
     const c10::ScalarType dtype = tensors[i].scalar_type();
@@ -209,10 +199,9 @@ Plan make_plan(at::TensorList tensors) {
     for (size_t i = 0; i < n; ++i) {
       if (group_of[i] != static_cast<int>(g)) continue;
       plan.chunk_begin[i] = plan.chunks;
-      const at::Tensor& flat = plan.views[i].flat;
-      if (flat.numel() > 0) {
-        plan.groups[g].tensors.push_back(flat);
-        plan.chunks += num_chunks(flat.numel());
+      if (tensors[i].numel() > 0) {
+        plan.groups[g].tensors.push_back(tensors[i]);
+        plan.chunks += num_chunks(tensors[i].numel());
       }
       plan.chunk_end[i] = plan.chunks;
     }
@@ -281,54 +270,30 @@ void launch_per_tensor_norm(const Plan& plan, const at::Tensor& partials, NormKi
   }
 }
 
-// --- ops
+// --- kernels of the stubs (multi_tensor.h)
 
-at::Tensor multi_tensor_norm(at::TensorList tensors, double p) {
-  check_tensor_list("multi_tensor_norm", tensors);
-  const NormKind kind = parse_norm_kind("multi_tensor_norm", p);
-  const c10::cuda::CUDAGuard guard(tensors[0].device());
-  const auto options = tensors[0].options().dtype(norm_result_dtype(tensors));
+void multi_tensor_norm_cuda(const std::vector<at::Tensor>& tensors, NormKind kind, double p,
+                            at::Tensor& out) {
   const Plan plan = make_plan(tensors);
-  if (plan.chunks == 0) return at::zeros({}, options);
+  if (plan.chunks == 0) {  // only empty tensors: every norm is 0
+    out.zero_();
+    return;
+  }
   const at::Tensor partials = norm_partials(plan, kind, p, tensors[0]);
-  at::Tensor out = at::empty({}, options);
+  const bool per_tensor = out.dim() == 1;
   if (out.scalar_type() == at::kDouble) {
-    launch_total_norm(partials, kind, p, out.mutable_data_ptr<double>());
+    double* o = out.mutable_data_ptr<double>();
+    per_tensor ? launch_per_tensor_norm(plan, partials, kind, p, o)
+               : launch_total_norm(partials, kind, p, o);
   } else {
-    launch_total_norm(partials, kind, p, out.mutable_data_ptr<float>());
-  }
-  return out;
-}
-
-at::Tensor multi_tensor_norm_per_tensor(at::TensorList tensors, double p) {
-  check_tensor_list("multi_tensor_norm_per_tensor", tensors);
-  const NormKind kind = parse_norm_kind("multi_tensor_norm_per_tensor", p);
-  const c10::cuda::CUDAGuard guard(tensors[0].device());
-  const auto options = tensors[0].options().dtype(norm_result_dtype(tensors));
-  const auto n = static_cast<int64_t>(tensors.size());
-  const Plan plan = make_plan(tensors);
-  if (plan.chunks == 0) return at::zeros({n}, options);
-  const at::Tensor partials = norm_partials(plan, kind, p, tensors[0]);
-  at::Tensor out = at::empty({n}, options);
-  if (out.scalar_type() == at::kDouble) {
-    launch_per_tensor_norm(plan, partials, kind, p, out.mutable_data_ptr<double>());
-  } else {
-    launch_per_tensor_norm(plan, partials, kind, p, out.mutable_data_ptr<float>());
-  }
-  return out;
-}
-
-// Results of non-dense tensors were computed on contiguous copies: write them back (queued on
-// the stream like everything else).
-void copy_back(at::TensorList tensors, const Plan& plan) {
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    if (plan.views[i].is_copy) tensors[i].copy_(plan.views[i].flat);
+    float* o = out.mutable_data_ptr<float>();
+    per_tensor ? launch_per_tensor_norm(plan, partials, kind, p, o)
+               : launch_total_norm(partials, kind, p, o);
   }
 }
 
-void multi_tensor_scale_(at::TensorList tensors, const at::Tensor& total_norm, double max_norm) {
-  check_scale_args(tensors, total_norm, max_norm);
-  const c10::cuda::CUDAGuard guard(tensors[0].device());
+void multi_tensor_scale_cuda(const std::vector<at::Tensor>& tensors, const at::Tensor& total_norm,
+                             double max_norm) {
   // The coefficient is computed in the norm's precision, as torch does: float64 stays, float32
   // stays, float16/bfloat16 are read as float32 (their opmath).
   const at::Tensor norm = total_norm.scalar_type() == at::kDouble
@@ -346,15 +311,9 @@ void multi_tensor_scale_(at::TensorList tensors, const at::Tensor& total_norm, d
       }
     });
   }
-  copy_back(tensors, plan);
 }
 
-void multi_tensor_clamp_(at::TensorList tensors, double lo, double hi) {
-  check_tensor_list("multi_tensor_clamp_", tensors);
-  check_writable("multi_tensor_clamp_", tensors);
-  TORCH_CHECK(lo <= hi, "multi_tensor_clamp_: expected lo <= hi (and neither NaN), but got lo = ",
-              lo, " and hi = ", hi);
-  const c10::cuda::CUDAGuard guard(tensors[0].device());
+void multi_tensor_clamp_cuda(const std::vector<at::Tensor>& tensors, double lo, double hi) {
   const Plan plan = make_plan(tensors);
   for (const DtypeGroup& group : plan.groups) {
     BACKPROP_EXT_DISPATCH_FLOATS(group.dtype, "multi_tensor_clamp_", [&] {
@@ -363,18 +322,12 @@ void multi_tensor_clamp_(at::TensorList tensors, double lo, double hi) {
                          ClampJob<scalar_t>{static_cast<T>(lo), static_cast<T>(hi)});
     });
   }
-  copy_back(tensors, plan);
 }
 
 }  // namespace
 
-// --- registration
-
-TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) {
-  m.impl("multi_tensor_norm", &multi_tensor_norm);
-  m.impl("multi_tensor_norm_per_tensor", &multi_tensor_norm_per_tensor);
-  m.impl("multi_tensor_scale_", &multi_tensor_scale_);
-  m.impl("multi_tensor_clamp_", &multi_tensor_clamp_);
-}
+BACKPROP_EXT_REGISTER_KERNEL(multi_tensor_norm_stub, CUDA, &multi_tensor_norm_cuda);
+BACKPROP_EXT_REGISTER_KERNEL(multi_tensor_scale_stub, CUDA, &multi_tensor_scale_cuda);
+BACKPROP_EXT_REGISTER_KERNEL(multi_tensor_clamp_stub, CUDA, &multi_tensor_clamp_cuda);
 
 }  // namespace backprop_ext::cuda

@@ -98,10 +98,6 @@ int64_t multi_tensor_apply(const std::vector<at::Tensor>& tensors, int64_t first
 
 constexpr int kChunkUnroll = 4;  // packs in flight per thread
 
-__device__ __forceinline__ bool aligned16(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 // Calls f(v) on this thread's share of x[0, n), each value widened to opmath.
 template <typename scalar_t, typename F>
 __device__ __forceinline__ void chunk_read(const scalar_t* x, int64_t n, F&& f) {
@@ -109,7 +105,7 @@ __device__ __forceinline__ void chunk_read(const scalar_t* x, int64_t n, F&& f) 
   constexpr int kVec = kVecFor16Bytes<scalar_t>;
   using P = Pack<scalar_t, kVec>;
   int64_t done = 0;
-  if (aligned16(x)) {
+  if (is_aligned(x, 16)) {
     const int64_t packs = n / kVec;
     const P* xp = reinterpret_cast<const P*>(x);
     for (int64_t base = threadIdx.x; base < packs; base += int64_t(blockDim.x) * kChunkUnroll) {
@@ -139,7 +135,7 @@ __device__ __forceinline__ void chunk_update(scalar_t* x, int64_t n, F&& f) {
   constexpr int kVec = kVecFor16Bytes<scalar_t>;
   using P = Pack<scalar_t, kVec>;
   int64_t done = 0;
-  if (aligned16(x)) {
+  if (is_aligned(x, 16)) {
     const int64_t packs = n / kVec;
     P* xp = reinterpret_cast<P*>(x);
     for (int64_t base = threadIdx.x; base < packs; base += int64_t(blockDim.x) * kChunkUnroll) {
@@ -166,30 +162,6 @@ __device__ __forceinline__ void chunk_update(scalar_t* x, int64_t n, F&& f) {
   for (int64_t i = done + threadIdx.x; i < n; i += blockDim.x) {
     x[i] = static_cast<scalar_t>(f(static_cast<T>(x[i])));
   }
-}
-
-// Combines v over the block with combine(a, b); the result is valid in thread 0. Every thread
-// must call it (it synchronizes the block), and it may be called again right after.
-template <typename T, typename Combine>
-__device__ __forceinline__ T block_reduce(T v, Combine combine) {
-  __shared__ T per_warp[32];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) {
-    v = combine(v, __shfl_down_sync(0xffffffffu, v, offset));
-  }
-  if (lane == 0) per_warp[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    const int warps = (blockDim.x + 31) / 32;
-    v = lane < warps ? per_warp[lane] : T(0);  // 0 is the identity of sum and of max |x|
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) {
-      v = combine(v, __shfl_down_sync(0xffffffffu, v, offset));
-    }
-  }
-  __syncthreads();  // per_warp is free for the next call
-  return v;
 }
 
 }  // namespace backprop_ext::cuda
