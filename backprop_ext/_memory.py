@@ -5,8 +5,9 @@ Two measures, both device-agnostic:
 * LiveTensorMemory: the peak of the bytes held by tensor storages that ops created inside the
   context and that are still alive. A TorchDispatchMode sees every op's outputs (forward,
   recomputation and backward alike, on the calling thread, which is where autograd runs CPU work),
-  counts each new storage once (views and in-place results share their base's) and a weakref
-  finalizer on the storage subtracts it when it is freed. On CPU this is the honest analogue of
+  counts each new storage once (views, in-place and out= results share an input's and are not
+  new, even where that input was allocated before the context) and a weakref finalizer on the
+  storage subtracts it when it is freed. On CPU this is the honest analogue of
   torch.cuda.max_memory_allocated() minus what existed before (parameters, inputs); it does not
   see allocator caching or scratch buffers internal to a kernel.
 * SavedTensorBytes: the bytes autograd saves for backward, counted once per storage through
@@ -38,13 +39,18 @@ class LiveTensorMemory(TorchDispatchMode):
         self.live -= self._sizes.pop(key, 0)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        # An output sharing an input's storage (a view, an in-place or out= result) is no new
+        # memory, even when the input was allocated before the context (a parameter's .t()).
+        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor) or t.device.type == "meta":
                 continue
             storage = t.untyped_storage()
             key = storage._cdata  # the StorageImpl's address: one per live storage
-            if key in self._sizes:
+            if key in self._sizes or key in inputs:
                 continue
             nbytes = storage.nbytes()
             self._sizes[key] = nbytes
