@@ -2,6 +2,8 @@
 every dtype and option, row blocks, higher-order AD, memory, tracing, autocast, the Module, bad
 input."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -474,6 +476,34 @@ def test_module_from_linear_shares_parameters():
     expected = torch.autograd.grad(TF.cross_entropy(TF.linear(x, lin.weight, lin.bias), target,
                                                     weight=cw, reduction="sum"), lin.weight)[0]
     torch.testing.assert_close(lin.weight.grad, expected)
+
+
+# --- the benchmark family (a tiny shape: the wiring, the columns and the plot)
+
+
+def test_bench_rows_and_memory_plot(monkeypatch, tmp_path, capsys):
+    from backprop_ext.__main__ import main
+    from backprop_ext.benchmarks import bench_linear_cross_entropy as bench
+
+    monkeypatch.setitem(bench.DEFAULT_SHAPES, "cpu", (96, 32, 500))
+    monkeypatch.setitem(bench.SWEEP, "cpu", (16, 32))
+    png, js = tmp_path / "memory.png", tmp_path / "bench.json"
+    assert main(["bench", "--family", "linear_cross_entropy", "--device", "cpu", "--reps", "2",
+                 "--json", str(js), "--plot-memory", str(png)]) == 0
+    assert "peak MB" in capsys.readouterr().out
+    rows = json.loads(js.read_text())["rows"]
+    head = [r for r in rows if r["op"] == "linear_cross_entropy"]
+    assert [r["direction"] for r in head] == ["fwd", "fwd+bwd"]
+    assert head[1]["peak_bytes"] > 0 and head[1]["torch_peak_bytes"] > 0
+    sweep = [r for r in rows if r["op"].startswith("linear_cross_entropy[chunk=")]
+    assert [r["chunk"] for r in sweep] == [16, 32, 96]
+    grads = (96 * 32 + 500 * 32) * 4
+    assert all(r["grad_bytes"] == grads and r["ms"] > 0 and r["torch_ms"] > 0 for r in sweep)
+    # Each block of 16 more rows costs its 16 x 500 logits; torch's step holds three 96 x 500.
+    peaks = [r["peak_bytes"] for r in sweep]
+    assert peaks[0] < peaks[1] < peaks[2] and peaks[0] - grads <= 16 * 500 * 4 + 96 * 64
+    assert sweep[0]["torch_peak_bytes"] >= 3 * 96 * 500 * 4
+    assert png.stat().st_size > 0
 
 
 # --- bad input

@@ -13,10 +13,17 @@ import sys
 
 import torch
 
-from . import bench_activation, bench_linear, bench_softmax, bench_utils
+from . import (
+    bench_activation,
+    bench_linear,
+    bench_linear_cross_entropy,
+    bench_softmax,
+    bench_utils,
+)
 from .common import copy_bandwidth_gbps, environment, format_table, plot, write_csv, write_json
 
-FAMILIES = {"activation": bench_activation, "linear": bench_linear, "softmax": bench_softmax,
+FAMILIES = {"activation": bench_activation, "linear": bench_linear,
+            "linear_cross_entropy": bench_linear_cross_entropy, "softmax": bench_softmax,
             "utils": bench_utils}
 
 
@@ -36,6 +43,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--json", help="write rows and environment as JSON")
     p.add_argument("--csv", help="write rows as CSV")
     p.add_argument("--plot", help="write a PNG of achieved bandwidth")
+    p.add_argument("--plot-memory", help="write a PNG of linear_cross_entropy's peak memory "
+                   "against its chunk size (the chunk_sweep rows)")
     return p
 
 
@@ -60,6 +69,8 @@ def main(args: argparse.Namespace) -> int:
         write_csv(args.csv, rows, copy)
     if args.plot:
         plot(args.plot, rows, copy)
+    if args.plot_memory and not bench_linear_cross_entropy.plot_memory(args.plot_memory, rows):
+        print("# --plot-memory: no chunk_sweep rows were run (--family linear_cross_entropy)")
     return 0
 
 
