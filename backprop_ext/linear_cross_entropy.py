@@ -54,16 +54,21 @@ _REDUCTIONS = ("none", "mean", "sum")
 _AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)  # autocast leaves float64 be
 
 # Bytes of the (chunk, V) logits block that chunk_size=None aims for, per device. The block is
-# the only O(V) scratch; a larger block makes longer GEMMs and fewer read-modify-writes of the
-# (V, H) weight gradient. CPU: measured (benchmarks/bench_linear_cross_entropy.py, the chunk
-# sweep). CUDA: not measured yet; chosen so that the weight-gradient GEMM's K (= chunk) is large
-# enough for its epilogue's read of the accumulator not to dominate.
-_BLOCK_BYTES = {"cpu": 48 << 20, "cuda": 256 << 20}
+# the only O(chunk x V) scratch; a larger one makes longer GEMMs and fewer read-modify-writes of
+# the (V, H) weight gradient (one per block). CPU (the chunk sweep of
+# benchmarks/bench_linear_cross_entropy.py, 2048 x 1024 x 32000 float32, two runs): 64-row
+# blocks take 1.4x the unfused path's time, 128-row 1.15x, 256-row 1.04x, 512 rows and more the
+# same within the noise; 384 rows (48 MiB) keep the step's peak under a quarter of torch's and
+# its time at torch's. CUDA: not measured yet. 512 MiB is 2048 rows of a 128256-word bfloat16
+# vocabulary, the weight-gradient GEMM's K: large enough that reading and writing its (V, H)
+# accumulator (1 GiB each way in bfloat16 at H = 4096) stays small beside its 2 V H K FLOPs,
+# small enough to be under a tenth of torch's ~3 N V temporaries at N = 8192.
+_BLOCK_BYTES = {"cpu": 48 << 20, "cuda": 512 << 20}
 
 
 def default_chunk_size(n_rows: int, n_classes: int, dtype: torch.dtype, device_type: str) -> int:
     """Rows per block when chunk_size is None: a block of logits of at most about
-    _BLOCK_BYTES[device] (48 MiB on CPU, 256 MiB on CUDA), in whole multiples of 64 rows (of 8
+    _BLOCK_BYTES[device] (48 MiB on CPU, 512 MiB on CUDA), in whole multiples of 64 rows (of 8
     below 64 rows), at least 8 rows, at most n_rows."""
     budget = _BLOCK_BYTES.get(device_type, _BLOCK_BYTES["cpu"])
     rows = budget // max(1, n_classes * dtype.itemsize)
@@ -423,7 +428,7 @@ def linear_cross_entropy(input: torch.Tensor, weight: torch.Tensor, target: torc
     reduction: "mean" (over the class weights of the rows not ignored, as torch), "sum", or
     "none" (a loss of target's shape; its backward recomputes the logits, one GEMM more).
     chunk_size: rows per block of logits; None picks default_chunk_size() (a block of at most
-    about 48 MiB on CPU, 256 MiB on CUDA). Smaller blocks use less memory and run shorter GEMMs.
+    about 48 MiB on CPU, 512 MiB on CUDA). Smaller blocks use less memory and run shorter GEMMs.
 
     Returns the loss in input's dtype (float32 under torch.autocast, as torch's cross-entropy).
     Under autocast, input, weight and bias are cast like F.linear's operands; the logits are
