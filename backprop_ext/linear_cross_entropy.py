@@ -149,8 +149,12 @@ def _sweep(x, weight, bias, target, class_weight, ignore_index, smoothing, chunk
         z = _block_logits(buf, x, weight, bias, begin, end)
         t = target[begin:end]
         if stats is not None:
-            nll, smooth, block_lse = _ops.cross_entropy_fwd(z, t, class_weight, ignore_index,
-                                                            smoothing)
+            try:
+                nll, smooth, block_lse = _ops.cross_entropy_fwd(z, t, class_weight, ignore_index,
+                                                                smoothing)
+            except IndexError as e:  # a bad target: the kernel counts positions in the block
+                raise IndexError(f"backprop_ext.linear_cross_entropy: in rows [{begin}, {end}) "
+                                 f"of the input: {e}") from None
             stats[0][begin:end] = nll
             stats[2][begin:end] = block_lse
             if smoothing:
