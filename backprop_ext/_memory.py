@@ -5,11 +5,11 @@ Two measures, both device-agnostic:
 * LiveTensorMemory: the peak of the bytes held by tensor storages that ops created inside the
   context and that are still alive. A TorchDispatchMode sees every op's outputs (forward,
   recomputation and backward alike, on the calling thread, which is where autograd runs CPU work),
-  counts each new storage once and a weakref finalizer on the storage subtracts it when it is
-  freed; views and in-place results, which share an input's storage, add nothing (not even a view
-  of a tensor made before the context, such as a Linear's weight.t()). On CPU this is the honest
-  analogue of torch.cuda.max_memory_allocated() minus what existed before (parameters, inputs);
-  it does not see allocator caching or scratch buffers internal to a kernel.
+  counts each new storage once (views, in-place and out= results share an input's and are not
+  new, even where that input was allocated before the context) and a weakref finalizer on the
+  storage subtracts it when it is freed. On CPU this is the honest analogue of
+  torch.cuda.max_memory_allocated() minus what existed before (parameters, inputs); it does not
+  see allocator caching or scratch buffers internal to a kernel.
 * SavedTensorBytes: the bytes autograd saves for backward, counted once per storage through
   torch.autograd.graph.saved_tensors_hooks. It sees what the graph outside any checkpointed region
   keeps; inside a region torch.utils.checkpoint installs its own hooks (and selective
@@ -43,8 +43,8 @@ class LiveTensorMemory(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        # A view or an in-place result shares an input's storage: no new memory, even when the
-        # input existed before (a view of a parameter, such as a Linear's weight.t()).
+        # An output sharing an input's storage (a view, an in-place or out= result) is no new
+        # memory, even when the input was allocated before the context (a parameter's .t()).
         inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0]
                   if isinstance(t, torch.Tensor) and t.device.type != "meta"}
         for t in tree_flatten(out)[0]:

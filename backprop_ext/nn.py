@@ -46,8 +46,8 @@ del _spec
 globals().update(ACTIVATION_MODULES)
 
 __all__ = [
-    *ACTIVATION_MODULES, "Linear", "Softmax", "LogSoftmax", "CrossEntropyLoss", "convert",
-    "Checkpoint", "CheckpointedSequential",
+    *ACTIVATION_MODULES, "Linear", "Softmax", "LogSoftmax", "CrossEntropyLoss",
+    "LinearCrossEntropy", "convert", "Checkpoint", "CheckpointedSequential",
 ]
 
 
@@ -101,6 +101,69 @@ class Linear(torch.nn.Linear):
             extra += f", activation={self.activation!r}"
         if self.recompute_preact:
             extra += ", recompute_preact=True"
+        return extra
+
+
+class LinearCrossEntropy(torch.nn.Module):
+    """A language-model head and its loss in one: cross_entropy(input @ weight.T + bias, target)
+    by backprop_ext.functional.linear_cross_entropy, without materializing the logits.
+
+    Holds the head like torch.nn.Linear(in_features, out_features, bias) does: parameters
+    `weight` (out_features, in_features) and `bias` (out_features,) or None, under the same names,
+    with the same initialization, so state_dicts load both ways. out_features is the number of
+    classes (the vocabulary). The loss options are F.cross_entropy's (class_weight is its
+    `weight`, kept as a buffer outside the state_dict); chunk_size: rows per block of logits
+    (None: linear_cross_entropy's default).
+
+    forward(input (*, in_features), target (*) int64) -> the loss. For the logits themselves
+    (generation), F.linear(input, head.weight, head.bias).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
+                 dtype=None, *, class_weight: torch.Tensor | None = None,
+                 ignore_index: int = -100, label_smoothing: float = 0.0,
+                 reduction: str = "mean", chunk_size: int | None = None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = torch.nn.Parameter(torch.empty((out_features, in_features), **factory))
+        if bias:
+            self.bias = torch.nn.Parameter(torch.empty(out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.register_buffer("class_weight", class_weight, persistent=False)
+        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+        self.reduction, self.chunk_size = reduction, chunk_size
+        self.reset_parameters()
+
+    reset_parameters = torch.nn.Linear.reset_parameters  # the same initialization as nn.Linear
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, **loss_options) -> LinearCrossEntropy:
+        """A LinearCrossEntropy sharing `linear`'s weight and bias (the same Parameters, so an
+        optimizer over the model still sees them); loss_options as the constructor's."""
+        head = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                   device="meta", **loss_options)
+        head.weight, head.bias = linear.weight, linear.bias
+        return head
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.linear_cross_entropy(
+            input, self.weight, target, self.bias, class_weight=self.class_weight,
+            ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+            reduction=self.reduction, chunk_size=self.chunk_size)
+
+    def extra_repr(self) -> str:
+        extra = (f"in_features={self.in_features}, out_features={self.out_features}, "
+                 f"bias={self.bias is not None}, reduction={self.reduction!r}")
+        if self.ignore_index != -100:
+            extra += f", ignore_index={self.ignore_index}"
+        if self.label_smoothing:
+            extra += f", label_smoothing={self.label_smoothing}"
+        if self.class_weight is not None:
+            extra += ", class_weight=(...)"
+        if self.chunk_size is not None:
+            extra += f", chunk_size={self.chunk_size}"
         return extra
 
 

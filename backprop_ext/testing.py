@@ -8,8 +8,8 @@ the reference does not demand exactness of us).
 
 A case is an op as our function and torch's, with a maker of its differentiable inputs:
     case.label, case.ours(*inputs), case.torch(*inputs), case.make(device, dtype, small=False)
-ACTIVATION_CASES, LINEAR_CASES, SOFTMAX_CASES and CROSS_ENTROPY_CASES list them (CASES: all
-four); clipping, whose "op" updates gradients in place, has clip_parity() instead.
+ACTIVATION_CASES, LINEAR_CASES, SOFTMAX_CASES, CROSS_ENTROPY_CASES and
+LINEAR_CROSS_ENTROPY_CASES list them (CASES: all five); clipping, whose "op" updates gradients in place, has clip_parity() instead.
 """
 
 from __future__ import annotations
@@ -304,7 +304,59 @@ CROSS_ENTROPY_CASES = (
     CrossEntropyCase((("reduction", "sum"),), weighted=False),
 )
 
-CASES = ACTIVATION_CASES + LINEAR_CASES + SOFTMAX_CASES + CROSS_ENTROPY_CASES
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearCrossEntropyCase:
+    """linear_cross_entropy(x, weight, target, bias) against torch's
+    F.cross_entropy(F.linear(x, weight, bias), target), class-index targets (one ignored) and
+    class weights, in blocks of a quarter of the rows (so every case has a partial last block)."""
+
+    kwargs: tuple = ()
+    weighted: bool = True
+
+    @property
+    def label(self) -> str:
+        args = ",".join(f"{k}={v}" for k, v in self.kwargs)
+        return (f"linear_cross_entropy({'class_weight,' if self.weighted else ''}ignore"
+                f"{',' + args if args else ''})")
+
+    def _targets(self, x, weight):
+        n, v = x.shape[0], weight.shape[0]
+        target = (torch.arange(n, device=x.device) * 7 + 3) % v
+        target[2 % n] = -100
+        class_weight = None
+        if self.weighted:
+            class_weight = (_rand((v,), "cpu", torch.float64, seed=4).abs() + 0.5).to(
+                x.device, x.dtype)
+        return target, class_weight
+
+    def ours(self, x, weight, bias=None):
+        from . import functional as BF
+
+        target, class_weight = self._targets(x, weight)
+        return BF.linear_cross_entropy(x, weight, target, bias, class_weight=class_weight,
+                                       chunk_size=max(2, x.shape[0] // 4), **dict(self.kwargs))
+
+    def torch(self, x, weight, bias=None):
+        target, class_weight = self._targets(x, weight)
+        return TF.cross_entropy(TF.linear(x, weight, bias), target, weight=class_weight,
+                                **dict(self.kwargs))
+
+    def make(self, device, dtype, small=False):
+        n, h, v = (5, 4, 6) if small else (37, 16, 24)
+        return (_rand((n, h), device, dtype, seed=1), _rand((v, h), device, dtype, 0.5, seed=2),
+                _rand((v,), device, dtype, 0.5, seed=3))
+
+
+LINEAR_CROSS_ENTROPY_CASES = (
+    LinearCrossEntropyCase(),
+    LinearCrossEntropyCase((("label_smoothing", 0.1), ("reduction", "none"))),
+    LinearCrossEntropyCase((("reduction", "sum"),), weighted=False),
+)
+
+CASES = (ACTIVATION_CASES + LINEAR_CASES + SOFTMAX_CASES + CROSS_ENTROPY_CASES
+         + LINEAR_CROSS_ENTROPY_CASES)
 
 
 # --- clipping (the multi-tensor family)

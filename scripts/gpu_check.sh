@@ -22,4 +22,5 @@ echo "build: exit $status in $(( $(date +%s) - start )) s" | tee -a "$OUT/env.lo
 
 python -m pytest -q -x -m "not slow" ${1:+-k "$1"} tests/ 2>&1 | tail -40 | tee "$OUT/tests.log"
 python -m backprop_ext check 2>&1 | tail -5 | tee "$OUT/check.log"
-python -m backprop_ext bench --json "$OUT/bench.json" --csv "$OUT/bench.csv" 2>&1 | tee "$OUT/bench.log"
+python -m backprop_ext bench --json "$OUT/bench.json" --csv "$OUT/bench.csv" \
+  --plot-memory "$OUT/linear_cross_entropy_memory.png" 2>&1 | tee "$OUT/bench.log"

@@ -442,6 +442,23 @@ def test_rebuild_bookkeeping_is_released():
     assert (len(_recompute._products), len(_recompute._pending), len(_recompute._kept)) == before
 
 
+def test_live_tensor_memory_counts_new_storages_only():
+    # Views, in-place and out= results of tensors made before the context are no new memory;
+    # a fresh result is, once, until it is freed.
+    w, out = torch.randn(256, 128), torch.empty(256, 256)
+    with LiveTensorMemory() as mem:
+        views = (w.t(), w.view(-1), w[:10], w.reshape(128, 256))
+        w.mul_(1.0)
+        torch.mm(w, w.t(), out=out)
+    assert mem.peak == 0 and len(views) == 4
+    with LiveTensorMemory() as mem:
+        y = w.t() @ w  # 128 x 128 floats
+        y.t().add_(1.0)
+        del y
+        z = w + 1
+    assert mem.peak == z.untyped_storage().nbytes() == 128 * 1024 and mem.live == 128 * 1024
+
+
 @pytest.mark.cuda
 def test_cuda_max_memory_allocated_falls():
     x = torch.randn(4096, 1024, device="cuda", dtype=torch.bfloat16)

@@ -14,13 +14,20 @@ import sys
 import torch
 
 from . import (
-    bench_activation, bench_checkpoint, bench_distributed, bench_linear, bench_softmax, bench_utils,
+    bench_activation,
+    bench_checkpoint,
+    bench_distributed,
+    bench_linear,
+    bench_linear_cross_entropy,
+    bench_softmax,
+    bench_utils,
 )
 from .common import copy_bandwidth_gbps, environment, format_table, plot, write_csv, write_json
 
 FAMILIES = {"activation": bench_activation, "checkpoint": bench_checkpoint,
-            "distributed": bench_distributed,
-            "linear": bench_linear, "softmax": bench_softmax, "utils": bench_utils}
+            "distributed": bench_distributed, "linear": bench_linear,
+            "linear_cross_entropy": bench_linear_cross_entropy, "softmax": bench_softmax,
+            "utils": bench_utils}
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -45,6 +52,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--plot", help="write a PNG of achieved bandwidth (checkpoint family: of "
                    "memory against time, to this path, or beside it as <name>-checkpoint.png when "
                    "other families ran too)")
+    p.add_argument("--plot-memory", help="write a PNG of linear_cross_entropy's peak memory "
+                   "against its chunk size (the chunk_sweep rows)")
     return p
 
 
@@ -79,6 +88,8 @@ def main(args: argparse.Namespace) -> int:
             stem, dot, ext = args.plot.rpartition(".")
             path = f"{stem}-checkpoint.{ext}" if others and dot else args.plot
             bench_checkpoint.plot(path, ckpt)
+    if args.plot_memory and not bench_linear_cross_entropy.plot_memory(args.plot_memory, rows):
+        print("# --plot-memory: no chunk_sweep rows were run (--family linear_cross_entropy)")
     return 0
 
 
