@@ -11,7 +11,13 @@
 // backward reads it once and writes the gradient once.
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/clamp.h>
+#include <ATen/ops/div.h>
+#include <ATen/ops/gather.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/ne.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/to.h>
 
 #include "../dispatch.h"
 #include "../softmax.h"
@@ -509,6 +515,26 @@ void cross_entropy_bwd_cuda(const at::Tensor& x, const at::Tensor& t, const at::
   });
 }
 
+// N values: a few of ATen's elementwise ops and reductions (on the current stream, capturable in
+// a CUDA graph) rather than a kernel of ours.
+void cross_entropy_reduce_cuda(const at::Tensor& target, const at::Tensor& weight,
+                               const at::Tensor& nll, const at::Tensor& smooth,
+                               int64_t ignore_index, double eps, int64_t C, Reduction reduction,
+                               at::Tensor& loss, at::Tensor& total) {
+  const at::Tensor keep = target.ne(ignore_index);
+  const at::Tensor w = weight.defined() ? weight.gather(0, target.clamp(0, C - 1)).mul(keep)
+                                        : keep.to(nll.scalar_type());
+  at::Tensor rows = nll.mul(w).mul_(1.0 - eps);  // nll is 0 on ignored rows, as is smooth
+  if (smooth.defined()) rows.add_(smooth, eps / static_cast<double>(C));
+  at::sum_out(total, w);
+  if (reduction == Reduction::kNone) {
+    loss.copy_(rows);
+    return;
+  }
+  at::sum_out(loss, rows);
+  if (reduction == Reduction::kMean) loss.div_(total);
+}
+
 }  // namespace
 
 BACKPROP_EXT_REGISTER_KERNEL(softmax_fwd_stub, CUDA, &softmax_fwd_cuda);
@@ -517,5 +543,6 @@ BACKPROP_EXT_REGISTER_KERNEL(logsumexp_fwd_stub, CUDA, &logsumexp_fwd_cuda);
 BACKPROP_EXT_REGISTER_KERNEL(logsumexp_bwd_stub, CUDA, &logsumexp_bwd_cuda);
 BACKPROP_EXT_REGISTER_KERNEL(cross_entropy_fwd_stub, CUDA, &cross_entropy_fwd_cuda);
 BACKPROP_EXT_REGISTER_KERNEL(cross_entropy_bwd_stub, CUDA, &cross_entropy_bwd_cuda);
+BACKPROP_EXT_REGISTER_KERNEL(cross_entropy_reduce_stub, CUDA, &cross_entropy_reduce_cuda);
 
 }  // namespace backprop_ext::cuda
