@@ -13,8 +13,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null
+# transformers: the overhead benchmark's real model (a Llama built from a config, no download).
 python -m pip install -q "$TORCH_SPEC" numpy ninja setuptools wheel pytest expecttest hypothesis \
-  matplotlib scikit-learn tqdm
+  matplotlib scikit-learn tqdm transformers
 # The extension build needs torch at build time, hence no build isolation.
 MAX_JOBS=${MAX_JOBS:-$(nproc)} python -m pip install -q --no-build-isolation --no-deps -e .
 python - <<'PY'

@@ -13,11 +13,11 @@ import sys
 
 import torch
 
-from . import bench_activation, bench_linear, bench_softmax, bench_utils
+from . import bench_activation, bench_linear, bench_overhead, bench_softmax, bench_utils
 from .common import copy_bandwidth_gbps, environment, format_table, plot, write_csv, write_json
 
-FAMILIES = {"activation": bench_activation, "linear": bench_linear, "softmax": bench_softmax,
-            "utils": bench_utils}
+FAMILIES = {"activation": bench_activation, "linear": bench_linear, "overhead": bench_overhead,
+            "softmax": bench_softmax, "utils": bench_utils}
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
