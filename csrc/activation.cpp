@@ -6,6 +6,7 @@
 //   activation_fwd_(x, name, p0, p1)                x = f(x), in place
 //   activation_bwd(grad_y, saved, name, p0, p1)     grad_y * f'(saved), saved = y or x (see
 //                                                   activation_table.h's `reads`)
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/core/DeviceGuard.h>
