@@ -339,7 +339,7 @@ def _make_function(function: str, rows: tuple[ActivationSpec, ...]) -> Callable:
                     f"    if name is None:\n"
                     f"        _bad_selector({function!r}, ({keys}))\n")
         name = "name"
-    call = f"({{}})(input, {name}, {p0}, {p1})"
+    call = f"{{}}(input, {name}, {p0}, {p1})"
     inplace = (f"    if inplace:\n        {call.format('_ops.activation_fwd_')}\n"
                f"        return input\n") if first.inplace else ""
     # The op call written out (not through _ops): under torch.compile the op itself, which Dynamo

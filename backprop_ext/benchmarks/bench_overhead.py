@@ -14,11 +14,12 @@ what the host needs to issue the work when the device keeps up.
 
 Llama step (op llama_step): a transformers LlamaForCausalLM built from a config (random
 initialization, nothing downloaded; 2 layers, hidden 128 and 512, 4 heads, intermediate size 4 x
-hidden, Llama's vocabulary of 32000, batch 4 x 64 tokens, float32), one training step (forward,
-next-token loss: our cross_entropy for the converted model, torch's for the plain one; backward),
-after backprop_ext.nn.convert() vs the same model unconverted, one thread. convert() swaps the
-Linear layers (transformers' own activation and norm modules stay). At hidden 512 the step is
-the same BLAS calls on both sides, and a ratio within about 1% of 1 is run-to-run noise (the
+hidden, batch 4 x 64 tokens, float32), one training step (forward, next-token loss: our
+cross_entropy for the converted model, torch's for the plain one; backward), after
+backprop_ext.nn.convert() vs the same model unconverted, one thread. convert() swaps the Linear
+layers (transformers' own activation and norm modules stay). Two vocabularies: Llama's 32000,
+where the loss is a large share of the step, and 512, where the layers are nearly all of it and
+both sides run the same BLAS calls: there a ratio within about 1% of 1 is run-to-run noise (the
 plain model against a copy of itself spreads as much). Needs the transformers package; without
 it the rows are skipped.
 """
@@ -41,7 +42,7 @@ from .common import Row
 
 FAMILY = "overhead"
 SIZES_HELP = "overhead: ignored (tiny tensors by design)"
-LLAMA_HIDDEN = (128, 512)
+LLAMA_CONFIGS = ((128, 32000), (512, 32000), (128, 512), (512, 512))  # (hidden, vocabulary)
 
 
 def _tiny_cases(device: str) -> dict[str, tuple[Callable, Callable, tuple]]:
@@ -168,9 +169,10 @@ def llama_step(model: torch.nn.Module, ids: torch.Tensor, loss_fn: Callable) -> 
     return step
 
 
-def llama_pair(hidden: int, device: str = "cpu", batch: int = 4, seq: int = 64):
+def llama_pair(hidden: int, device: str = "cpu", batch: int = 4, seq: int = 64,
+               vocab: int = 32000):
     """(converted step, plain step) on the same weights and tokens."""
-    plain = llama_model(hidden, device)
+    plain = llama_model(hidden, device, vocab=vocab)
     ours = bnn.convert(copy.deepcopy(plain))
     ids = torch.randint(0, plain.config.vocab_size, (batch, seq),
                         generator=torch.Generator().manual_seed(1)).to(device)
@@ -184,12 +186,12 @@ def _llama_rows(device: str, reps: int) -> list[Row]:
         print("# overhead: transformers is not installed; llama_step rows skipped")
         return []
     rows = []
-    for hidden in LLAMA_HIDDEN:
-        ours, theirs = llama_pair(hidden, device)
+    for hidden, vocab in LLAMA_CONFIGS:
+        ours, theirs = llama_pair(hidden, device, vocab=vocab)
         # A step takes 0.1 s or more: one call per round, more rounds.
         us, tus = time_pair_us(ours, theirs, device, calls=1, rounds=max(10, reps))
         rows.append(Row(family=FAMILY, op="llama_step",
-                        shape=f"hidden {hidden}, vocab 32000, 4x64 tokens",
+                        shape=f"hidden {hidden}, vocab {vocab}, 4x64 tokens",
                         dtype="float32", direction="fwd+bwd", device=device, ms=us / 1e3,
                         torch_ms=tus / 1e3, vs="torch (unconverted)"))
     return rows
