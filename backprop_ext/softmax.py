@@ -477,6 +477,22 @@ register("cross_entropy_bwd", CrossEntropyBackwardFunction)
 register("cross_entropy_loss_fwd", CrossEntropyLossFunction)
 
 
+def _cross_entropy_bwd_out_vmap(info, in_dims, logits, target, weight, lse, grad_nll,
+                                grad_smooth, ignore_index, out):
+    """cross_entropy_bwd_out under vmap: the batched backward, written into the batched `out`.
+    (An out= op has no autograd, as torch's out= ops have none.)"""
+    if in_dims[7] is None:
+        raise RuntimeError("backprop_ext::cross_entropy_bwd_out under vmap: out must be batched "
+                           "too (it receives one gradient per sample)")
+    grad, _ = CrossEntropyBackwardFunction.vmap(
+        info, in_dims[:7], logits, target, weight, lse, grad_nll, grad_smooth, ignore_index)
+    out.movedim(in_dims[7], 0).copy_(grad)
+    return None, None
+
+
+torch.library.register_vmap("backprop_ext::cross_entropy_bwd_out", _cross_entropy_bwd_out_vmap)
+
+
 # --- public functions
 
 

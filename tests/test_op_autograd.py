@@ -235,6 +235,26 @@ def test_vmap_of_the_backward_ops_and_jacobians():
                                                   for i in range(3)]))
 
 
+def test_vmap_cross_entropy_bwd_out_writes_each_sample():
+    B, N, C = 3, 4, 5
+    logits = torch.randn(B, N, C)
+    target = torch.randint(0, C, (B, N))
+    lse = torch.logsumexp(logits, -1)
+    g = torch.randn(B, N)
+    out = torch.empty(N, B, C)  # samples along dim 1
+
+    def write(*args):
+        ops.cross_entropy_bwd_out(*args)
+        return args[-1]
+
+    written = vmap(write, in_dims=(0, 0, None, 0, 0, None, None, 1))(
+        logits, target, None, lse, g, None, -100, out)
+    for b in range(B):
+        expected = ops.cross_entropy_bwd(logits[b], target[b], None, lse[b], g[b], None, -100)
+        torch.testing.assert_close(out[:, b], expected)
+        torch.testing.assert_close(written[b], expected)
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"label_smoothing": 0.2, "reduction": "sum"},
                                     {"weight": True, "ignore_index": 1},
                                     {"reduction": "none", "weight": True}],
