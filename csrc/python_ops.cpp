@@ -61,19 +61,19 @@ using T = const at::Tensor&;
 using OT = const OptTensor&;
 
 // X(name, has a Python autograd rule, C++ signature: the schema's in registration.cpp)
-#define BACKPROP_EXT_PYTHON_OPS(X)                                                 \
-  X(activation_fwd, true, at::Tensor(T, c10::string_view, double, double))         \
-  X(activation_fwd_, true, void(at::Tensor&, c10::string_view, double, double))    \
-  X(activation_bwd, true, at::Tensor(T, T, c10::string_view, double, double))      \
-  X(softmax_fwd, true, at::Tensor(T, int64_t, bool))                               \
-  X(softmax_bwd, true, at::Tensor(T, T, int64_t, bool))                            \
-  X(logsumexp_fwd, true, at::Tensor(T, int64_t))                                   \
-  X(logsumexp_bwd, true, at::Tensor(T, T, T, int64_t))                             \
-  X(cross_entropy_fwd, true, Tensor3(T, T, OT, int64_t, bool))                     \
-  X(cross_entropy_bwd, true, at::Tensor(T, T, OT, T, T, OT, int64_t))              \
+#define BACKPROP_EXT_PYTHON_OPS(X)                                                      \
+  X(activation_fwd, true, at::Tensor(T, c10::string_view, double, double))              \
+  X(activation_fwd_, true, void(at::Tensor&, c10::string_view, double, double))         \
+  X(activation_bwd, true, at::Tensor(T, T, c10::string_view, double, double))           \
+  X(softmax_fwd, true, at::Tensor(T, int64_t, bool))                                    \
+  X(softmax_bwd, true, at::Tensor(T, T, int64_t, bool))                                 \
+  X(logsumexp_fwd, true, at::Tensor(T, int64_t))                                        \
+  X(logsumexp_bwd, true, at::Tensor(T, T, T, int64_t))                                  \
+  X(cross_entropy_fwd, true, Tensor3(T, T, OT, int64_t, bool))                          \
+  X(cross_entropy_bwd, true, at::Tensor(T, T, OT, T, T, OT, int64_t))                   \
   X(cross_entropy_loss_fwd, true, Tensor3(T, T, OT, int64_t, double, c10::string_view)) \
-  X(cross_entropy, false, at::Tensor(T, T, OT, c10::string_view, int64_t, double)) \
-  X(linear_fwd, true, Tensor2(T, T, OT, c10::string_view, double, double, bool))   \
+  X(cross_entropy, false, at::Tensor(T, T, OT, c10::string_view, int64_t, double))      \
+  X(linear_fwd, true, Tensor2(T, T, OT, c10::string_view, double, double, bool))        \
   X(linear_bwd, true, Tensor3(T, T, T, T, c10::string_view, double, double, Mask3))
 
 enum OpId : int {
