@@ -40,7 +40,8 @@ elements for the inf norm too (torch raises on that rank); torch's inf norm is a
 be reduced (Partial), ours is reduced already (Replicate); plain tensors may be mixed with DTensors
 (each rank counts its plain tensors whole, as under DDP), where torch raises. Partial placements
 (addends of a gradient) go through torch's DTensor ops: a collective each for the norm, scaled
-locally, refused by clip_grad_value_ as by torch.
+locally, refused by clip_grad_value_ (as by torch 2.14; torch 2.11's DTensor clamp_ clamps the
+addends).
 """
 
 from __future__ import annotations
@@ -315,16 +316,22 @@ def clip_grad_value_(parameters: _TensorOrTensors, clip_value: float,
                      foreach: bool | None = None) -> None:
     """Clamps the gradients of `parameters` in place to [-clip_value, clip_value], like
     torch.nn.utils.clip_grad_value_ (NaN stays NaN). clip_value must be >= 0. Sharded gradients
-    (DTensors) are clamped through their local parts, except Partial ones (addends of a gradient:
-    clamping them would not clamp their sum), which go to torch's DTensor clamp_, which refuses
-    them as torch.nn.utils does."""
+    (DTensors) are clamped through their local parts; Partial ones (addends of a gradient:
+    clamping them would not clamp their sum) raise a RuntimeError before anything is clamped."""
     parameters = _as_list(parameters)
     clip_value = _nonnegative("clip_grad_value_", "clip_value", clip_value)
     grads = _grads(parameters)
     parts = _sharded.split(grads)
     if parts is not None:
         # Clamping commutes with splitting and replicating but not with summing: each rank clamps
-        # its own parts of DTensors, and torch's DTensor clamp_ takes the Partial ones.
+        # its own parts of DTensors. Partial ones are refused here, whatever the torch: 2.14's
+        # DTensor clamp_ refuses them too, 2.11's clamps the addends.
+        for t in parts.other:
+            if any(pl.is_partial() for pl in t.placements):
+                raise RuntimeError(
+                    f"clip_grad_value_: a gradient has placements {tuple(t.placements)}: clamping "
+                    "the addends of a Partial placement does not clamp their sum; redistribute it "
+                    "to Replicate (or Shard) first")
         partial = {id(t) for t in parts.other}
         grads = [t if id(t) in partial else x for t, x in zip(grads, parts.locals)]
     for device, ours, rest in _partition(grads):
