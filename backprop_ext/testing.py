@@ -123,6 +123,32 @@ def assert_parity(ours: Callable, theirs: Callable, inputs, **kwargs) -> None:
     assert not bad, "; ".join(bad)
 
 
+def jvp_of_gradient(grad_fn: Callable, primals: tuple, tangents: tuple, step: float = 1e-6):
+    """torch.func.jvp(grad_fn, primals, tangents)[1] for grad_fn a gradient (x -> dL/dx) of a
+    float64 function: the Hessian-vector product H t, as a reference for ours.
+
+    Where torch's op has no forward-mode derivative of its backward, by reverse-over-reverse
+    instead (H is symmetric, so the gradient's vector-Jacobian product with t is H t); where it
+    has no derivative of its backward at all (torch's hardsigmoid_backward), by central
+    differences of the gradient along t (exact for piecewise-linear ones, 1e-10 otherwise).
+    """
+    try:
+        return torch.func.jvp(grad_fn, primals, tangents)[1]
+    except NotImplementedError:
+        pass
+    out = grad_fn(*primals)
+    try:
+        _, vjp = torch.func.vjp(grad_fn, *primals)
+        return vjp(tangents if isinstance(out, tuple) else tangents[0])
+    except (NotImplementedError, RuntimeError):
+        pass
+    up = grad_fn(*(p + step * t for p, t in zip(primals, tangents)))
+    down = grad_fn(*(p - step * t for p, t in zip(primals, tangents)))
+    if isinstance(out, tuple):
+        return tuple((u - d) / (2 * step) for u, d in zip(up, down))
+    return (up - down) / (2 * step)
+
+
 def _rand(shape, device, dtype, scale=1.0, seed=0) -> torch.Tensor:
     """Drawn in float64 then cast, so every dtype sees the same values."""
     g = torch.Generator().manual_seed(seed)

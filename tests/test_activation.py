@@ -12,7 +12,7 @@ import backprop_ext.nn as bnn
 from backprop_ext.activation import (
     _SECOND_DERIVATIVES, ACTIVATIONS, FUNCTION_ROWS, SAVES_OUTPUT, SPECS,
 )
-from backprop_ext.testing import ACTIVATION_CASES, assert_matches
+from backprop_ext.testing import ACTIVATION_CASES, assert_matches, jvp_of_gradient
 
 from .conftest import DEVICES
 
@@ -129,8 +129,8 @@ def test_forward_over_reverse(case, device):
         return lambda inp: torch.func.grad(lambda z: fn(z).sum())(inp)
 
     _, ours = torch.func.jvp(grad_of(case.ours), (x,), (t,))
-    _, ref = torch.func.jvp(grad_of(case.torch), (x,), (t,))
-    torch.testing.assert_close(ours, ref)
+    ref = jvp_of_gradient(grad_of(case.torch), (x,), (t,))
+    torch.testing.assert_close(ours, ref[0] if isinstance(ref, tuple) else ref)
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS)
