@@ -173,6 +173,7 @@ _SECOND_DERIVATIVES: dict[str, Callable | None] = {
     "sigmoid": lambda y, p0, p1: 1 - 2 * y,  # f' = y (1 - y)
     "tanh": lambda y, p0, p1: -2 * y,  # f' = 1 - y^2
     "softplus": _softplus_second,
+    "hardsigmoid": None,  # f' = 1/6 between -3 and 3
 }
 
 

@@ -203,6 +203,22 @@ struct ActivationMath<Activation::kSoftplus> {
   }
 };
 
+// hardsigmoid(x) = relu6(x + 3) / 6;  f' = 1/6 strictly between -3 and 3, else 0 (NaN: 0). The
+// backward reads x, not y: y reaches 1 for x a rounding below 3, where torch's f' is still 1/6.
+// torch's 1/6 is a float constant in every dtype (1/6 rounded to float: 3e-8 off in float64).
+template <>
+struct ActivationMath<Activation::kHardsigmoid> {
+  template <typename T>
+  C10_HOST_DEVICE static T forward(T x, T, T) {
+    const T r = x + T(3);
+    return (r < T(0) ? T(0) : r > T(6) ? T(6) : r) / T(6);  // NaN stays NaN
+  }
+  template <typename T>
+  C10_HOST_DEVICE static T backward(T g, T x, T, T) {
+    return x > T(-3) && x < T(3) ? g * T(1.0f / 6.0f) : T(0);
+  }
+};
+
 // --- the functors the kernels take: the math of A with its parameters bound
 
 template <Activation A, typename T>

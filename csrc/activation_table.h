@@ -32,5 +32,6 @@
   X(Silu,      "silu",       kInput,  "silu(input, inplace=False)",                  "SiLU")      \
   X(Sigmoid,   "sigmoid",    kOutput, "sigmoid(input)",                              "Sigmoid")   \
   X(Tanh,      "tanh",       kOutput, "tanh(input)",                                 "Tanh")      \
-  X(Softplus,  "softplus",   kInput,  "softplus(input, beta=1.0, threshold=20.0)",   "Softplus")
+  X(Softplus,  "softplus",   kInput,  "softplus(input, beta=1.0, threshold=20.0)",   "Softplus")  \
+  X(Hardsigmoid, "hardsigmoid", kInput, "hardsigmoid(input, inplace=False)",         "Hardsigmoid")
 // clang-format on

@@ -241,6 +241,22 @@ struct VecActivationMath<Activation::kSoftplus> {
   }
 };
 
+template <>
+struct VecActivationMath<Activation::kHardsigmoid> {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T, T) {
+    using V = Vectorized<T>;
+    // minimum/maximum propagate NaN.
+    return at::vec::minimum(at::vec::maximum(x + V(T(3)), V(T(0))), V(T(6))) / V(T(6));
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> x, T, T) {
+    using V = Vectorized<T>;
+    const V inside = (x > V(T(-3))) & (x < V(T(3)));
+    return V::blendv(V(T(0)), g * V(T(1.0f / 6.0f)), inside);  // torch's float 1/6
+  }
+};
+
 // --- the functors the vector loops take: the vector math of A with its parameters bound
 
 template <Activation A, typename T>
