@@ -20,21 +20,34 @@ from .linear import parse_activation
 def _make_module(module: str, rows: tuple) -> type:
     """torch.nn.<module>'s subclass whose forward runs our functional with the module's
     attributes (named like the functional's parameters), generated as source so that a call
-    costs what a hand-written forward costs."""
-    base = getattr(torch.nn, module)
+    costs what a hand-written forward costs. For a row torch.nn has no Module for (quick_gelu),
+    a torch.nn.Module taking the functional's parameters as keyword arguments instead."""
+    base = getattr(torch.nn, module, None)
     function = rows[0].function
     if any(r.function != function for r in rows):
         raise RuntimeError(f"activation table: torch.nn.{module} computes more than one function")
-    args = "".join(f", self.{a}" for a, _ in rows[0].arguments)
+    arguments = rows[0].arguments
+    args = "".join(f", self.{a}" for a, _ in arguments)
     source = f"def forward(self, input):\n    return _fn(input{args})\n"
-    scope = {"_fn": getattr(F, function)}
+    if base is None:
+        params = "".join(f", {a}={v!r}" for a, v in arguments)
+        source += (f"def __init__(self{params}):\n    torch.nn.Module.__init__(self)\n"
+                   + "".join(f"    self.{a} = {a}\n" for a, _ in arguments))
+        source += ("def extra_repr(self):\n    return " + (
+            " + ', '.join([" + ", ".join(f"f'{a}={{self.{a}!r}}'" for a, _ in arguments) + "])"
+            if arguments else "''") + "\n")
+    scope = {"_fn": getattr(F, function), "torch": torch}
     exec(source, scope)  # noqa: S102 - source built above from the activation table
-    forward = scope["forward"]
-    forward.__qualname__ = f"{module}.forward"
-    return type(module, (base,), {
-        "forward": forward, "__module__": __name__,
-        "__doc__": f"torch.nn.{module} on backprop_ext's kernels (backprop_ext.functional."
-                   f"{function}): same constructor, attributes, repr and state_dict."})
+    body = {name: scope[name] for name in ("forward", "__init__", "extra_repr") if name in scope}
+    for name, fn in body.items():
+        fn.__qualname__ = f"{module}.{name}"
+    if base is None:
+        doc = (f"{rows[0].signature} as a Module, on backprop_ext's kernels (torch.nn has none).")
+    else:
+        doc = (f"torch.nn.{module} on backprop_ext's kernels (backprop_ext.functional.{function}): "
+               "same constructor, attributes, repr and state_dict.")
+    return type(module, (base or torch.nn.Module,), {**body, "__module__": __name__,
+                                                     "__doc__": doc})
 
 
 ACTIVATION_MODULES: dict[str, type] = {}
@@ -170,7 +183,8 @@ class LinearCrossEntropy(torch.nn.Module):
 # torch.nn class -> ours. Matched on the exact type, so user subclasses (which may override
 # forward) are left alone.
 _REPLACEMENTS: dict[type, type] = {
-    **{getattr(torch.nn, name): cls for name, cls in ACTIVATION_MODULES.items()},
+    **{getattr(torch.nn, name): cls for name, cls in ACTIVATION_MODULES.items()
+       if hasattr(torch.nn, name)},
     torch.nn.Softmax: Softmax,
     torch.nn.LogSoftmax: LogSoftmax,
     torch.nn.CrossEntropyLoss: CrossEntropyLoss,

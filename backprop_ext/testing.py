@@ -176,7 +176,8 @@ class ActivationCase:
         return getattr(BF, self.name)(x, **dict(self.kwargs), **extra)
 
     def torch(self, x, **extra):
-        return getattr(TF, self.name)(x, **dict(self.kwargs), **extra)
+        fn = REFERENCES.get(self.name) or getattr(TF, self.name)
+        return fn(x, **dict(self.kwargs), **extra)
 
     def make(self, device, dtype, small=False):
         """A sweep over [-12, 12], through every branch of every activation's math (vector body
@@ -187,11 +188,49 @@ class ActivationCase:
         return ((x + 0.1 * torch.sign(x)).to(device, dtype),)
 
 
+def _nan_gradient(fn: Callable, value: float) -> Callable:
+    """torch's fn, except that the gradient at a NaN input is `value` wherever the element sits.
+
+    torch's relu6, elu, selu and hardswish give one gradient at a NaN input in their vectorized
+    loops and another (the incoming gradient) in their scalar tails, so their result there depends
+    on the element's position. Ours gives what the vectorized loops give, everywhere; this is the
+    reference with that position dependence taken out, and nothing else changed.
+    """
+    def reference(x, *args, inplace=False, **kwargs):
+        if inplace:
+            return fn(x, *args, inplace=True, **kwargs)
+        nan = x.isnan()
+        y = fn(torch.where(nan, 0, x), *args, **kwargs)
+        slope = torch.zeros_like(x).masked_fill(nan, value)  # (NaN only where selected)
+        return torch.where(nan, x * slope, y)  # fn(NaN) is NaN for all of them
+
+    return reference
+
+
+def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """transformers' QuickGELUActivation, x sigmoid(1.702 x), computed as one torch op would be:
+    in float32 for the half types, rounded once."""
+    z = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    return (z * torch.sigmoid(1.702 * z)).to(x.dtype)
+
+
+# The reference of each activation whose torch.nn.functional function is missing (quick_gelu)
+# or position-dependent at NaN; torch's own function otherwise.
+REFERENCES: dict[str, Callable] = {
+    "quick_gelu": _quick_gelu,
+    "relu6": _nan_gradient(TF.relu6, 0.0),
+    "elu": _nan_gradient(TF.elu, math.nan),
+    "selu": _nan_gradient(TF.selu, math.nan),
+    "hardswish": _nan_gradient(TF.hardswish, math.nan),
+}
+
+
 # Parameters besides torch's defaults worth a case of their own (a slope, a threshold the test
 # data crosses). Optional per activation: every row of the table gets its default case anyway.
 EXTRA_ACTIVATION_PARAMS = {
     "leaky_relu": (("negative_slope", 0.2),),
     "softplus": (("beta", 2.0), ("threshold", 5.0)),
+    "elu": (("alpha", 0.5),),
 }
 
 
