@@ -41,7 +41,7 @@ inline Activation activation_from_name(c10::string_view name) {
 }
 
 // True where the backward reads the forward's output rather than its input.
-inline bool activation_saves_output(Activation a) {
+constexpr bool activation_saves_output(Activation a) {
   switch (a) {
 #define BACKPROP_EXT_CASE(Enum, name, reads, signature, module) \
   case Activation::k##Enum:                                     \
