@@ -7,6 +7,7 @@ import torch.nn.functional as TF
 from torch.autograd import gradcheck, gradgradcheck
 
 import backprop_ext.functional as BF
+import backprop_ext.nn as bnn
 from backprop_ext.activation import ACTIVATIONS, SPECS
 from backprop_ext.testing import ActivationCase, activation_case, assert_matches, jvp_of_gradient
 
@@ -216,3 +217,50 @@ def test_rejects_mixed_devices():
 def test_cuda_misaligned_pointers(offset):
     base_g, base_u = _inputs((4099,), "cuda", torch.bfloat16)
     _parity(BF.swiglu, lambda a, b: TF.silu(a) * b, base_g[offset:], base_u[offset:])
+
+
+# --- GatedMLP
+
+
+def test_gated_mlp_matches_llama_mlp_and_loads_its_state_dict():
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    cfg = LlamaConfig(hidden_size=16, intermediate_size=40, hidden_act="silu",
+                      num_attention_heads=4, num_key_value_heads=2)
+    theirs = LlamaMLP(cfg).double()
+    ours = bnn.GatedMLP(16, 40, activation="silu", bias=False, dtype=torch.float64)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    y_ours, y_theirs = ours(x), theirs(x)
+    torch.testing.assert_close(y_ours, y_theirs)
+    g = torch.randn_like(y_ours)
+    params = [x, *ours.parameters()]
+    for a, b in zip(torch.autograd.grad(y_ours, params, g),
+                    torch.autograd.grad(y_theirs, [x, *theirs.parameters()], g)):
+        torch.testing.assert_close(a, b)
+
+
+def test_gated_mlp_keeps_one_intermediate_less():
+    torch.manual_seed(0)
+    ours = bnn.GatedMLP(16, 64)
+    theirs = torch.nn.Module()
+    x = torch.randn(32, 16, requires_grad=True)
+
+    def saved_bytes(fn):
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: sizes.append((t.data_ptr(), t.numel())) or t, lambda t: t):
+            fn()
+        params = {p.data_ptr() for p in ours.parameters()} | {x.data_ptr()}
+        return sum(n for ptr, n in dict(sizes).items() if ptr not in params)
+
+    def plain():
+        h = TF.silu(TF.linear(x, ours.gate_proj.weight)) * TF.linear(x, ours.up_proj.weight)
+        return TF.linear(h, ours.down_proj.weight)
+
+    del theirs
+    assert saved_bytes(plain) - saved_bytes(lambda: ours(x)) == 32 * 64  # one (N, I) tensor
+    assert "activation='silu'" in repr(ours)
