@@ -6,16 +6,14 @@
   at::get_cpu_capability(), so one wheel is fast on a new CPU and still runs on an old one.
 * csrc/cuda/*.cu are compiled when a CUDA toolkit and a CUDA build of torch are both present.
 
-* BACKPROP_EXT_ABI3=1 builds against Python's limited API (abi3, Python 3.10+): the extension
-  uses only the stable ABI (csrc/registration.cpp is its one Python-facing file) and no torch
-  Python bindings, so one wheel (`pip wheel --no-build-isolation .`) serves every Python version
-  for the torch it was built against. Off by default, so that in-place builds keep the usual
-  per-version file name (_C.cpython-3XY-...so) that scripts look for.
+* No limited-API (abi3) build: csrc/python_ops.cpp, the ops' Autograd kernels and the Python
+  entry points that make a call cost what torch's own does, use torch's Python bindings
+  (torch_python), which live outside Python's stable ABI. (Before them the extension did build
+  as abi3; the call overhead they remove was worth more than one wheel for every Python.)
 
 Environment knobs: CUDA_HOME (toolkit to use), BACKPROP_EXT_FORCE_CPU=1 (skip CUDA sources),
 TORCH_CUDA_ARCH_LIST (as in torch; default without a visible GPU: "8.0;9.0+PTX"),
-BACKPROP_EXT_CPU_ISAS (comma list, default every ISA of this architecture; for quick local builds),
-BACKPROP_EXT_ABI3=1 (above).
+BACKPROP_EXT_CPU_ISAS (comma list, default every ISA of this architecture; for quick local builds).
 """
 
 import glob
@@ -164,10 +162,6 @@ class BuildExtension(cpp_extension.BuildExtension):
         super().build_extension(ext)
 
 
-ABI3 = os.environ.get("BACKPROP_EXT_ABI3") == "1"
-_LIMITED_API = "0x030A0000"  # Python 3.10, the oldest pyproject.toml allows
-
-
 def _extension():
     with_cuda = _want_cuda()
     isas = _cpu_isas()
@@ -182,13 +176,9 @@ def _extension():
         cxx.append("-fopenmp")
         link.append("-fopenmp")
     cxx += [f"-DBACKPROP_EXT_HAVE_ISA_{isa}" for isa in isas]
-    if ABI3:
-        cxx.append(f"-DPy_LIMITED_API={_LIMITED_API}")
-        _log("BACKPROP_EXT_ABI3=1: building against the limited API (abi3)")
     if not with_cuda:
         return cpp_extension.CppExtension(
-            "backprop_ext._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link,
-            py_limited_api=ABI3,
+            "backprop_ext._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
         ), isas
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         # Without a visible GPU torch would compile for every architecture it knows; Ampere and
@@ -203,7 +193,7 @@ def _extension():
         "backprop_ext._C", sources,
         include_dirs=_cuda_library_include_dirs(),
         extra_compile_args={"cxx": cxx + ["-DBACKPROP_EXT_WITH_CUDA"], "nvcc": nvcc},
-        extra_link_args=link + _cublaslt_link_args(), py_limited_api=ABI3,
+        extra_link_args=link + _cublaslt_link_args(),
     ), isas
 
 
@@ -221,5 +211,4 @@ setup(
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     distclass=_BackpropDistribution,
-    options={"bdist_wheel": {"py_limited_api": "cp310"}} if ABI3 else {},
 )

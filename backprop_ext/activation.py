@@ -8,7 +8,8 @@ and the test cases (backprop_ext.testing). Adding an activation adds its row and
 and its second derivative here (_SECOND_DERIVATIVES), nothing else.
 
 Reads top to bottom: the table, the registered ops' fake kernels, the second derivatives (for
-double backward), the two autograd Functions, the public functions.
+double backward), the two autograd Functions (the formulas of the ops' autograd and vmap, see
+_autograd.py), the public functions.
 
 Ops (csrc/registration.cpp), with `activation` a row name and p0, p1 the row's float parameters
 in torch's order (leaky_relu: negative_slope; softplus: beta, threshold):
@@ -18,6 +19,10 @@ in torch's order (leaky_relu: negative_slope; softplus: beta, threshold):
 where `saved` is y for the rows that save their output (relu, sigmoid and tanh: their derivative
 is a function of the output) and x for the others. Saving y lets in-place forms run under
 autograd without copying x.
+
+A public function is one call of an op (backprop_ext._ops): its argument checks are the op's, in
+C++; what is to be differentiated (grad mode, forward mode, functorch) the op's entry point
+decides.
 """
 
 from __future__ import annotations
@@ -28,13 +33,9 @@ from typing import Callable
 
 import torch
 
-from . import _C
-from ._autograd import pick, save_for_forward, twin
-from ._common import check_float_input
+from . import _C, _ops
+from ._autograd import batch_first, register, save_for_forward
 from ._layout import elementwise_output
-
-_ops = torch.ops.backprop_ext
-
 
 # --- the table (csrc/activation_table.h)
 
@@ -222,10 +223,11 @@ def _dfactor_dsaved(saved: torch.Tensor, activation: str, p0: float, p1: float):
 
 
 class ActivationFunction(torch.autograd.Function):
-    """y = f(x). Saves y or x (see SAVES_OUTPUT), never both."""
+    """y = f(x): activation_fwd(x, activation, p0, p1). Saves y or x (see SAVES_OUTPUT), never
+    both. Its formulas are activation_fwd's autograd and vmap."""
 
     @staticmethod
-    def forward(x, activation, p0, p1):
+    def forward(x, activation, p0=0.0, p1=0.0):
         return _ops.activation_fwd(x, activation, p0, p1)
 
     @staticmethod
@@ -239,9 +241,7 @@ class ActivationFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (saved,) = ctx.saved_tensors
-        grad = pick(_ACTIVATION_BWD).apply(
-            grad_output, saved, ctx.activation, ctx.p0, ctx.p1
-        )
+        grad = _ops.activation_bwd(grad_output, saved, ctx.activation, ctx.p0, ctx.p1)
         return grad, None, None, None
 
     @staticmethod
@@ -249,12 +249,16 @@ class ActivationFunction(torch.autograd.Function):
         (saved,) = ctx.saved_tensors
         return _ops.activation_bwd(x_tangent, saved, ctx.activation, ctx.p0, ctx.p1)
 
+    @staticmethod
+    def vmap(info, in_dims, x, activation, p0=0.0, p1=0.0):
+        return _ops.activation_fwd(x, activation, p0, p1), in_dims[0]  # elementwise
+
 
 class ActivationBackwardFunction(torch.autograd.Function):
-    """grad_x = grad_y * f'(saved): the backward as a differentiable Function (double backward)."""
+    """grad_x = grad_y * f'(saved): activation_bwd, differentiable (double backward)."""
 
     @staticmethod
-    def forward(grad_output, saved, activation, p0, p1):
+    def forward(grad_output, saved, activation, p0=0.0, p1=0.0):
         return _ops.activation_bwd(grad_output, saved, activation, p0, p1)
 
     @staticmethod
@@ -269,9 +273,7 @@ class ActivationBackwardFunction(torch.autograd.Function):
         grad_output, saved = ctx.saved_tensors
         d_grad = d_saved = None
         if ctx.needs_input_grad[0]:
-            d_grad = pick(_ACTIVATION_BWD).apply(
-                gg, saved, ctx.activation, ctx.p0, ctx.p1
-            )
+            d_grad = _ops.activation_bwd(gg, saved, ctx.activation, ctx.p0, ctx.p1)
         if ctx.needs_input_grad[1]:
             factor = _dfactor_dsaved(saved, ctx.activation, ctx.p0, ctx.p1)
             d_saved = None if factor is None else gg * grad_output * factor
@@ -289,30 +291,36 @@ class ActivationBackwardFunction(torch.autograd.Function):
             out = term if out is None else out + term
         return out if out is not None else torch.zeros_like(grad_output)
 
+    @staticmethod
+    def vmap(info, in_dims, grad_output, saved, activation, p0=0.0, p1=0.0):
+        g_dim, s_dim = in_dims[:2]
+        if g_dim == s_dim:  # both batched alike: elementwise as they are
+            return _ops.activation_bwd(grad_output, saved, activation, p0, p1), g_dim
+        g = batch_first(grad_output, g_dim, info.batch_size)
+        s = batch_first(saved, s_dim, info.batch_size)
+        return _ops.activation_bwd(g, s, activation, p0, p1), 0
 
-_ACTIVATION = twin(ActivationFunction)
-_ACTIVATION_BWD = twin(ActivationBackwardFunction)
+
+def _activation_inplace(x, activation, p0=0.0, p1=0.0):
+    """activation_fwd_'s autograd: out of place, then copied back, so that autograd sees the
+    write (and, like torch, refuses it on a leaf that requires grad). An activation whose
+    backward reads its input gets a copy of it, since the original is about to be overwritten."""
+    source = x if activation in SAVES_OUTPUT else x.clone()
+    x.copy_(_ops.activation_fwd(source, activation, p0, p1))
+
+
+def _activation_inplace_vmap(info, in_dims, x, activation, p0=0.0, p1=0.0):
+    _ops.activation_fwd_(x, activation, p0, p1)  # elementwise, in place on the batched tensor
+    return None, None
+
+
+register("activation_fwd", ActivationFunction)
+register("activation_bwd", ActivationBackwardFunction)
+_C._set_autograd_rule("activation_fwd_", _activation_inplace)
+torch.library.register_vmap("backprop_ext::activation_fwd_", _activation_inplace_vmap)
 
 
 # --- public functions (torch.nn.functional names, arguments and defaults)
-
-
-def _needs_autograd(x: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and x.requires_grad
-
-
-def _apply(input, name: str, p0: float, p1: float, inplace: bool, op: str) -> torch.Tensor:
-    check_float_input(op, input)
-    if not inplace:
-        return pick(_ACTIVATION).apply(input, name, p0, p1)
-    if not _needs_autograd(input):
-        _ops.activation_fwd_(input, name, p0, p1)
-        return input
-    # In place under autograd: compute out of place and copy back, so autograd sees the
-    # modification (and, like torch, refuses it on a leaf). An activation whose backward reads
-    # the input gets a copy of it, since the original is about to be overwritten.
-    source = input if name in SAVES_OUTPUT else input.clone()
-    return input.copy_(pick(_ACTIVATION).apply(source, name, p0, p1))
 
 
 def activation(input: torch.Tensor, name: str, p0: float = 0.0, p1: float = 0.0,
@@ -325,7 +333,10 @@ def activation(input: torch.Tensor, name: str, p0: float = 0.0, p1: float = 0.0,
     """
     if name not in SPECS:
         raise ValueError(f"backprop_ext: unknown activation {name!r}; expected one of {ACTIVATIONS}")
-    return _apply(input, name, float(p0), float(p1), inplace, name)
+    if inplace:
+        _ops.activation_fwd_(input, name, p0, p1)
+        return input
+    return _ops.activation_fwd(input, name, p0, p1)
 
 
 def _bad_selector(function: str, values: tuple) -> None:
@@ -346,8 +357,7 @@ def _make_function(function: str, rows: tuple[ActivationSpec, ...]) -> Callable:
     """
     first = rows[0]
     signature = ", ".join(["input"] + [f"{a}={v!r}" for a, v in first.arguments])
-    p = [f"float({a})" for a in first.params] + ["0.0", "0.0"]
-    inplace = "inplace" if first.inplace else "False"
+    p0, p1 = (*first.params, "0.0", "0.0")[:2]
     if len(rows) == 1:
         name = repr(first.name)
         pick_row = ""
@@ -357,9 +367,16 @@ def _make_function(function: str, rows: tuple[ActivationSpec, ...]) -> Callable:
                     f"    if name is None:\n"
                     f"        _bad_selector({function!r}, ({keys}))\n")
         name = "name"
-    source = (f"def {function}({signature}):\n{pick_row}"
-              f"    return _apply(input, {name}, {p[0]}, {p[1]}, {inplace}, {function!r})\n")
-    scope = {"_apply": _apply, "_bad_selector": _bad_selector,
+    call = f"{{}}(input, {name}, {p0}, {p1})"
+    inplace = (f"    if inplace:\n        {call.format('_ops.activation_fwd_')}\n"
+               f"        return input\n") if first.inplace else ""
+    # The op call written out (not through _ops): under torch.compile the op itself, which Dynamo
+    # puts in the graph; in eager mode its entry point in _C.
+    source = (f"def {function}({signature}):\n{pick_row}{inplace}"
+              f"    if _is_compiling():\n        return {call.format('_op')}\n"
+              f"    return {call.format('_fast')}\n")
+    scope = {"_ops": _ops, "_bad_selector": _bad_selector, "_op": _activation_fwd_op,
+             "_fast": _C.activation_fwd, "_is_compiling": torch.compiler.is_compiling,
              "_rows": {tuple(v for _, v in spec.selector): spec.name for spec in rows}}
     exec(source, scope)  # noqa: S102 - source built above from the activation table
     fn = scope[function]
@@ -373,6 +390,8 @@ def _make_function(function: str, rows: tuple[ActivationSpec, ...]) -> Callable:
                              else "") + ". Differentiable to any order; forward-mode AD too.")
     return fn
 
+
+_activation_fwd_op = torch.ops.backprop_ext.activation_fwd.default
 
 FUNCTIONS: dict[str, Callable] = {
     function: _make_function(function, rows) for function, rows in FUNCTION_ROWS.items()

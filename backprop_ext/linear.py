@@ -22,6 +22,10 @@ with the pre-activation as aux output): which of the two is faster on a given GP
 measured. The cuBLASLt calls follow torch's matmul flags (allow_tf32, the fp16/bf16
 reduced-precision and split-K settings, fp16 accumulation).
 
+Autograd and vmap: LinearFunction and LinearBackwardFunction hold the formulas of linear_fwd and
+linear_bwd (see _autograd.py), so the raw ops, exported programs and functorch transforms
+differentiate as linear() does; linear() itself is one call of linear_fwd.
+
 Memory. Backward needs input and weight (autograd holds them for any linear layer) and one M x N
 tensor, `saved`: nothing for "none"; the output for relu, sigmoid and tanh, whose derivative reads
 it (the next layer usually holds it anyway); the pre-activation z for leaky_relu, gelu, gelu_tanh,
@@ -33,18 +37,14 @@ M x N elements per layer for as long as the graph lives.
 from __future__ import annotations
 
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as TF
 
-from ._autograd import pick, save_for_forward, twin
+from . import _ops
+from ._autograd import batch_first, register, save_for_forward
 from ._common import FLOAT_DTYPES
-from .activation import _ACTIVATION_BWD, SAVES_OUTPUT, _dfactor_dsaved, resolve
+from .activation import ACTIVATIONS, SAVES_OUTPUT, _dfactor_dsaved, resolve
 
 __all__ = ["linear", "parse_activation"]
-
-_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)  # autocast leaves float64 be
-
-_ops = torch.ops.backprop_ext
 
 
 # --- the activation argument
@@ -75,9 +75,31 @@ def parse_activation(spec) -> tuple[str, float, float]:
     return row.name, p0, p1
 
 
+# The activations whose backward reads the pre-activation (the derivative is a function of the
+# input, not of the output).
+_KEEPS_PREACT = frozenset(a for a in ACTIVATIONS if a not in SAVES_OUTPUT)
+
+
 def _keeps_preact(activation: str) -> bool:
-    """True where backward reads the pre-activation (the derivative is a function of the input)."""
-    return activation != "none" and activation not in SAVES_OUTPUT
+    return activation in _KEEPS_PREACT
+
+
+# activation argument -> parse_activation(argument), for the arguments seen so far (the few a
+# model uses); unhashable ones (a tuple holding a dict) are parsed at each call.
+_PARSED: dict = {None: ("none", 0.0, 0.0)}
+_PARSED_MAX = 1024
+
+
+def _parsed_activation(spec) -> tuple[str, float, float]:
+    try:
+        return _PARSED[spec]
+    except KeyError:
+        parsed = parse_activation(spec)
+        if len(_PARSED) < _PARSED_MAX:
+            _PARSED[spec] = parsed
+        return parsed
+    except TypeError:
+        return parse_activation(spec)
 
 
 # --- fake kernels (shapes, dtypes and strides for tracing and torch.compile), with the same
@@ -159,11 +181,12 @@ def _preact_grad(grad_output, saved, activation, p0, p1):
     """gz = grad_output * act'(saved), differentiable (double backward, forward-over-reverse)."""
     if activation == "none":
         return grad_output
-    return pick(_ACTIVATION_BWD).apply(grad_output, saved, activation, p0, p1)
+    return _ops.activation_bwd(grad_output, saved, activation, p0, p1)
 
 
 class LinearFunction(torch.autograd.Function):
-    """(out, preact) = linear_fwd(...); linear() returns `out`.
+    """(out, preact) = linear_fwd(...); linear() returns `out`. Its formulas are linear_fwd's
+    autograd and vmap.
 
     preact is an output, not a hidden intermediate, so that double backward, which differentiates
     the backward through the pre-activation it read, reaches the layer again through it.
@@ -198,26 +221,16 @@ class LinearFunction(torch.autograd.Function):
         mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 ctx.needs_input_grad[2] and ctx.has_bias)
         empty = input.new_empty((0,))
-        # A plain backward (no create_graph, no functorch transform) builds no graph: it calls
-        # the ops directly, without the differentiable Functions' bookkeeping.
-        plain = not torch.is_grad_enabled()
-        if ctx.recompute:
-            # z = x W^T + b once more; through this Function when a double backward will see it.
-            args = (input, weight, bias, "none", 0.0, 0.0, False)
-            saved = (_ops.linear_fwd(*args) if plain else pick(_LINEAR).apply(*args))[0]
+        if ctx.recompute:  # z = x W^T + b once more (differentiable, should a graph be built)
+            saved = _ops.linear_fwd(input, weight, bias, "none", 0.0, 0.0, False)[0]
         saved = saved if saved is not None else empty
-        if plain and grad_out is not None and grad_preact is None:
-            grads = _ops.linear_bwd(grad_out, input, weight, saved, ctx.activation, ctx.p0,
-                                    ctx.p1, list(mask))
-            return (*(g if m else None for g, m in zip(grads, mask)), None, None, None, None)
-        grads = [None, None, None]
-        bwd = pick(_LINEAR_BWD)
+        grads = (None, None, None)
         if grad_out is not None:
-            grads = list(bwd.apply(grad_out, input, weight, saved, ctx.activation, ctx.p0, ctx.p1,
-                                   mask))
+            grads = _ops.linear_bwd(grad_out, input, weight, saved, ctx.activation, ctx.p0,
+                                    ctx.p1, mask)
         if grad_preact is not None and ctx.preact_kept:
             # Only a double backward sends a gradient into preact: dz adds to dz from dout.
-            extra = bwd.apply(grad_preact, input, weight, empty, "none", 0.0, 0.0, mask)
+            extra = _ops.linear_bwd(grad_preact, input, weight, empty, "none", 0.0, 0.0, mask)
             grads = [e if g is None else g + e for g, e in zip(grads, extra)]
         grads = [g if m else None for g, m in zip(grads, mask)]
         return (*grads, None, None, None, None)
@@ -243,6 +256,38 @@ class LinearFunction(torch.autograd.Function):
         out_t = _ops.activation_bwd(z_t.contiguous(), saved, ctx.activation, ctx.p0, ctx.p1)
         return out_t, (z_t if ctx.preact_kept else empty)
 
+    @staticmethod
+    def vmap(info, in_dims, input, weight, bias, activation, p0, p1, save_preact):
+        x_dim, w_dim, b_dim = in_dims[:3]
+        keep = save_preact and _keeps_preact(activation)
+        if w_dim is None and b_dim is None:
+            # One weight for every sample: the batch is one more leading dim of the input.
+            out, preact = _ops.linear_fwd(input.movedim(x_dim, 0), weight, bias, activation, p0,
+                                          p1, save_preact)
+            return (out, preact), (0, 0 if keep else None)
+        # A weight (or a bias) per sample: batched products, then the activation.
+        B = info.batch_size
+        x = batch_first(input, x_dim, B) if x_dim is not None else input.unsqueeze(0)
+        vector = x.dim() == 2  # per-sample input of shape (in_features,)
+        if vector:
+            x = x.unsqueeze(1)
+        lead = x.dim() - 2  # per-sample leading dims (at least one)
+        w = batch_first(weight, w_dim, B) if w_dim is not None else weight.unsqueeze(0)
+        w_t = w.transpose(-1, -2).reshape(w.shape[0], *[1] * (lead - 1), w.shape[2], w.shape[1])
+        z = torch.matmul(x, w_t)
+        if bias is not None:
+            b = batch_first(bias, b_dim, B) if b_dim is not None else bias.unsqueeze(0)
+            z = z + b.reshape(b.shape[0], *[1] * lead, b.shape[1])
+        if vector:
+            z = z.squeeze(1)
+        if activation == "none":
+            out = z
+        else:
+            out = _ops.activation_fwd(z.contiguous(), activation, p0, p1)
+        if keep:
+            return (out, z), (0, 0)
+        return (out, z.new_empty((0,))), (0, None)
+
 
 class LinearBackwardFunction(torch.autograd.Function):
     """(grad_input, grad_weight, grad_bias) = linear_bwd(...), as a differentiable Function.
@@ -254,7 +299,7 @@ class LinearBackwardFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(grad_out, input, weight, saved, activation, p0, p1, mask):
-        return _ops.linear_bwd(grad_out, input, weight, saved, activation, p0, p1, list(mask))
+        return _ops.linear_bwd(grad_out, input, weight, saved, activation, p0, p1, mask)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -348,34 +393,32 @@ class LinearBackwardFunction(torch.autograd.Function):
         return tuple(out)
 
 
-# Jvp-less twins for torch.compile (see _autograd.py).
-_LINEAR = twin(LinearFunction)
-_LINEAR_BWD = twin(LinearBackwardFunction)
+    @staticmethod
+    def vmap(info, in_dims, grad_out, input, weight, saved, activation, p0, p1, mask):
+        # Per sample: gz = grad_out * act'(saved); grad_input = gz W, grad_weight = gz^T x,
+        # grad_bias = the column sums of gz: products batched over the samples.
+        B = info.batch_size
+        g_dim, x_dim, w_dim, s_dim = in_dims[:4]
+        g, x = batch_first(grad_out, g_dim, B), batch_first(input, x_dim, B)
+        n, k = weight.shape[-2:]
+        g2, x2 = g.reshape(B, -1, n), x.reshape(B, -1, k)
+        gz = g2
+        if activation != "none":
+            s2 = batch_first(saved, s_dim, B).reshape(B, -1, n)
+            gz = _ops.activation_bwd(g2.contiguous(), s2.contiguous(), activation, p0, p1)
+        w = batch_first(weight, w_dim, B) if w_dim is not None else weight
+        empty = input.new_empty((0,))
+        grads = (torch.matmul(gz, w).reshape(x.shape) if mask[0] else empty,
+                 torch.matmul(gz.transpose(1, 2), x2) if mask[1] else empty,
+                 gz.sum(1) if mask[2] else empty)
+        return grads, tuple(0 if m else None for m in mask)
+
+
+register("linear_fwd", LinearFunction)
+register("linear_bwd", LinearBackwardFunction)
 
 
 # --- public function
-
-
-def _autocast(input, weight, bias):
-    """Under torch.autocast, the casts torch's linear gets: float32/16 and bfloat16 operands to
-    the autocast dtype of the input's device (torch.amp.custom_fwd would need a fixed device)."""
-    device_type = input.device.type
-    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
-        return input, weight, bias
-    dtype = torch.get_autocast_dtype(device_type)
-
-    def cast(t):
-        return t.to(dtype) if t is not None and t.dtype in _AUTOCAST_ELIGIBLE else t
-
-    return cast(input), cast(weight), cast(bias)
-
-
-def _nothing_to_differentiate(*tensors) -> bool:
-    """No forward-mode AD either: no functorch transform, no dual tensor (and not tracing, where
-    the Function is what Dynamo expects to see)."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-        return False
-    return all(fwAD.unpack_dual(t).tangent is None for t in tensors if t is not None)
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -385,7 +428,7 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
     input: (*, in_features), at least 1-D. weight: (out_features, in_features). bias:
     (out_features,) or None. All float64, float32, float16 or bfloat16 of one dtype, on one
-    device (CPU or CUDA); under torch.autocast they are cast like torch's linear is. Returns
+    device (CPU or CUDA); under torch.autocast they are cast as torch's linear casts them. Returns
     (*, out_features) in that dtype.
 
     activation: None, an activation's name (a torch.nn.functional name such as "gelu" or
@@ -400,20 +443,9 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     there (one more GEMM): saves an (*, out_features) tensor per layer. No effect for the others,
     which keep nothing beyond the output.
     """
-    for name, t in (("input", input), ("weight", weight), ("bias", bias)):
-        if t is not None and not isinstance(t, torch.Tensor):
-            raise TypeError(f"backprop_ext.linear: expected {name} to be a Tensor, got "
-                            f"{type(t).__name__}")
-    if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
-        raise TypeError("backprop_ext.linear: input and weight are required Tensors")
-    name, p0, p1 = parse_activation(activation)
-    input, weight, bias = _autocast(input, weight, bias)
-    needs_grad = torch.is_grad_enabled() and (
+    name, p0, p1 = _parsed_activation(activation)
+    # Keep the pre-activation when backward will read it; the rule recomputes it if a gradient
+    # turns out to be needed after all, so this decides speed, not results.
+    save_preact = name in _KEEPS_PREACT and not recompute_preact and torch.is_grad_enabled() and (
         input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
-    if not needs_grad and _nothing_to_differentiate(input, weight, bias):
-        # The op alone: the autograd.Function's bookkeeping costs ~0.2 ms a call at 1024 x 1024
-        # on a CPU, a few percent of the layer.
-        return _ops.linear_fwd(input, weight, bias, name, p0, p1, False)[0]
-    save_preact = needs_grad and not recompute_preact and _keeps_preact(name)
-    out, _ = pick(_LINEAR).apply(input, weight, bias, name, p0, p1, save_preact)
-    return out
+    return _ops.linear_fwd(input, weight, bias, name, p0, p1, save_preact)[0]

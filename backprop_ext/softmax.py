@@ -1,7 +1,8 @@
 """The softmax family: softmax, log_softmax, logsumexp and a fused cross-entropy.
 
-Reads top to bottom: fake kernels, autograd Functions (each with jvp and a differentiable
-backward), the public functions with torch.nn.functional's signatures.
+Reads top to bottom: fake kernels, autograd Functions (each with jvp, vmap and a differentiable
+backward; their formulas are the ops' autograd and vmap, see _autograd.py), the public functions
+with torch.nn.functional's signatures.
 
 Ops (csrc/registration.cpp):
     softmax_fwd(x, dim, log) -> y                 softmax_bwd(grad_y, y, dim, log) -> grad_x
@@ -11,12 +12,19 @@ Ops (csrc/registration.cpp):
     cross_entropy_bwd(logits, target, weight, lse, grad_nll, grad_smooth, ignore_index) -> grad
     cross_entropy_bwd_out(..., out)               the same into `out`: a slice of a larger
                                                   gradient, or the logits themselves
+    cross_entropy_loss_fwd(logits, target, weight, ignore_index, label_smoothing, reduction)
+        -> loss, lse, total                       the rows' loss reduced, in the kernels (see
+                                                  CrossEntropyLossFunction); its backward is
+                                                  cross_entropy_bwd's
+    cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing) -> loss
+                                                  the loss: composite (CompositeImplicitAutograd,
+                                                  in C++) of the ops above
 
 Cross-entropy never materializes log-probabilities: the forward reads the logits once for each
 row's log-sum-exp and the target's logit; the backward reads them once more and writes the
-gradient, p - onehot, in the same pass. Reductions, class weights and label smoothing are cheap
-per-row arithmetic done with torch ops on (N,)-sized tensors, so every reduction and a per-element
-grad_output for reduction='none' come for free from autograd.
+gradient, p - onehot, in the same pass. Class weights, label smoothing and the reduction are
+cheap per-row arithmetic, done by the forward op itself (one pass over N values after the N x C
+one); backward turns the loss's gradient into the rows' with a few ops on (N,)-sized tensors.
 """
 
 from __future__ import annotations
@@ -28,12 +36,11 @@ from typing import Sequence
 
 import torch
 
-from ._autograd import pick, save_for_forward, twin
-from ._common import FLOAT_DTYPES, HALF_DTYPES, check_float_input, opmath_dtype
+from . import _ops
+from ._autograd import batch_first, batched_dim, per_sample, register, save_for_forward
+from ._common import FLOAT_DTYPES, opmath_dtype
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "cross_entropy"]
-
-_ops = torch.ops.backprop_ext
 
 
 # --- fake kernels
@@ -75,6 +82,15 @@ def _cross_entropy_bwd_fake(logits, target, weight, lse, grad_nll, grad_smooth, 
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
+@torch.library.register_fake("backprop_ext::cross_entropy_loss_fwd")
+def _cross_entropy_loss_fwd_fake(logits, target, weight, ignore_index, label_smoothing,
+                                 reduction):
+    n = logits.shape[0]
+    dtype = opmath_dtype(logits.dtype)
+    return (logits.new_empty((n,) if reduction == "none" else (), dtype=dtype),
+            logits.new_empty(n, dtype=dtype), logits.new_empty((), dtype=dtype))
+
+
 @torch.library.register_fake("backprop_ext::cross_entropy_bwd_out")
 def _cross_entropy_bwd_out_fake(logits, target, weight, lse, grad_nll, grad_smooth, ignore_index,
                                 out):
@@ -89,7 +105,7 @@ class SoftmaxFunction(torch.autograd.Function):
     """y = softmax(x) or log_softmax(x) along dim. Saves y only."""
 
     @staticmethod
-    def forward(x, dim, log):
+    def forward(x, dim, log=False):
         return _ops.softmax_fwd(x, dim, log)
 
     @staticmethod
@@ -101,7 +117,7 @@ class SoftmaxFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
-        return pick(_SOFTMAX_BWD).apply(grad, y, ctx.dim, ctx.log), None, None
+        return _ops.softmax_bwd(grad, y, ctx.dim, ctx.log), None, None
 
     @staticmethod
     def jvp(ctx, x_t, *_):
@@ -110,12 +126,19 @@ class SoftmaxFunction(torch.autograd.Function):
             return x_t - (y.exp() * x_t).sum(ctx.dim, keepdim=True)
         return _ops.softmax_bwd(x_t, y, ctx.dim, False)  # y (dx - sum(y dx))
 
+    @staticmethod
+    def vmap(info, in_dims, x, dim, log=False):
+        x = x.movedim(in_dims[0], 0)
+        if x.dim() == 1:  # per-sample 0-d: one row of one element each
+            return _ops.softmax_fwd(x.unsqueeze(1), 1, log).squeeze(1), 0
+        return _ops.softmax_fwd(x, batched_dim(dim, x.dim() - 1), log), 0
+
 
 class SoftmaxBackwardFunction(torch.autograd.Function):
     """softmax: gx = y (g - sum(g y));  log_softmax: gx = g - exp(y) sum(g)."""
 
     @staticmethod
-    def forward(g, y, dim, log):
+    def forward(g, y, dim, log=False):
         return _ops.softmax_bwd(g, y, dim, log)
 
     @staticmethod
@@ -136,7 +159,7 @@ class SoftmaxBackwardFunction(torch.autograd.Function):
                 d_y = -gg * e * g.sum(dim, keepdim=True)
         else:
             if ctx.needs_input_grad[0]:
-                d_g = pick(_SOFTMAX_BWD).apply(gg, y, dim, False)
+                d_g = _ops.softmax_bwd(gg, y, dim, False)
             if ctx.needs_input_grad[1]:
                 s = (g * y).sum(dim, keepdim=True)
                 d_y = gg * (g - s) - g * (gg * y).sum(dim, keepdim=True)
@@ -154,6 +177,13 @@ class SoftmaxBackwardFunction(torch.autograd.Function):
         s = (g * y).sum(dim, keepdim=True)
         s_t = (g_t * y + g * y_t).sum(dim, keepdim=True)
         return y_t * (g - s) + y * (g_t - s_t)
+
+    @staticmethod
+    def vmap(info, in_dims, g, y, dim, log=False):
+        g, y = (batch_first(t, d, info.batch_size) for t, d in zip((g, y), in_dims))
+        if y.dim() == 1:
+            return _ops.softmax_bwd(g.unsqueeze(1), y.unsqueeze(1), 1, log).squeeze(1), 0
+        return _ops.softmax_bwd(g, y, batched_dim(dim, y.dim() - 1), log), 0
 
 
 # --- logsumexp
@@ -175,12 +205,19 @@ class LogsumexpFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, r = ctx.saved_tensors
-        return pick(_LOGSUMEXP_BWD).apply(grad, x, r, ctx.dim), None
+        return _ops.logsumexp_bwd(grad, x, r, ctx.dim), None
 
     @staticmethod
     def jvp(ctx, x_t, *_):
         x, r = ctx.saved_tensors
         return (x_t * torch.exp(x - r)).sum(ctx.dim, keepdim=True)
+
+    @staticmethod
+    def vmap(info, in_dims, x, dim):
+        x = x.movedim(in_dims[0], 0)
+        if x.dim() == 1:
+            return _ops.logsumexp_fwd(x.unsqueeze(1), 1).squeeze(1), 0
+        return _ops.logsumexp_fwd(x, batched_dim(dim, x.dim() - 1)), 0
 
 
 class LogsumexpBackwardFunction(torch.autograd.Function):
@@ -217,6 +254,14 @@ class LogsumexpBackwardFunction(torch.autograd.Function):
             out = out - g * p * r_t
         return out
 
+    @staticmethod
+    def vmap(info, in_dims, g, x, r, dim):
+        g, x, r = (batch_first(t, d, info.batch_size) for t, d in zip((g, x, r), in_dims))
+        if x.dim() == 1:
+            gx = _ops.logsumexp_bwd(g.unsqueeze(1), x.unsqueeze(1), r.unsqueeze(1), 1)
+            return gx.squeeze(1), 0
+        return _ops.logsumexp_bwd(g, x, r, batched_dim(dim, x.dim() - 1)), 0
+
 
 # --- cross-entropy over rows, class-index targets
 
@@ -226,7 +271,31 @@ def _row_probs(logits, lse):
 
 
 def _total_weight(weight, C, dtype):
-    return weight.to(dtype).sum() if weight is not None else torch.tensor(float(C), dtype=dtype)
+    """sum_c w_c: a 0-d tensor, or the number C without class weights."""
+    return weight.to(dtype).sum() if weight is not None else C
+
+
+def _row_weights(target, weight, ignore_index, dtype):
+    """w_i = weight[target_i] (1 without class weights), 0 where target_i is ignore_index; a
+    bool tensor without class weights (type promotion makes it a number where it is used)."""
+    keep = target != ignore_index
+    if weight is None:
+        return keep
+    return weight.to(dtype)[target.clamp(0, weight.shape[0] - 1)] * keep
+
+
+def _row_tangents(logits, target, weight, lse, logits_t, ignore_index, smoothing):
+    """Tangents of the rows' (nll, smooth) along logits_t; smooth's is empty without smoothing."""
+    keep = (target != ignore_index).to(lse.dtype)
+    x_t = logits_t.to(lse.dtype)
+    p_dot = (_row_probs(logits, lse) * x_t).sum(1)
+    t_dot = x_t.gather(1, target.clamp(0, logits.shape[1] - 1).unsqueeze(1)).squeeze(1)
+    nll_t = (p_dot - t_dot) * keep
+    if not smoothing:
+        return nll_t, torch.zeros(0, dtype=lse.dtype, device=lse.device)
+    w = weight.to(lse.dtype) if weight is not None else torch.ones_like(x_t[0])
+    W = _total_weight(weight, logits.shape[1], lse.dtype)
+    return nll_t, (W * p_dot - (x_t * w).sum(1)) * keep
 
 
 class CrossEntropyFunction(torch.autograd.Function):
@@ -249,27 +318,102 @@ class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_nll, grad_smooth, _grad_lse):
         logits, target, weight, lse = ctx.saved_tensors
-        grad = pick(_CROSS_ENTROPY_BWD).apply(
-            logits, target, weight, lse, grad_nll, grad_smooth if ctx.smoothing else None,
-            ctx.ignore_index,
-        )
+        grad = _ops.cross_entropy_bwd(logits, target, weight, lse, grad_nll,
+                                      grad_smooth if ctx.smoothing else None, ctx.ignore_index)
         return grad, None, None, None, None
 
     @staticmethod
     def jvp(ctx, logits_t, *_):
         logits, target, weight, lse = ctx.saved_tensors
-        keep = (target != ctx.ignore_index).to(lse.dtype)
-        x_t = logits_t.to(lse.dtype)
-        p_dot = (_row_probs(logits, lse) * x_t).sum(1)
-        t_dot = x_t.gather(1, target.clamp(0, logits.shape[1] - 1).unsqueeze(1)).squeeze(1)
-        nll_t = (p_dot - t_dot) * keep
-        if ctx.smoothing:
-            w = weight.to(lse.dtype) if weight is not None else torch.ones_like(x_t[0])
-            W = _total_weight(weight, logits.shape[1], lse.dtype)
-            smooth_t = (W * p_dot - (x_t * w).sum(1)) * keep
-        else:
-            smooth_t = torch.zeros(0, dtype=lse.dtype, device=lse.device)
+        nll_t, smooth_t = _row_tangents(logits, target, weight, lse, logits_t, ctx.ignore_index,
+                                        ctx.smoothing)
         return nll_t, smooth_t, None  # lse is non-differentiable
+
+    @staticmethod
+    def vmap(info, in_dims, logits, target, weight, ignore_index, smoothing):
+        if in_dims[2] is not None:  # a class weight per sample: no batching of the kernel fits
+            return per_sample(info, in_dims, CrossEntropyFunction.forward, logits, target, weight,
+                              ignore_index, smoothing)
+        # The samples' rows are rows: (B, N, C) logits as (B N, C).
+        B = info.batch_size
+        x = batch_first(logits, in_dims[0], B)
+        t = batch_first(target, in_dims[1], B)
+        n, c = x.shape[1:]
+        nll, smooth, lse = _ops.cross_entropy_fwd(x.reshape(B * n, c), t.reshape(B * n), weight,
+                                                  ignore_index, smoothing)
+        smooth_dim = 0 if smoothing else None
+        return ((nll.view(B, n), smooth.view(B, n) if smoothing else smooth, lse.view(B, n)),
+                (0, smooth_dim, 0))
+
+
+class CrossEntropyLossFunction(torch.autograd.Function):
+    """The loss over rows, reduced: loss_i = (1 - eps) w_i nll_i + (eps / C) smooth_i with w_i the
+    target's class weight (0 for an ignored row); reduction "none" keeps the loss_i, "sum" adds
+    them, "mean" divides the sum by total = sum_i w_i. Saves the logits, the targets, the
+    per-row lse and total; backward hands the rows' gradients to cross_entropy_bwd."""
+
+    @staticmethod
+    def forward(logits, target, weight, ignore_index, label_smoothing, reduction):
+        return _ops.cross_entropy_loss_fwd(logits, target, weight, ignore_index, label_smoothing,
+                                           reduction)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, target, weight, ctx.ignore_index, ctx.eps, ctx.reduction = inputs
+        _, lse, total = output
+        ctx.mark_non_differentiable(lse, total)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(logits, target, weight, lse, total)
+        ctx.save_for_forward(logits, target, weight, lse, total)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_lse, _grad_total):
+        logits, target, weight, lse, total = ctx.saved_tensors
+        if grad is None:
+            return None, None, None, None, None, None
+        # d loss / d nll_i = (1 - eps) w_i, d loss / d smooth_i = eps / C; mean divides by total.
+        scale = grad / total if ctx.reduction == "mean" else grad
+        w = _row_weights(target, weight, ctx.ignore_index, lse.dtype)
+        grad_nll = w * (scale * (1 - ctx.eps) if ctx.eps else scale)
+        grad_smooth = None
+        if ctx.eps:
+            grad_smooth = (scale * (ctx.eps / logits.shape[1])).expand(lse.shape)
+        grad_logits = _ops.cross_entropy_bwd(logits, target, weight, lse, grad_nll, grad_smooth,
+                                             ctx.ignore_index)
+        return grad_logits, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, logits_t, *_):
+        logits, target, weight, lse, total = ctx.saved_tensors
+        nll_t, smooth_t = _row_tangents(logits, target, weight, lse, logits_t, ctx.ignore_index,
+                                        ctx.eps > 0)
+        rows_t = _row_weights(target, weight, ctx.ignore_index, lse.dtype) * nll_t
+        if ctx.eps:
+            rows_t = (1 - ctx.eps) * rows_t + (ctx.eps / logits.shape[1]) * smooth_t
+        if ctx.reduction == "none":
+            return rows_t, None, None
+        loss_t = rows_t.sum()
+        return (loss_t / total if ctx.reduction == "mean" else loss_t), None, None
+
+    @staticmethod
+    def vmap(info, in_dims, logits, target, weight, ignore_index, label_smoothing, reduction):
+        if in_dims[2] is not None:  # a class weight per sample
+            return per_sample(info, in_dims, CrossEntropyLossFunction.forward, logits, target,
+                              weight, ignore_index, label_smoothing, reduction)
+        # The samples' rows are rows: the loss of each row, then each sample's reduction.
+        B = info.batch_size
+        x = batch_first(logits, in_dims[0], B)
+        t = batch_first(target, in_dims[1], B)
+        n, c = x.shape[1:]
+        rows, lse, _ = _ops.cross_entropy_loss_fwd(x.reshape(B * n, c), t.reshape(B * n), weight,
+                                                   ignore_index, label_smoothing, "none")
+        rows, lse = rows.view(B, n), lse.view(B, n)
+        total = _row_weights(t, weight, ignore_index, rows.dtype).sum(1, dtype=rows.dtype)
+        if reduction == "none":
+            loss = rows
+        else:
+            loss = rows.sum(1) if reduction == "sum" else rows.sum(1) / total
+        return (loss, lse, total), (0, 0, 0)
 
 
 class CrossEntropyBackwardFunction(torch.autograd.Function):
@@ -308,24 +452,50 @@ class CrossEntropyBackwardFunction(torch.autograd.Function):
             d_x = ((k * keep).unsqueeze(1) * p * (gg - gp.unsqueeze(1))).to(logits.dtype)
         return d_x, None, None, None, d_a, d_b, None
 
+    @staticmethod
+    def vmap(info, in_dims, logits, target, weight, lse, grad_nll, grad_smooth, ignore_index):
+        if in_dims[2] is not None:
+            return per_sample(info, in_dims, CrossEntropyBackwardFunction.forward, logits, target,
+                              weight, lse, grad_nll, grad_smooth, ignore_index)
+        B = info.batch_size
+        x = batch_first(logits, in_dims[0], B)
+        n, c = x.shape[1:]
 
-_SOFTMAX = twin(SoftmaxFunction)
-_SOFTMAX_BWD = twin(SoftmaxBackwardFunction)
-_LOGSUMEXP = twin(LogsumexpFunction)
-_LOGSUMEXP_BWD = twin(LogsumexpBackwardFunction)
-_CROSS_ENTROPY = twin(CrossEntropyFunction)
-_CROSS_ENTROPY_BWD = (CrossEntropyBackwardFunction, CrossEntropyBackwardFunction)  # has no jvp
+        def rows(t, d):
+            return None if t is None else batch_first(t, d, B).reshape(B * n)
+
+        grad = _ops.cross_entropy_bwd(
+            x.reshape(B * n, c), rows(target, in_dims[1]), weight, rows(lse, in_dims[3]),
+            rows(grad_nll, in_dims[4]), rows(grad_smooth, in_dims[5]), ignore_index)
+        return grad.view(B, n, c), 0
+
+
+register("softmax_fwd", SoftmaxFunction)
+register("softmax_bwd", SoftmaxBackwardFunction)
+register("logsumexp_fwd", LogsumexpFunction)
+register("logsumexp_bwd", LogsumexpBackwardFunction)
+register("cross_entropy_fwd", CrossEntropyFunction)
+register("cross_entropy_bwd", CrossEntropyBackwardFunction)
+register("cross_entropy_loss_fwd", CrossEntropyLossFunction)
+
+
+def _cross_entropy_bwd_out_vmap(info, in_dims, logits, target, weight, lse, grad_nll,
+                                grad_smooth, ignore_index, out):
+    """cross_entropy_bwd_out under vmap: the batched backward, written into the batched `out`.
+    (An out= op has no autograd, as torch's out= ops have none.)"""
+    if in_dims[7] is None:
+        raise RuntimeError("backprop_ext::cross_entropy_bwd_out under vmap: out must be batched "
+                           "too (it receives one gradient per sample)")
+    grad, _ = CrossEntropyBackwardFunction.vmap(
+        info, in_dims[:7], logits, target, weight, lse, grad_nll, grad_smooth, ignore_index)
+    out.movedim(in_dims[7], 0).copy_(grad)
+    return None, None
+
+
+torch.library.register_vmap("backprop_ext::cross_entropy_bwd_out", _cross_entropy_bwd_out_vmap)
 
 
 # --- public functions
-
-
-def _autocast_float32(x: torch.Tensor, devices: Sequence[str]) -> torch.Tensor:
-    """Casts half inputs to float32 where torch's autocast would for this op family."""
-    dev = x.device.type
-    if dev in devices and x.dtype in HALF_DTYPES and torch.is_autocast_enabled(dev):
-        return x.float()
-    return x
 
 
 def _dim_int(op: str, dim) -> int:
@@ -339,21 +509,15 @@ def _dim_int(op: str, dim) -> int:
                         f"{dim!r}") from None
 
 
-def _softmax_common(op, input, dim, dtype, log, stacklevel):
-    check_float_input(op, input)
-    if dim is None:
-        dim = _implicit_dim(op, input.dim(), stacklevel + 1)
-    dim = _dim_int(op, dim)
-    if dtype is not None:
-        if not isinstance(dtype, torch.dtype):
-            raise TypeError(f"backprop_ext.{op}: dtype must be a torch.dtype or None, got "
-                            f"{type(dtype).__name__} {dtype!r}")
-        if dtype not in FLOAT_DTYPES:
-            raise TypeError(f"backprop_ext.{op}: dtype must be float64, float32, float16 or "
-                            f"bfloat16, got {dtype}")
-        input = input.to(dtype)
-    input = _autocast_float32(input, ("cuda",))
-    return pick(_SOFTMAX).apply(input, dim, log)
+def _cast(op: str, input, dtype):
+    """input.to(dtype) for softmax's `dtype` argument, refusing what is not a float dtype."""
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"backprop_ext.{op}: dtype must be a torch.dtype or None, got "
+                        f"{type(dtype).__name__} {dtype!r}")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"backprop_ext.{op}: dtype must be float64, float32, float16 or "
+                        f"bfloat16, got {dtype}")
+    return input.to(dtype)
 
 
 def _implicit_dim(name: str, ndim: int, stacklevel: int) -> int:
@@ -370,21 +534,32 @@ def softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3,
 
     input: any shape, float64/float32/float16/bfloat16 (cast to `dtype` first when given).
     """
-    return _softmax_common("softmax", input, dim, dtype, False, _stacklevel)
+    if type(dim) is not int:
+        dim = (_implicit_dim("softmax", input.dim(), _stacklevel) if dim is None
+               else _dim_int("softmax", dim))
+    if dtype is not None:
+        input = _cast("softmax", input, dtype)
+    return _ops.softmax_fwd(input, dim, False)
 
 
 def log_softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """x - logsumexp(x) along `dim`. Same as torch.nn.functional.log_softmax."""
-    return _softmax_common("log_softmax", input, dim, dtype, True, _stacklevel)
+    if type(dim) is not int:
+        dim = (_implicit_dim("log_softmax", input.dim(), _stacklevel) if dim is None
+               else _dim_int("log_softmax", dim))
+    if dtype is not None:
+        input = _cast("log_softmax", input, dtype)
+    return _ops.softmax_fwd(input, dim, True)
 
 
 def logsumexp(input: torch.Tensor, dim: int | Sequence[int], keepdim: bool = False) -> torch.Tensor:
     """log(sum(exp(input))) over `dim` (an int or a tuple of ints; empty: every dim), computed
     stably. Same as torch.logsumexp. input: float64/float32/float16/bfloat16, any shape."""
-    check_float_input("logsumexp", input)
-    input = _autocast_float32(input, ("cuda",))
     ndim = input.dim()
+    if type(dim) is int and -ndim <= dim < ndim:  # the common case, checked
+        out = _ops.logsumexp_fwd(input, dim)
+        return out if keepdim else out.squeeze(dim)
     try:
         dims = [_dim_int("logsumexp", d)
                 for d in (dim if isinstance(dim, (tuple, list)) else [dim])]
@@ -403,10 +578,10 @@ def logsumexp(input: torch.Tensor, dim: int | Sequence[int], keepdim: bool = Fal
                                "in the list of dims")
         wrapped.append(d % size)
     if ndim == 0:
-        return pick(_LOGSUMEXP).apply(input, 0)
+        return _ops.logsumexp_fwd(input, 0)
     wrapped = wrapped or list(range(ndim))
     if len(wrapped) == 1:
-        out = pick(_LOGSUMEXP).apply(input, wrapped[0])
+        out = _ops.logsumexp_fwd(input, wrapped[0])
         return out if keepdim else out.squeeze(wrapped[0])
     # Several dims: move them to the end, flatten them into one, reduce that. The flattened size
     # is given, not -1: with an empty dim among the kept ones -1 would be ambiguous.
@@ -414,13 +589,10 @@ def logsumexp(input: torch.Tensor, dim: int | Sequence[int], keepdim: bool = Fal
     moved = input.permute(kept + sorted(wrapped))
     flat = moved.reshape([input.shape[d] for d in kept]
                          + [math.prod(input.shape[d] for d in wrapped)])
-    out = pick(_LOGSUMEXP).apply(flat, -1).squeeze(-1)
+    out = _ops.logsumexp_fwd(flat, -1).squeeze(-1)
     if keepdim:
         out = out.reshape([1 if d in wrapped else input.shape[d] for d in range(ndim)])
     return out
-
-
-_REDUCTIONS = ("none", "mean", "sum")
 
 
 def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
@@ -434,131 +606,8 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     weight: (C,), in input's dtype for class indices (any floating dtype for probabilities).
     Returns the loss, a scalar or target's shape for reduction='none': in input's dtype for class
     indices; for probabilities in the promotion of input's, target's and weight's, as torch.
+    One call of the composite op cross_entropy (csrc/softmax.cpp), which checks the arguments.
     """
     if size_average is not None or reduce is not None:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
-    check_float_input("cross_entropy", input)
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"backprop_ext.cross_entropy: reduction must be one of {_REDUCTIONS}, "
-                         f"got {reduction!r}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError("backprop_ext.cross_entropy: label_smoothing must be in [0, 1], got "
-                         f"{label_smoothing}")
-    if input.dim() == 0:
-        raise ValueError("backprop_ext.cross_entropy: expected input of shape (C), (N, C) or "
-                         "(N, C, d1, ...), got a 0-d tensor")
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"backprop_ext.cross_entropy: expected target to be a Tensor, got "
-                        f"{type(target).__name__}")
-    if target.device != input.device:
-        raise ValueError(f"backprop_ext.cross_entropy: expected target on {input.device} like "
-                         f"input, got {target.device}")
-    if weight is not None and not isinstance(weight, torch.Tensor):
-        raise TypeError("backprop_ext.cross_entropy: expected weight to be a Tensor or None, got "
-                        f"{type(weight).__name__}")
-    # torch runs cross-entropy in float32 under autocast: half inputs, weights and targets.
-    input = _autocast_float32(input, ("cpu", "cuda"))
-    class_dim = 0 if input.dim() == 1 else 1
-    C = input.shape[class_dim]
-    if weight is not None:
-        if weight.shape != (C,):
-            raise ValueError(f"backprop_ext.cross_entropy: expected weight of shape ({C},) (one "
-                             f"per class), got {tuple(weight.shape)}")
-        if weight.device != input.device:
-            raise ValueError(f"backprop_ext.cross_entropy: expected weight on {input.device} "
-                             f"like input, got {weight.device}")
-        weight = _autocast_float32(weight, ("cpu", "cuda"))
-    if target.is_floating_point():
-        if ignore_index >= 0:  # torch's exception type
-            raise RuntimeError("backprop_ext.cross_entropy: ignore_index is not supported for "
-                               f"class-probability targets, got ignore_index={ignore_index}")
-        target = _autocast_float32(target, ("cpu", "cuda"))
-        return _cross_entropy_probs(input, target, weight, class_dim, C, reduction,
-                                    label_smoothing)
-    if target.dtype != torch.int64:
-        raise TypeError("backprop_ext.cross_entropy: expected target of dtype int64 (class "
-                        f"indices) or a floating dtype (class probabilities), got {target.dtype}")
-    if weight is not None and weight.dtype != input.dtype:  # torch's exception type
-        raise RuntimeError(f"backprop_ext.cross_entropy: expected weight of input's dtype "
-                           f"{input.dtype}, got {weight.dtype}")
-    loss = _cross_entropy_indices(input, target, weight, class_dim, C, ignore_index, reduction,
-                                  label_smoothing)
-    return loss.to(input.dtype)
-
-
-def _no_class_losses(logits, rows_target, ignore_index):
-    """(nll, smooth) for logits of shape (N, 0), where the op has no class to read: every target
-    must be ignore_index (as torch requires), and then both are 0, still joined to logits so
-    that backward gives their (empty) gradient."""
-    if rows_target.numel():
-        bad = rows_target != ignore_index
-        if bad.is_cuda:  # checked on the device, like the op's targets: no host sync
-            torch._assert_async(~bad.any(), "backprop_ext.cross_entropy: target is out of "
-                                "bounds: input has no classes")
-        elif bad.any():
-            t = rows_target[bad][0].item()
-            raise IndexError(f"backprop_ext.cross_entropy: target {t} is out of bounds: input "
-                             "has no classes")
-    zero = logits.to(opmath_dtype(logits.dtype)).sum(1)
-    return zero, zero
-
-
-def _cross_entropy_indices(input, target, weight, class_dim, C, ignore_index, reduction, eps):
-    expected = input.shape[:class_dim] + input.shape[class_dim + 1:]
-    if target.shape != expected:
-        raise ValueError(
-            f"backprop_ext.cross_entropy: expected class-index target of shape {tuple(expected)} "
-            f"for input of shape {tuple(input.shape)}, got {tuple(target.shape)}"
-        )
-    # The row count is given, not -1: it would be ambiguous for C = 0.
-    logits = input.movedim(class_dim, -1).reshape(target.numel(), C)
-    rows_target = target.reshape(-1)
-    if C == 0:
-        nll, smooth = _no_class_losses(logits, rows_target, ignore_index)
-    else:
-        nll, smooth, _ = pick(_CROSS_ENTROPY).apply(logits, rows_target, weight, ignore_index,
-                                                    eps > 0)
-    keep = rows_target != ignore_index
-    if weight is None or C == 0:
-        w_t = keep.to(nll.dtype)
-    else:
-        w_t = weight.to(nll.dtype).gather(0, rows_target.clamp(0, C - 1)) * keep
-    loss = w_t * nll
-    # torch's eps / C: inf for C = 0, so that 0 * inf gives torch's NaN.
-    smooth_scale = eps / C if C else math.inf
-    if reduction == "none":
-        if eps > 0:
-            loss = (1 - eps) * loss + smooth_scale * smooth
-        return loss.reshape(target.shape)
-    if reduction == "sum":
-        loss = loss.sum()
-        return (1 - eps) * loss + smooth_scale * smooth.sum() if eps > 0 else loss
-    # Both terms over the total weight of the counted targets, as torch: 0 / 0 = NaN when it is 0
-    # (a smoothing term over that zero would otherwise make it inf).
-    total = w_t.sum()
-    loss = loss.sum() / total
-    return (1 - eps) * loss + smooth_scale * (smooth.sum() / total) if eps > 0 else loss
-
-
-def _cross_entropy_probs(input, target, weight, class_dim, C, reduction, eps):
-    if target.shape != input.shape:
-        raise ValueError(
-            f"backprop_ext.cross_entropy: expected class-probability target of input's shape "
-            f"{tuple(input.shape)}, got {tuple(target.shape)}"
-        )
-    if eps > 0:
-        target = target * (1 - eps) + (eps / C if C else math.inf)
-    logp = pick(_SOFTMAX).apply(input, class_dim, True)
-    prod = logp * target  # promotes, as torch does, to target's dtype (and weight's) if wider
-    if weight is not None:
-        shape = [1] * input.dim()
-        shape[class_dim] = C
-        prod = prod * weight.view(shape)
-    loss = -prod.sum(class_dim)
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    if input.numel() == 0:  # torch's NaN, also when rows remain (C = 0)
-        return loss.sum() * math.nan
-    return loss.mean()
+    return _ops.cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing)

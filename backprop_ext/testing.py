@@ -523,3 +523,93 @@ def run_on_each_isa(isas, timeout: float = 600) -> dict[str, tuple[int, str, str
         lines = stdout.strip().splitlines()
         out[isa] = (proc.returncode, lines[-1] if lines else "", stderr)
     return out
+
+
+# --- every registered op with sample arguments (opcheck, raw-op autograd)
+
+
+def op_samples(device="cpu", dtype=torch.float32, requires_grad: bool = True) -> list:
+    """[(label, op, args)]: every op of torch.ops.backprop_ext with arguments that exercise it
+    (every activation row, both softmax directions, every cross-entropy reduction, linear with
+    and without bias, activation and pre-activation kept); floating arguments require grad when
+    `requires_grad` (the in-place and out= ops' mutated arguments never do)."""
+    from .activation import SPECS
+
+    ops = torch.ops.backprop_ext
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape, scale=1.0, grad=requires_grad):
+        t = (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(device, dtype)
+        return t.requires_grad_(grad)
+
+    samples = []
+    for name, spec in SPECS.items():
+        p0, p1 = spec.floats({"negative_slope": 0.1, "beta": 1.5, "threshold": 2.0})
+        x = rand(3, 4, scale=2.0)
+        y = ops.activation_fwd(x.detach(), name, p0, p1)
+        saved = y if spec.saves_output else x.detach()
+        samples += [
+            (f"activation_fwd-{name}", ops.activation_fwd.default, (x, name, p0, p1)),
+            (f"activation_bwd-{name}", ops.activation_bwd.default,
+             (rand(3, 4), saved.clone().requires_grad_(requires_grad), name, p0, p1)),
+        ]
+    samples.append(("activation_fwd_", ops.activation_fwd_.default,
+                    (rand(3, 4, grad=False), "gelu", 0.0, 0.0)))
+    for shape, dim in (((4, 7), 1), ((4, 7), 0), ((3, 5, 2), 1)):
+        for log in (False, True):
+            x = rand(*shape)
+            y = ops.softmax_fwd(x.detach(), dim, log)
+            samples += [
+                (f"softmax_fwd-{dim}-{log}", ops.softmax_fwd.default, (x, dim, log)),
+                (f"softmax_bwd-{dim}-{log}", ops.softmax_bwd.default,
+                 (rand(*shape), y.requires_grad_(requires_grad), dim, log)),
+            ]
+        x = rand(*shape)
+        r = ops.logsumexp_fwd(x.detach(), dim)
+        samples += [
+            (f"logsumexp_fwd-{dim}", ops.logsumexp_fwd.default, (x, dim)),
+            (f"logsumexp_bwd-{dim}", ops.logsumexp_bwd.default,
+             (rand(*r.shape), rand(*shape), r.requires_grad_(requires_grad), dim)),
+        ]
+    target = torch.tensor([0, 6, -100, 3], device=device)
+    weight = torch.rand(7, generator=g, dtype=torch.float64).add(0.5).to(device, dtype)
+    for w, eps in ((None, 0.0), (weight, 0.1)):
+        logits = rand(4, 7)
+        lse = ops.cross_entropy_fwd(logits.detach(), target, w, -100, eps > 0)[2]
+        samples += [
+            (f"cross_entropy_fwd-{eps}", ops.cross_entropy_fwd.default,
+             (logits, target, w, -100, eps > 0)),
+            (f"cross_entropy_bwd-{eps}", ops.cross_entropy_bwd.default,
+             (logits, target, w, lse, rand(4), rand(4) if eps else None, -100)),
+            (f"cross_entropy_bwd_out-{eps}", ops.cross_entropy_bwd_out.default,
+             (logits, target, w, lse, rand(4), rand(4) if eps else None, -100,
+              torch.empty(4, 7, device=device, dtype=dtype))),
+        ]
+        for reduction in ("mean", "sum", "none"):
+            samples.append((f"cross_entropy_loss_fwd-{eps}-{reduction}",
+                            ops.cross_entropy_loss_fwd.default,
+                            (rand(4, 7), target, w, -100, eps, reduction)))
+    samples += [
+        ("cross_entropy-indices", ops.cross_entropy.default,
+         (rand(2, 7, 3), torch.tensor([[0, 6, -100], [3, 3, 1]], device=device), weight, "mean",
+          -100, 0.1)),
+        ("cross_entropy-probabilities", ops.cross_entropy.default,
+         (rand(4, 7), torch.rand(4, 7, generator=g).softmax(1).to(device, dtype), None, "sum",
+          -100, 0.0)),
+    ]
+    for activation, p0, p1 in (("none", 0.0, 0.0), ("relu", 0.0, 0.0), ("gelu", 0.0, 0.0),
+                               ("leaky_relu", 0.1, 0.0), ("softplus", 1.5, 2.0)):
+        for bias, save_preact in ((True, True), (False, False)):
+            x, w, b = rand(2, 3, 8), rand(6, 8, scale=0.3), rand(6) if bias else None
+            samples.append((f"linear_fwd-{activation}-{bias}-{save_preact}",
+                            ops.linear_fwd.default, (x, w, b, activation, p0, p1, save_preact)))
+        x, w, b = rand(5, 8), rand(6, 8, scale=0.3), rand(6)
+        out, preact = ops.linear_fwd(x.detach(), w.detach(), b.detach(), activation, p0, p1,
+                                     True)
+        saved = preact if preact.numel() else out
+        for mask in ((True, True, True), (False, True, False)):
+            samples.append((f"linear_bwd-{activation}-{''.join(str(int(m)) for m in mask)}",
+                            ops.linear_bwd.default,
+                            (rand(5, 6), x, w, saved.requires_grad_(requires_grad), activation,
+                             p0, p1, list(mask))))
+    return samples

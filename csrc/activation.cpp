@@ -6,8 +6,11 @@
 //   activation_fwd_(x, name, p0, p1)                x = f(x), in place
 //   activation_bwd(grad_y, saved, name, p0, p1)     grad_y * f'(saved), saved = y or x (see
 //                                                   activation_table.h's `reads`)
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/core/DeviceGuard.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
 #include "activation.h"
@@ -56,6 +59,21 @@ at::Tensor activation_bwd(const at::Tensor& grad_output, const at::Tensor& saved
   return grad_input;
 }
 
+// The in-place form records the write in self's version counter, as torch's own in-place ops
+// do (their ADInplaceOrView kernels), so that autograd refuses a backward that would read values
+// overwritten since they were saved.
+void activation_fwd_inplace_or_view(c10::DispatchKeySet keys, at::Tensor& self,
+                                    c10::string_view activation, double p0, double p1) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("backprop_ext::activation_fwd_", "")
+                             .typed<decltype(activation_fwd_)>();
+  {
+    const at::AutoDispatchBelowADInplaceOrView guard;
+    op.redispatch(keys & c10::after_ADInplaceOrView_keyset, self, activation, p0, p1);
+  }
+  torch::autograd::impl::bump_version(self);
+}
+
 void register_ops(torch::Library& m) {
   m.impl("activation_fwd", &activation_fwd);
   m.impl("activation_fwd_", &activation_fwd_);
@@ -68,5 +86,9 @@ TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) { register_ops(m); }
 #ifdef BACKPROP_EXT_WITH_CUDA
 TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) { register_ops(m); }
 #endif
+
+TORCH_LIBRARY_IMPL(backprop_ext, ADInplaceOrView, m) {
+  m.impl("activation_fwd_", TORCH_FN(activation_fwd_inplace_or_view));
+}
 
 }  // namespace backprop_ext

@@ -12,6 +12,10 @@
 //   linear_fwd(input, weight, bias, activation, p0, p1, save_preact) -> (out, preact)
 //   linear_bwd(grad_out, input, weight, saved, activation, p0, p1, output_mask)
 //       -> (grad_input, grad_weight, grad_bias)
+//
+// Under autocast, linear_fwd casts its operands as torch's linear does (to the autocast dtype).
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
@@ -74,14 +78,18 @@ std::tuple<at::Tensor, at::Tensor> linear_fwd(const at::Tensor& input, const at:
   const auto act = linear_activation_from_name(activation);
   const c10::OptionalDeviceGuard guard(device_of(input));
   const int64_t n = weight.size(0), k = weight.size(1), m = leading_size(input);
-  const at::Tensor x = input.reshape({m, k});
+  // (M, K) and (M, N) views of the operands; 2-d ones as they are (a view costs as much as a
+  // tiny layer's GEMM).
+  const bool flat = input.dim() == 2;
+  const at::Tensor x = flat ? input : input.reshape({m, k});
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   const auto sizes = output_sizes(input, weight);
   // Without a pre-activation to keep, the activation overwrites the GEMM output in place.
   const bool keep = save_preact && needs_preact(act);
   at::Tensor z = at::empty(sizes, input.options());
   at::Tensor y = keep ? at::empty(sizes, input.options()) : z;
-  at::Tensor z2d = z.view({m, n}), y2d = y.view({m, n});
+  at::Tensor z2d = flat ? z : z.view({m, n});
+  at::Tensor y2d = !keep ? z2d : flat ? y : y.view({m, n});
   linear_fwd_stub(input.device().type(), x, weight, b, act, p0, p1, z2d, y2d);
   return {y, keep ? z : at::empty({0}, input.options())};
 }
@@ -107,23 +115,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_bwd(
   const int64_t n = weight.size(0), k = weight.size(1), m = leading_size(input);
   // Gradients not asked for come back as empty tensors, each its own (outputs never alias).
   const auto none = [&] { return at::empty({0}, input.options()); };
-  const at::Tensor g = grad_output.reshape({m, n}).contiguous();
+  // (M, N) and (M, K) views; 2-d operands as they are.
+  const bool flat = input.dim() == 2;
+  const auto as_2d = [flat](const at::Tensor& t, int64_t rows, int64_t cols) {
+    return flat ? t : t.reshape({rows, cols});
+  };
+  const at::Tensor g = as_2d(grad_output, m, n).contiguous();
 
   at::Tensor grad_preact = g, grad_bias;
   if (act.has_value()) {
     std::tie(grad_preact, grad_bias) = bias_act_bwd_stub(
-        device, g, saved.reshape({m, n}).contiguous(), *act, p0, p1, output_mask[2]);
+        device, g, as_2d(saved, m, n).contiguous(), *act, p0, p1, output_mask[2]);
   }
-  at::Tensor grad_input = none(), grad_weight = none();
-  if (output_mask[0]) grad_input = at::mm(grad_preact, weight).view(input.sizes());
+  at::Tensor grad_input, grad_weight;
+  if (output_mask[0]) {
+    grad_input = at::mm(grad_preact, weight);
+    if (!flat) grad_input = grad_input.view(input.sizes());
+  }
   if (output_mask[1]) {
     at::Tensor fused_bias;
     std::tie(grad_weight, fused_bias) = weight_grad_stub(
-        device, grad_preact, input.reshape({m, k}), output_mask[2] && !grad_bias.defined());
+        device, grad_preact, as_2d(input, m, k), output_mask[2] && !grad_bias.defined());
     if (fused_bias.defined()) grad_bias = fused_bias;
   }
   if (output_mask[2] && !grad_bias.defined()) grad_bias = grad_preact.sum(0);
-  return {grad_input, grad_weight, output_mask[2] ? grad_bias : none()};
+  return {output_mask[0] ? grad_input : none(), output_mask[1] ? grad_weight : none(),
+          output_mask[2] ? grad_bias : none()};
+}
+
+template <c10::DeviceType kDevice>
+std::tuple<at::Tensor, at::Tensor> linear_fwd_autocast(const at::Tensor& input,
+                                                       const at::Tensor& weight,
+                                                       const std::optional<at::Tensor>& bias,
+                                                       c10::string_view activation, double p0,
+                                                       double p1, bool save_preact) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(
+      at::autocast::get_autocast_dispatch_key_from_device_type(kDevice));
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("backprop_ext::linear_fwd", "")
+                             .typed<decltype(linear_fwd)>();
+  const auto dtype = at::autocast::get_autocast_dtype(kDevice);
+  return op.call(at::autocast::cached_cast(dtype, input, kDevice),
+                 at::autocast::cached_cast(dtype, weight, kDevice),
+                 at::autocast::cached_cast(dtype, bias, kDevice), activation, p0, p1, save_preact);
 }
 
 void register_ops(torch::Library& m) {
@@ -137,5 +171,12 @@ TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) { register_ops(m); }
 #ifdef BACKPROP_EXT_WITH_CUDA
 TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) { register_ops(m); }
 #endif
+
+TORCH_LIBRARY_IMPL(backprop_ext, AutocastCPU, m) {
+  m.impl("linear_fwd", &linear_fwd_autocast<c10::DeviceType::CPU>);
+}
+TORCH_LIBRARY_IMPL(backprop_ext, AutocastCUDA, m) {
+  m.impl("linear_fwd", &linear_fwd_autocast<c10::DeviceType::CUDA>);
+}
 
 }  // namespace backprop_ext

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "activation_math.h"
+#include "python_ops.h"
 
 TORCH_LIBRARY(backprop_ext, m) {
   // --- activation family
@@ -40,6 +41,17 @@ TORCH_LIBRARY(backprop_ext, m) {
   // outputs).
   m.def("cross_entropy_bwd_out(Tensor logits, Tensor target, Tensor? weight, Tensor lse, "
         "Tensor grad_nll, Tensor? grad_smooth, int ignore_index, Tensor(a!) out) -> ()");
+  // The rows' loss, reduced as torch's reductions do (see softmax.h, cross_entropy_reduce_fn):
+  // loss (N,) for "none", 0-d for "sum" and "mean"; total = the sum of the rows' target weights,
+  // what "mean" divides by. loss and total in the opmath dtype. Its backward: cross_entropy_bwd.
+  m.def("cross_entropy_loss_fwd(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "
+        "float label_smoothing, str reduction) -> (Tensor loss, Tensor lse, Tensor total)");
+  // The loss itself, torch.nn.functional.cross_entropy's: input (C), (N, C) or (N, C, d1, ...),
+  // target class indices (int64, input's shape without C) or class probabilities (input's
+  // shape); reduction "none", "mean" or "sum". Composite (CompositeImplicitAutograd): it calls
+  // cross_entropy_loss_fwd or softmax_fwd (and ATen's reductions), whose autograd it has.
+  m.def("cross_entropy(Tensor input, Tensor target, Tensor? weight=None, str reduction='mean', "
+        "int ignore_index=-100, float label_smoothing=0.) -> Tensor");
 
   // --- multi-tensor family (gradient clipping); see multi_tensor_math.h for the math.
   // One call covers a whole list of tensors on one device, dtypes mixed. Norms are float64 when
@@ -106,9 +118,12 @@ PyMethodDef methods[] = {
 }  // namespace
 
 // Importing the module runs the registrations above (and the kernels' and ops' own, in the other
-// translation units of this library).
+// translation units of this library); it holds activation_table() and the ops' entry points
+// (python_ops.cpp).
 PyMODINIT_FUNC PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods,
-                               nullptr, nullptr, nullptr, nullptr};
-  return PyModule_Create(&module);
+  static PyModuleDef module = {
+      PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods, nullptr, nullptr, nullptr, nullptr};
+  PyObject* m = PyModule_Create(&module);
+  if (m != nullptr && backprop_ext::add_python_ops(m) != 0) Py_CLEAR(m);
+  return m;
 }

@@ -46,11 +46,24 @@ using cross_entropy_bwd_fn = void (*)(const at::Tensor& logits, const at::Tensor
                                       const at::Tensor& grad_nll, const at::Tensor& grad_smooth,
                                       int64_t ignore_index, at::Tensor& grad);
 
+enum class Reduction : int8_t { kNone, kMean, kSum };
+
+// The loss from the rows' terms: loss_i = (1 - eps) w_i nll_i + (eps / C) smooth_i, where
+// w_i = weight[target_i] (1 without class weights) and 0 where target_i is ignore_index; `loss`
+// gets the loss_i (kNone, shape (N,)), their sum, or their sum / total (kMean), and `total` (0-d)
+// the sum of the w_i. nll, smooth (undefined without label smoothing), weight (undefined or (C,)),
+// loss and total are in the opmath dtype; the targets were checked by the row kernel.
+using cross_entropy_reduce_fn = void (*)(const at::Tensor& target, const at::Tensor& weight,
+                                         const at::Tensor& nll, const at::Tensor& smooth,
+                                         int64_t ignore_index, double eps, int64_t C,
+                                         Reduction reduction, at::Tensor& loss, at::Tensor& total);
+
 BACKPROP_EXT_DECLARE_STUB(softmax_fwd_stub, softmax_fwd_fn);
 BACKPROP_EXT_DECLARE_STUB(softmax_bwd_stub, softmax_bwd_fn);
 BACKPROP_EXT_DECLARE_STUB(logsumexp_fwd_stub, logsumexp_fwd_fn);
 BACKPROP_EXT_DECLARE_STUB(logsumexp_bwd_stub, logsumexp_bwd_fn);
 BACKPROP_EXT_DECLARE_STUB(cross_entropy_fwd_stub, cross_entropy_fwd_fn);
 BACKPROP_EXT_DECLARE_STUB(cross_entropy_bwd_stub, cross_entropy_bwd_fn);
+BACKPROP_EXT_DECLARE_STUB(cross_entropy_reduce_stub, cross_entropy_reduce_fn);
 
 }  // namespace backprop_ext

@@ -2,19 +2,25 @@
 # Sets up a fresh machine: a virtual environment in .venv with torch and the test tools, then
 # builds backprop_ext (CPU kernels, and CUDA kernels when a CUDA toolkit is present) in place.
 # Safe to run again: it reuses .venv and rebuilds only what changed.
+#
+# Knobs: BACKPROP_EXT_TORCH (the torch requirement, default torch==2.14.1), PYTHON (the
+# interpreter the environment is made from), VENV (its folder, default .venv),
+# BACKPROP_EXT_FORCE_CPU=1 (CPU kernels only; see setup.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_SPEC=${BACKPROP_EXT_TORCH:-torch==2.14.1}
 PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
 
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
 fi
-. .venv/bin/activate
+. "$VENV/bin/activate"
 python -m pip install -q --upgrade pip >/dev/null
+# transformers: the overhead benchmark's real model (a Llama built from a config, no download).
 python -m pip install -q "$TORCH_SPEC" numpy ninja setuptools wheel pytest expecttest hypothesis \
-  matplotlib scikit-learn tqdm
+  matplotlib scikit-learn tqdm transformers
 # The extension build needs torch at build time, hence no build isolation.
 MAX_JOBS=${MAX_JOBS:-$(nproc)} python -m pip install -q --no-build-isolation --no-deps -e .
 python - <<'PY'

@@ -171,6 +171,11 @@ def environment(device: str) -> dict:
     return env
 
 
+def _fmt_ms(ms: float) -> str:
+    """Three decimals; three significant digits below 0.1 ms (per-call overheads are µs)."""
+    return f"{ms:.3f}" if ms >= 0.1 else f"{ms:.3g}"
+
+
 def format_table(rows: list[Row], copy_gbps: float | None = None) -> str:
     with_vs = any(r.vs for r in rows)
     with_mem = any(r.peak_bytes for r in rows)
@@ -187,9 +192,9 @@ def format_table(rows: list[Row], copy_gbps: float | None = None) -> str:
     lines = [head]
     for r in rows:
         line = [r.op, r.shape, r.dtype, r.direction] + ([r.vs or "torch"] if with_vs else []) + [
-            f"{r.ms:.3f}", f"{r.torch_ms:.3f}", f"{r.speedup:.2f}"]
+            _fmt_ms(r.ms), _fmt_ms(r.torch_ms), f"{r.speedup:.2f}"]
         if gpu:
-            line += ["-" if r.compiled_ms is None else f"{r.compiled_ms:.3f}",
+            line += ["-" if r.compiled_ms is None else _fmt_ms(r.compiled_ms),
                      "-" if r.compiled_ms is None else f"{r.speedup_compiled:.2f}"]
         line += [f"{r.gbps:.1f}" if r.bytes else "-", f"{r.tflops:.1f}" if r.flops else "-"]
         if copy_gbps:

@@ -19,6 +19,7 @@ from . import (
     bench_distributed,
     bench_linear,
     bench_linear_cross_entropy,
+    bench_overhead,
     bench_softmax,
     bench_utils,
 )
@@ -26,8 +27,8 @@ from .common import copy_bandwidth_gbps, environment, format_table, plot, write_
 
 FAMILIES = {"activation": bench_activation, "checkpoint": bench_checkpoint,
             "distributed": bench_distributed, "linear": bench_linear,
-            "linear_cross_entropy": bench_linear_cross_entropy, "softmax": bench_softmax,
-            "utils": bench_utils}
+            "linear_cross_entropy": bench_linear_cross_entropy, "overhead": bench_overhead,
+            "softmax": bench_softmax, "utils": bench_utils}
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
 // The softmax family's CPU kernels: the thread split over (outer, D, inner) slices and rows. The
 // loops are in softmax_kernels.cpp, built once per ISA; the ops around them are csrc/softmax.cpp's.
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
 #include "../softmax.h"
@@ -102,6 +103,45 @@ void cross_entropy_bwd_cpu(const at::Tensor& x, const at::Tensor& t, const at::T
   });
 }
 
+// One pass over the N rows' values (the row kernel read N x C), serial and in double: the same
+// sum whatever the thread count.
+void cross_entropy_reduce_cpu(const at::Tensor& target, const at::Tensor& weight,
+                                 const at::Tensor& nll, const at::Tensor& smooth,
+                                 int64_t ignore_index, double eps, int64_t C, Reduction reduction,
+                                 at::Tensor& loss, at::Tensor& total) {
+  AT_DISPATCH_FLOATING_TYPES(nll.scalar_type(), "cross_entropy_reduce", [&] {
+    const int64_t N = nll.size(0);
+    const int64_t* t = target.const_data_ptr<int64_t>();
+    const scalar_t* l = nll.const_data_ptr<scalar_t>();
+    const scalar_t* s = smooth.defined() ? smooth.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* w = weight.defined() ? weight.const_data_ptr<scalar_t>() : nullptr;
+    const bool per_row = reduction == Reduction::kNone;
+    scalar_t* rows = per_row ? loss.mutable_data_ptr<scalar_t>() : nullptr;  // null when N == 0
+    const double nll_scale = 1.0 - eps, smooth_scale = eps / static_cast<double>(C);
+    double sum_nll = 0, sum_smooth = 0, total_weight = 0;
+    for (int64_t i = 0; i < N; ++i) {
+      const double w_i = t[i] == ignore_index ? 0.0 : (w ? static_cast<double>(w[t[i]]) : 1.0);
+      const double smooth_i = s ? static_cast<double>(s[i]) : 0.0;
+      if (per_row) {
+        rows[i] = static_cast<scalar_t>(nll_scale * w_i * static_cast<double>(l[i]) +
+                                        smooth_scale * smooth_i);
+      } else {
+        sum_nll += w_i * static_cast<double>(l[i]);
+        sum_smooth += smooth_i;
+      }
+      total_weight += w_i;
+    }
+    if (!per_row) {
+      // A mean divides both terms by the total weight of the counted targets, as torch: a zero
+      // total gives torch's NaN (a smoothing term over it alone would give inf).
+      const double d = reduction == Reduction::kMean ? total_weight : 1.0;
+      *loss.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(
+          nll_scale * (sum_nll / d) + (s ? smooth_scale * (sum_smooth / d) : 0.0));
+    }
+    *total.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(total_weight);
+  });
+}
+
 }  // namespace
 
 BACKPROP_EXT_REGISTER_KERNEL(softmax_fwd_stub, CPU, &softmax_fwd_cpu);
@@ -110,5 +150,6 @@ BACKPROP_EXT_REGISTER_KERNEL(logsumexp_fwd_stub, CPU, &logsumexp_fwd_cpu);
 BACKPROP_EXT_REGISTER_KERNEL(logsumexp_bwd_stub, CPU, &logsumexp_bwd_cpu);
 BACKPROP_EXT_REGISTER_KERNEL(cross_entropy_fwd_stub, CPU, &cross_entropy_fwd_cpu);
 BACKPROP_EXT_REGISTER_KERNEL(cross_entropy_bwd_stub, CPU, &cross_entropy_bwd_cpu);
+BACKPROP_EXT_REGISTER_KERNEL(cross_entropy_reduce_stub, CPU, &cross_entropy_reduce_cpu);
 
 }  // namespace backprop_ext::cpu

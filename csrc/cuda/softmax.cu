@@ -11,7 +11,13 @@
 // backward reads it once and writes the gradient once.
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/clamp.h>
+#include <ATen/ops/div.h>
+#include <ATen/ops/gather.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/ne.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/to.h>
 
 #include "../dispatch.h"
 #include "../softmax.h"
@@ -510,6 +516,35 @@ void cross_entropy_bwd_cuda(const at::Tensor& x, const at::Tensor& t, const at::
   });
 }
 
+// N values: a few of ATen's elementwise ops and reductions (on the current stream, capturable in
+// a CUDA graph) rather than a kernel of ours.
+void cross_entropy_reduce_cuda(const at::Tensor& target, const at::Tensor& weight,
+                               const at::Tensor& nll, const at::Tensor& smooth,
+                               int64_t ignore_index, double eps, int64_t C, Reduction reduction,
+                               at::Tensor& loss, at::Tensor& total) {
+  const at::Tensor keep = target.ne(ignore_index);
+  const at::Tensor w = weight.defined() ? weight.gather(0, target.clamp(0, C - 1)).mul(keep)
+                                        : keep.to(nll.scalar_type());
+  at::sum_out(total, w);
+  const double smooth_scale = eps / static_cast<double>(C);
+  if (reduction == Reduction::kNone) {
+    at::Tensor rows = nll.mul(w).mul_(1.0 - eps);  // nll is 0 on ignored rows, as is smooth
+    if (smooth.defined()) rows.add_(smooth, smooth_scale);
+    loss.copy_(rows);
+    return;
+  }
+  // A mean divides both terms by the total weight of the counted targets, as torch: a zero
+  // total gives torch's NaN (a smoothing term over it alone would give inf).
+  at::sum_out(loss, nll.mul(w));
+  if (reduction == Reduction::kMean) loss.div_(total);
+  loss.mul_(1.0 - eps);
+  if (smooth.defined()) {
+    at::Tensor smooth_sum = smooth.sum();
+    if (reduction == Reduction::kMean) smooth_sum.div_(total);
+    loss.add_(smooth_sum, smooth_scale);
+  }
+}
+
 }  // namespace
 
 BACKPROP_EXT_REGISTER_KERNEL(softmax_fwd_stub, CUDA, &softmax_fwd_cuda);
@@ -518,5 +553,6 @@ BACKPROP_EXT_REGISTER_KERNEL(logsumexp_fwd_stub, CUDA, &logsumexp_fwd_cuda);
 BACKPROP_EXT_REGISTER_KERNEL(logsumexp_bwd_stub, CUDA, &logsumexp_bwd_cuda);
 BACKPROP_EXT_REGISTER_KERNEL(cross_entropy_fwd_stub, CUDA, &cross_entropy_fwd_cuda);
 BACKPROP_EXT_REGISTER_KERNEL(cross_entropy_bwd_stub, CUDA, &cross_entropy_bwd_cuda);
+BACKPROP_EXT_REGISTER_KERNEL(cross_entropy_reduce_stub, CUDA, &cross_entropy_reduce_cuda);
 
 }  // namespace backprop_ext::cuda

@@ -1,0 +1,45 @@
+"""backprop_ext's registered ops, called the cheap way.
+
+`_ops.<name>(*args)` is `torch.ops.backprop_ext.<name>.default(*args)`: the same op, the same
+result, autograd, functorch, dispatch-mode and tracing behaviour, arguments positional and all
+given. In eager mode it goes through the op's entry point in backprop_ext._C (csrc/python_ops.cpp),
+which parses the arguments by the op's C++ signature and, when nothing is to be recorded, calls
+the op below autograd without leaving C++: what a call to one of torch's own functions costs.
+Under torch.compile it is the op itself, which Dynamo puts in the graph.
+
+Ops: activation_fwd, activation_fwd_, activation_bwd, softmax_fwd, softmax_bwd, logsumexp_fwd,
+logsumexp_bwd, cross_entropy_fwd, cross_entropy_bwd, cross_entropy_loss_fwd, cross_entropy,
+linear_fwd, linear_bwd (schemas in csrc/registration.cpp).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from . import _C
+
+OPS = ("activation_fwd", "activation_fwd_", "activation_bwd", "softmax_fwd", "softmax_bwd",
+       "logsumexp_fwd", "logsumexp_bwd", "cross_entropy_fwd", "cross_entropy_bwd",
+       "cross_entropy_loss_fwd", "cross_entropy", "linear_fwd", "linear_bwd")
+
+
+def _caller(name: str) -> Callable:
+    fast = getattr(_C, name)
+    op = getattr(torch.ops.backprop_ext, name).default
+    is_compiling = torch.compiler.is_compiling  # constant-folded by Dynamo
+
+    def call(*args):
+        if is_compiling():
+            return op(*args)
+        return fast(*args)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"torch.ops.backprop_ext.{name}.default(*args), through backprop_ext._C.{name}."
+    return call
+
+
+globals().update({name: _caller(name) for name in OPS})
+
+__all__ = list(OPS)
