@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import torch
 
-from ._autograd import pick, save_for_forward, twin
-from ._common import check_float_input
+from . import _ops
+from ._autograd import batch_first, register, save_for_forward
+from ._common import FLOAT_DTYPES
 from ._layout import elementwise_output
-from .activation import _ACTIVATION, _ACTIVATION_BWD, SAVES_OUTPUT, _dfactor_dsaved
+from .activation import SAVES_OUTPUT, _dfactor_dsaved
 from .linear import parse_activation
 
 __all__ = ["gated", "swiglu", "geglu"]
-
-_ops = torch.ops.backprop_ext
 
 
 # --- fake kernels (shapes, dtypes and strides for tracing and torch.compile)
@@ -56,13 +55,13 @@ def _gated_bwd_fake(grad, gate, up, activation, p0=0.0, p1=0.0):
 
 def _f(gate, act):
     """f(gate)."""
-    return pick(_ACTIVATION).apply(gate, *act)
+    return _ops.activation_fwd(gate, *act)
 
 
 def _df(v, gate, act):
     """v f'(gate). Rows whose derivative reads the output get f(gate), recomputed."""
     saved = _f(gate, act) if act[0] in SAVES_OUTPUT else gate
-    return pick(_ACTIVATION_BWD).apply(v, saved, *act)
+    return _ops.activation_bwd(v, saved, *act)
 
 
 def _ddf(v, gate, act):
@@ -83,7 +82,8 @@ def _add(a, b):
 
 
 class GatedFunction(torch.autograd.Function):
-    """y = f(gate) * up. Saves gate and up; backward recomputes f(gate) in its one pass."""
+    """y = f(gate) * up: gated_fwd(gate, up, activation, p0, p1). Saves gate and up; backward
+    recomputes f(gate) in its one pass. Its formulas are gated_fwd's autograd and vmap."""
 
     @staticmethod
     def forward(gate, up, activation, p0, p1):
@@ -99,7 +99,7 @@ class GatedFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         gate, up = ctx.saved_tensors
-        grad_gate, grad_up = pick(_GATED_BWD).apply(grad, gate, up, *ctx.act)
+        grad_gate, grad_up = _ops.gated_bwd(grad, gate, up, *ctx.act)
         return (grad_gate if ctx.needs_input_grad[0] else None,
                 grad_up if ctx.needs_input_grad[1] else None, None, None, None)
 
@@ -114,10 +114,17 @@ class GatedFunction(torch.autograd.Function):
             out = _add(out, _ops.gated_fwd(gate, up_t, *ctx.act))
         return out if out is not None else torch.zeros_like(gate)
 
+    @staticmethod
+    def vmap(info, in_dims, gate, up, activation, p0=0.0, p1=0.0):
+        if in_dims[0] == in_dims[1]:  # both batched alike: elementwise as they are
+            return _ops.gated_fwd(gate, up, activation, p0, p1), in_dims[0]
+        gate, up = (batch_first(t, d, info.batch_size) for t, d in zip((gate, up), in_dims))
+        return _ops.gated_fwd(gate, up, activation, p0, p1), 0
+
 
 class GatedBackwardFunction(torch.autograd.Function):
-    """(grad_gate, grad_up) = (grad up f'(gate), grad f(gate)): the backward as a differentiable
-    Function (double backward, forward-over-reverse)."""
+    """(grad_gate, grad_up) = (grad up f'(gate), grad f(gate)): gated_bwd, differentiable (double
+    backward, forward-over-reverse)."""
 
     @staticmethod
     def forward(grad, gate, up, activation, p0, p1):
@@ -159,9 +166,16 @@ class GatedBackwardFunction(torch.autograd.Function):
         zeros = torch.zeros_like(grad)
         return (t_gate if t_gate is not None else zeros, t_up if t_up is not None else zeros)
 
+    @staticmethod
+    def vmap(info, in_dims, grad, gate, up, activation, p0=0.0, p1=0.0):
+        if in_dims[0] == in_dims[1] == in_dims[2]:  # all batched alike: elementwise
+            return _ops.gated_bwd(grad, gate, up, activation, p0, p1), (in_dims[0],) * 2
+        args = (batch_first(t, d, info.batch_size) for t, d in zip((grad, gate, up), in_dims))
+        return _ops.gated_bwd(*args, activation, p0, p1), (0, 0)
 
-_GATED = twin(GatedFunction)
-_GATED_BWD = twin(GatedBackwardFunction)
+
+register("gated_fwd", GatedFunction)
+register("gated_bwd", GatedBackwardFunction)
 
 
 # --- public functions
@@ -177,18 +191,22 @@ def gated(gate: torch.Tensor, up: torch.Tensor, activation="silu") -> torch.Tens
     ("gelu", "tanh") (GeGLU), ("leaky_relu", 0.2), ... Returns the product, in the broadcast
     shape and the promoted dtype.
     """
-    check_float_input("gated", gate)
-    check_float_input("gated", up)
+    if not (isinstance(gate, torch.Tensor) and isinstance(up, torch.Tensor)):
+        raise TypeError(f"backprop_ext.gated: expected gate and up to be Tensors, got "
+                        f"{type(gate).__name__} and {type(up).__name__}")
     if activation is None:
         raise ValueError("backprop_ext.gated: activation must be a name or (name, *params), "
                          "not None")
     row, p0, p1 = parse_activation(activation)
-    if gate.dtype != up.dtype:
+    if gate.dtype != up.dtype:  # promoted as torch's f(gate) * up, floats only (as f takes)
+        if gate.dtype not in FLOAT_DTYPES or up.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"backprop_ext.gated: expected gate and up of dtype float64, float32, "
+                            f"float16 or bfloat16, got {gate.dtype} and {up.dtype}")
         dtype = torch.promote_types(gate.dtype, up.dtype)
         gate, up = gate.to(dtype), up.to(dtype)
     if gate.shape != up.shape:
         gate, up = torch.broadcast_tensors(gate, up)
-    return pick(_GATED).apply(gate, up, row, p0, p1)
+    return _ops.gated_fwd(gate, up, row, p0, p1)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

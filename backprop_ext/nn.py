@@ -435,19 +435,27 @@ def _is_fsdp_unit(module) -> bool:
 
 def _computes_the_same(before, after, in_features: int, probe_of) -> bool:
     """Runs both on one small input (the first parameter's device and dtype, a private
-    generator, no autograd) and compares: a class we recognise by its children could still wire
+    generator, no autograd, eval mode) and compares: a class we recognise by its children could still wire
     them differently in its forward."""
     param = next(before.parameters(), None)
     if param is None or param.device.type == "meta":
         return False
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, in_features, generator=g, dtype=torch.float64).to(param.device, param.dtype)
-    with torch.no_grad():
-        try:
+    # In eval mode (dropout off, so that both runs see the same function and no random number is
+    # drawn), each module's mode restored after.
+    modes = {m: m.training for root in (before, after) for m in root.modules()}
+    try:
+        for m in modes:
+            m.training = False
+        with torch.no_grad():
             expected = before(x)
             got = probe_of(after)(x)
-        except Exception:  # a forward that does not take (N, in_features) is not an MLP
-            return False
+    except Exception:  # a forward that does not take (N, in_features) is not an MLP
+        return False
+    finally:
+        for m, training in modes.items():
+            m.training = training
     if not isinstance(expected, torch.Tensor) or expected.shape != got.shape:
         return False
     tol = {torch.float16: 2e-2, torch.bfloat16: 5e-2}.get(param.dtype, 1e-4)

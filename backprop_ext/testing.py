@@ -531,7 +531,7 @@ def run_on_each_isa(isas, timeout: float = 600) -> dict[str, tuple[int, str, str
 def op_samples(device="cpu", dtype=torch.float32, requires_grad: bool = True) -> list:
     """[(label, op, args)]: every op of torch.ops.backprop_ext with arguments that exercise it
     (every activation row, both softmax directions, every cross-entropy reduction, linear with
-    and without bias, activation and pre-activation kept); floating arguments require grad when
+    and without bias, activation and pre-activation kept, gated units); floating arguments require grad when
     `requires_grad` (the in-place and out= ops' mutated arguments never do)."""
     from .activation import SPECS
 
@@ -612,4 +612,11 @@ def op_samples(device="cpu", dtype=torch.float32, requires_grad: bool = True) ->
                             ops.linear_bwd.default,
                             (rand(5, 6), x, w, saved.requires_grad_(requires_grad), activation,
                              p0, p1, list(mask))))
+    for activation, p0, p1 in (("silu", 0.0, 0.0), ("gelu_tanh", 0.0, 0.0), ("relu", 0.0, 0.0)):
+        samples += [
+            (f"gated_fwd-{activation}", ops.gated_fwd.default,
+             (rand(3, 4), rand(3, 4), activation, p0, p1)),
+            (f"gated_bwd-{activation}", ops.gated_bwd.default,
+             (rand(3, 4), rand(3, 4), rand(3, 4), activation, p0, p1)),
+        ]
     return samples

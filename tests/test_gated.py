@@ -190,8 +190,12 @@ def test_a_value_rounds_the_same_wherever_it_sits(dtype):
 
 def test_rejects_bad_input():
     g, u = torch.randn(3), torch.randn(3)
-    with pytest.raises(TypeError, match="expected input of dtype"):
-        BF.swiglu(g.long(), u)
+    with pytest.raises(TypeError, match="expected gate and up of dtype float64, float32"):
+        BF.swiglu(g.long(), u)  # torch would promote to float: silu of a long raises
+    with pytest.raises(RuntimeError, match="gated_fwd: expected gate to be a float64, float32"):
+        BF.swiglu(g.long(), u.long())
+    with pytest.raises(TypeError, match="expected gate and up to be Tensors, got list"):
+        BF.swiglu([1.0], u)
     with pytest.raises(ValueError, match="activation must be a name"):
         BF.gated(g, u, None)
     with pytest.raises(ValueError, match="unknown activation 'nope'"):

@@ -81,7 +81,8 @@ MODELS = {
     "gpt2": (_gpt2, _tokens, {"Conv1D": 8, "GELU": 2, "Linear": 1}, 2),
     "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), _image,
                  {"ReLU": 9, "Linear": 1}, 0),
-    "vit": (_tv_vit, _image, {"GELU": 2, "Linear": 7}, 2),
+    # (nn.MultiheadAttention's out_proj is a Linear subclass: left alone, said in the report)
+    "vit": (_tv_vit, _image, {"GELU": 2, "Linear": 5}, 2),
     "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(num_classes=10), _image,
                         {"SiLU": 49, "Sigmoid": 16, "Linear": 1}, 0),
     "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(num_classes=10), _image,
@@ -98,6 +99,8 @@ def _build(name):
 
 
 def _step(model, inputs, grad_seed=1):
+    dtype = next(model.parameters()).dtype  # the float64 reference takes float64 images
+    inputs = [t.to(dtype) if t.is_floating_point() else t for t in inputs]
     out = _output(model(*inputs))
     grad = torch.randn(out.shape, dtype=torch.float64,
                        generator=torch.Generator().manual_seed(grad_seed)).to(out.dtype)
@@ -137,6 +140,8 @@ def test_convert_replaces_and_matches(name, fuse):
         if type(m).__module__ == "backprop_ext.nn":
             counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
     for cls, n in expected.items():
+        if fuse and cls in bnn.ACTIVATION_MODULES:
+            continue  # some are folded into their Linear: the fusion count below says how many
         assert counts.get(cls, 0) >= n, (cls, counts)
     assert len(report.fused) >= (fusions if fuse else 0) + expected.get("GatedMLP", 0)
     # The same Parameters (no copies: an optimizer built before keeps working), same state_dict.
@@ -229,7 +234,10 @@ def test_timm_activation_classes():
         ys = holder[0](xs[0]), theirs(xs[1])
         torch.testing.assert_close(*ys, rtol=1e-10, atol=1e-10)
         g = [torch.autograd.grad(y.sum(), t)[0] for y, t in zip(ys, xs)]
-        torch.testing.assert_close(*g, rtol=1e-10, atol=1e-10)
+        # timm's HardSigmoid is relu6(x + 3) / 6, whose gradient autograd takes as 1/6; ours is
+        # torch's hardsigmoid, whose kernels use 1/6 rounded to float32, in float64 too.
+        tol = 1e-7 if isinstance(theirs, T.HardSigmoid) else 1e-10
+        torch.testing.assert_close(*g, rtol=tol, atol=tol)
     kept = torch.nn.Sequential(M.HardSwishMe(), T.Sigmoid(inplace=True), T.HardMish())
     _, report = bnn.convert(kept, report=True)
     assert [type(m) for m in kept] == [M.HardSwishMe, T.Sigmoid, T.HardMish]
@@ -275,3 +283,12 @@ def test_gated_mlp_needs_the_llama_wiring():
     _, report = bnn.convert(model, report=True)
     assert type(model[0]) is Swapped
     assert "its forward computes something else" in str(report)
+
+
+def test_fusion_probe_in_train_mode_keeps_the_mode_and_draws_nothing():
+    model = _build("gpt2").train()  # dropout on: the probe must not see it
+    state = torch.get_rng_state()
+    _, report = bnn.convert(model, fuse=True, report=True)
+    assert [what for _, what in report.fused] == ["c_fc + act -> Conv1D(activation='gelu_tanh')"] * 2
+    assert all(m.training for m in model.modules())
+    assert torch.equal(torch.get_rng_state(), state)
