@@ -268,3 +268,15 @@ def test_gated_mlp_keeps_one_intermediate_less():
     del theirs
     assert saved_bytes(plain) - saved_bytes(lambda: ours(x)) == 32 * 64  # one (N, I) tensor
     assert "activation='silu'" in repr(ours)
+
+
+def test_bench_rows_and_kept_memory():
+    from backprop_ext.benchmarks import bench_gated
+
+    rows = bench_gated.run("cpu", sizes=[64], ops=["swiglu", "llama_mlp"], reps=1)
+    assert {(r.op, r.direction) for r in rows} == {
+        (op, d) for op in ("swiglu", "llama_mlp") for d in ("fwd", "bwd", "fwd+bwd")}
+    assert all(r.ms > 0 and r.torch_ms > 0 for r in rows)
+    step = next(r for r in rows if r.op == "llama_mlp" and r.direction == "fwd+bwd")
+    _, _, inter = bench_gated.MLP_SHAPES["cpu"]
+    assert step.torch_peak_bytes - step.peak_bytes == 64 * inter * 4  # silu(gate), float32

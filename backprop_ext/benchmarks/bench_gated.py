@@ -4,10 +4,10 @@
                        TF.gelu(g, approximate="tanh") * u, on 1-d tensors (`--sizes`: elements).
                        Ideal traffic: fwd 3 passes (read g and u, write y), bwd 5 (read the
                        gradient, g and u; write two gradients), fwd+bwd 8.
-    llama_mlp          bnn.GatedMLP vs the same block written as transformers' LlamaMLP computes
-                       it, down_proj(silu(gate_proj(x)) * up_proj(x)) with torch.nn.Linear and
-                       torch.nn.functional, on the same Parameters; bias-free; x of (tokens,
-                       hidden). `--sizes` sets the tokens. TFLOP/s count the three GEMMs (2 N H I
+    llama_mlp          bnn.GatedMLP's forward vs transformers' LlamaMLP's,
+                       down_proj(silu(gate_proj(x)) * up_proj(x)), each as functions of x and the
+                       three weights (the gradients of all four are taken); bias-free; x of
+                       (tokens, hidden). `--sizes` sets the tokens. TFLOP/s count the three GEMMs (2 N H I
                        each; 3x for fwd+bwd). The peak-memory columns (fwd+bwd only) are what the
                        step's forward keeps for backward, measured with saved-tensor hooks:
                        ours keeps gate_proj's and up_proj's outputs, torch also silu(gate).
@@ -38,13 +38,17 @@ UNITS = {
 }
 
 
-def _torch_mlp(mlp: bnn.GatedMLP):
-    """LlamaMLP's forward on `mlp`'s Parameters, in torch's ops."""
-    gate, up, down = mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
+# The block as functions of (x, gate_proj.weight, up_proj.weight, down_proj.weight), so that
+# common.measure differentiates the weights too (a training step; with the weights closed over,
+# autograd.grad(out, x) lets torch's mm skip their gradients, which a Function cannot see).
+def _ours_mlp(x, gate, up, down):
+    """GatedMLP.forward."""
+    return BF.linear(BF.swiglu(BF.linear(x, gate), BF.linear(x, up)), down)
 
-    def forward(x):
-        return TF.linear(TF.silu(TF.linear(x, gate)) * TF.linear(x, up), down)
-    return forward
+
+def _torch_mlp(x, gate, up, down):
+    """LlamaMLP.forward."""
+    return TF.linear(TF.silu(TF.linear(x, gate)) * TF.linear(x, up), down)
 
 
 def saved_bytes(fn, x, params) -> int:
@@ -89,16 +93,17 @@ def _mlp_rows(device, dtype, dtype_name, sizes, reps, compiled):
     tokens, hidden, inter = MLP_SHAPES[device.split(":")[0]]
     torch.manual_seed(0)
     mlp = bnn.GatedMLP(hidden, inter, activation="silu", device=device, dtype=dtype)
-    theirs = _torch_mlp(mlp)
+    params = [mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight]
     rows = []
     for n in sizes or [tokens]:
         x = torch.randn(n, hidden, device=device, dtype=dtype)
         grad = torch.randn_like(x)
-        comp = torch.compile(theirs) if compiled else None
-        times = measure(mlp, theirs, (x,), grad, device, max(reps // 4, 3), compiled=comp)
+        comp = torch.compile(_torch_mlp) if compiled else None
+        times = measure(_ours_mlp, _torch_mlp, (x, *params), grad, device, max(reps // 4, 3),
+                        compiled=comp)
         leaf = x.detach().requires_grad_()
-        params = list(mlp.parameters())
-        kept, kept_torch = saved_bytes(mlp, leaf, params), saved_bytes(theirs, leaf, params)
+        kept = saved_bytes(mlp, leaf, params)  # the module itself
+        kept_torch = saved_bytes(lambda t: _torch_mlp(t, *params), leaf, params)
         for direction, (ms, tms, cms) in times.items():
             mem = direction == "fwd+bwd"
             rows.append(Row(family=FAMILY, op="llama_mlp", shape=f"({n},{hidden})x{inter}",
