@@ -16,12 +16,12 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken instal
     ) from e
 
 from . import (  # noqa: E402
-    _common, activation, checkpoint, functional, linear, linear_cross_entropy, multi_tensor, nn,
-    softmax, utils,
+    _common, activation, checkpoint, functional, gated, linear, linear_cross_entropy, multi_tensor,
+    nn, softmax, utils,
 )
 
 __version__ = "0.1.0"
-__all__ = ["activation", "checkpoint", "functional", "linear", "linear_cross_entropy",
+__all__ = ["activation", "checkpoint", "functional", "gated", "linear", "linear_cross_entropy",
            "multi_tensor", "nn", "softmax", "utils", "cuda_built"]
 
 

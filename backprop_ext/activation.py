@@ -165,6 +165,27 @@ def _softplus_second(s, beta, threshold):  # f' = sigmoid(beta x) below the thre
     return torch.where(s * beta > threshold, torch.zeros_like(s), beta * sig * (1 - sig))
 
 
+def _elu_second(s, alpha, scale=1.0):  # f' = scale alpha e^x at x <= 0, scale above
+    return torch.where(s > 0, torch.zeros_like(s), (alpha * scale) * torch.exp(s))
+
+
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+
+def _mish_second(s, p0, p1):  # f' = t + x sig (1 - t^2), t = tanh(softplus(x)), t' = sig (1 - t^2)
+    t = torch.tanh(torch.log1p(torch.exp(s)))
+    sig = torch.sigmoid(s)
+    return (1 - t * t) * sig * (2 + s * (1 - sig - 2 * t * sig))
+
+
+_QUICK_GELU = 1.702
+
+
+def _quick_gelu_second(s, p0, p1):  # f' = sig (1 + a x (1 - sig)), sig = sigmoid(a x)
+    sig = torch.sigmoid(_QUICK_GELU * s)
+    return _QUICK_GELU * sig * (1 - sig) * (2 + _QUICK_GELU * s * (1 - 2 * sig))
+
+
 _SECOND_DERIVATIVES: dict[str, Callable | None] = {
     "relu": None,
     "leaky_relu": None,
@@ -174,6 +195,13 @@ _SECOND_DERIVATIVES: dict[str, Callable | None] = {
     "sigmoid": lambda y, p0, p1: 1 - 2 * y,  # f' = y (1 - y)
     "tanh": lambda y, p0, p1: -2 * y,  # f' = 1 - y^2
     "softplus": _softplus_second,
+    "hardsigmoid": None,  # f' = 1/6 between -3 and 3
+    "hardswish": lambda s, p0, p1: ((s > -3) & (s < 3)).to(s.dtype) / 3,  # f' = x/3 + 1/2 inside
+    "relu6": None,
+    "elu": lambda s, alpha, p1: _elu_second(s, alpha),
+    "selu": lambda s, p0, p1: _elu_second(s, _SELU_ALPHA, _SELU_SCALE),
+    "mish": _mish_second,
+    "quick_gelu": _quick_gelu_second,
 }
 
 

@@ -7,6 +7,9 @@ kernels.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import torch
 
 from . import activation as _activation
@@ -20,21 +23,34 @@ from .linear import parse_activation
 def _make_module(module: str, rows: tuple) -> type:
     """torch.nn.<module>'s subclass whose forward runs our functional with the module's
     attributes (named like the functional's parameters), generated as source so that a call
-    costs what a hand-written forward costs."""
-    base = getattr(torch.nn, module)
+    costs what a hand-written forward costs. For a row torch.nn has no Module for (quick_gelu),
+    a torch.nn.Module taking the functional's parameters as keyword arguments instead."""
+    base = getattr(torch.nn, module, None)
     function = rows[0].function
     if any(r.function != function for r in rows):
         raise RuntimeError(f"activation table: torch.nn.{module} computes more than one function")
-    args = "".join(f", self.{a}" for a, _ in rows[0].arguments)
+    arguments = rows[0].arguments
+    args = "".join(f", self.{a}" for a, _ in arguments)
     source = f"def forward(self, input):\n    return _fn(input{args})\n"
-    scope = {"_fn": getattr(F, function)}
+    if base is None:
+        params = "".join(f", {a}={v!r}" for a, v in arguments)
+        source += (f"def __init__(self{params}):\n    torch.nn.Module.__init__(self)\n"
+                   + "".join(f"    self.{a} = {a}\n" for a, _ in arguments))
+        source += ("def extra_repr(self):\n    return " + (
+            " + ', '.join([" + ", ".join(f"f'{a}={{self.{a}!r}}'" for a, _ in arguments) + "])"
+            if arguments else "''") + "\n")
+    scope = {"_fn": getattr(F, function), "torch": torch}
     exec(source, scope)  # noqa: S102 - source built above from the activation table
-    forward = scope["forward"]
-    forward.__qualname__ = f"{module}.forward"
-    return type(module, (base,), {
-        "forward": forward, "__module__": __name__,
-        "__doc__": f"torch.nn.{module} on backprop_ext's kernels (backprop_ext.functional."
-                   f"{function}): same constructor, attributes, repr and state_dict."})
+    body = {name: scope[name] for name in ("forward", "__init__", "extra_repr") if name in scope}
+    for name, fn in body.items():
+        fn.__qualname__ = f"{module}.{name}"
+    if base is None:
+        doc = (f"{rows[0].signature} as a Module, on backprop_ext's kernels (torch.nn has none).")
+    else:
+        doc = (f"torch.nn.{module} on backprop_ext's kernels (backprop_ext.functional.{function}): "
+               "same constructor, attributes, repr and state_dict.")
+    return type(module, (base or torch.nn.Module,), {**body, "__module__": __name__,
+                                                     "__doc__": doc})
 
 
 ACTIVATION_MODULES: dict[str, type] = {}
@@ -47,7 +63,8 @@ globals().update(ACTIVATION_MODULES)
 
 __all__ = [
     *ACTIVATION_MODULES, "Linear", "Softmax", "LogSoftmax", "CrossEntropyLoss",
-    "LinearCrossEntropy", "convert", "Checkpoint", "CheckpointedSequential",
+    "LinearCrossEntropy", "Conv1D", "GatedMLP", "convert", "register_conversion",
+    "ConversionReport", "Checkpoint", "CheckpointedSequential",
 ]
 
 
@@ -167,25 +184,220 @@ class LinearCrossEntropy(torch.nn.Module):
         return extra
 
 
-# torch.nn class -> ours. Matched on the exact type, so user subclasses (which may override
-# forward) are left alone.
-_REPLACEMENTS: dict[type, type] = {
-    **{getattr(torch.nn, name): cls for name, cls in ACTIVATION_MODULES.items()},
-    torch.nn.Softmax: Softmax,
-    torch.nn.LogSoftmax: LogSoftmax,
-    torch.nn.CrossEntropyLoss: CrossEntropyLoss,
-    torch.nn.Linear: Linear,
+class Conv1D(torch.nn.Module):
+    """transformers' Conv1D (GPT-2's linear layer, weight stored transposed) on our linear:
+    input @ weight + bias, with an optional fused activation as in Linear.
+
+    Same parameters as transformers.pytorch_utils.Conv1D(nf, nx): weight (nx, nf) = (in, out) and
+    bias (nf,), under the same names, so state_dicts load both ways. convert() re-badges
+    transformers' instances to this class, keeping their Parameters (no copy) and hooks.
+    """
+
+    activation = None  # class default: re-badged instances have no such attribute
+
+    def __init__(self, nf: int, nx: int, *, activation=None) -> None:
+        super().__init__()
+        self.nf, self.nx = nf, nx
+        self.weight = torch.nn.Parameter(torch.empty(nx, nf))
+        self.bias = torch.nn.Parameter(torch.zeros(nf))
+        torch.nn.init.normal_(self.weight, std=0.02)
+        if activation is not None:
+            parse_activation(activation)
+            self.activation = activation
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # weight.t() is a view: the GEMMs read the (in, out) storage as it is.
+        return F.linear(input, self.weight.t(), self.bias, activation=self.activation)
+
+    def __repr__(self) -> str:
+        act = "" if self.activation is None else f", activation={self.activation!r}"
+        return f"Conv1D(nf={self.nf}, nx={self.nx}{act})"
+
+
+class GatedMLP(torch.nn.Module):
+    """down_proj(f(gate_proj(x)) * up_proj(x)), the MLP of Llama, Mistral, Qwen2 and Gemma, with
+    the gate's activation and the product fused (backprop_ext.functional.gated): one pass each
+    way, and backward keeps gate_proj's and up_proj's outputs, not f of the first.
+
+    Parameters as transformers' LlamaMLP: gate_proj, up_proj (Linear(hidden_size,
+    intermediate_size, bias)) and down_proj (Linear(intermediate_size, hidden_size, bias)), so
+    state_dicts load both ways. activation: as functional.gated takes it ("silu": SwiGLU;
+    ("gelu", "tanh"): Gemma's GeGLU). forward(x (*, hidden_size)) -> (*, hidden_size).
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, activation="silu",
+                 bias: bool = False, device=None, dtype=None) -> None:
+        super().__init__()
+        parse_activation(activation)
+        self.hidden_size, self.intermediate_size = hidden_size, intermediate_size
+        self.activation = activation
+        factory = {"bias": bias, "device": device, "dtype": dtype}
+        self.gate_proj = Linear(hidden_size, intermediate_size, **factory)
+        self.up_proj = Linear(hidden_size, intermediate_size, **factory)
+        self.down_proj = Linear(intermediate_size, hidden_size, **factory)
+
+    @classmethod
+    def from_projections(cls, gate_proj: torch.nn.Linear, up_proj: torch.nn.Linear,
+                         down_proj: torch.nn.Linear, activation) -> GatedMLP:
+        """A GatedMLP made of these three modules themselves (their Parameters and hooks)."""
+        mlp = cls.__new__(cls)
+        torch.nn.Module.__init__(mlp)
+        mlp.hidden_size, mlp.intermediate_size = gate_proj.in_features, gate_proj.out_features
+        mlp.activation = activation
+        mlp.gate_proj, mlp.up_proj, mlp.down_proj = gate_proj, up_proj, down_proj
+        return mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gated(self.gate_proj(x), self.up_proj(x), self.activation))
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}"
+
+
+# --- convert(): the conversion table
+#
+# Keyed by qualified class name (module.qualname), so that transformers and timm need not be
+# installed, or imported, for their entries to exist. Each factory takes the module and returns
+# its replacement, or a string saying why the module is left alone. A class maps only where ours
+# computes its exact function, gradient included (kinks, NaN, parameters); exact classes only, so
+# subclasses, which may override forward, are left alone.
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _rebadge(ours: type):
+    """Factory for a torch.nn class ours subclasses: the instance itself, its class swapped (our
+    classes add no state: every attribute, parameter, buffer and hook stays as it was)."""
+    def factory(module):
+        module.__class__ = ours
+        return module
+    factory.target = ours.__name__
+    return factory
+
+
+def _new(make, target: str):
+    """Factory building a fresh Module of ours (stateless activations)."""
+    def factory(module):
+        return make(module)
+    factory.target = target
+    return factory
+
+
+def _leave(reason: str):
+    def factory(module):
+        return reason
+    factory.target = None
+    factory.reason = reason
+    return factory
+
+
+def _hardtanh(module):
+    if module.min_val == 0.0 and module.max_val == 6.0:
+        module.__class__ = ReLU6  # noqa: F821 - generated from the activation table
+        return module
+    return f"Hardtanh({module.min_val}, {module.max_val}): no activation row computes it"
+
+
+_hardtanh.target = "ReLU6 (for min_val=0, max_val=6)"
+
+_NO_INPLACE = "in place, and torch.nn's (so ours) has no in-place form"
+_TF_ACT = "transformers.activations."
+_TIMM_ACT = "timm.layers.activations."
+_TIMM_ME = "timm.layers.activations_me."
+
+_CONVERSIONS: dict = {
+    **{_qualname(getattr(torch.nn, name)): _rebadge(cls) for name, cls in ACTIVATION_MODULES.items()
+       if hasattr(torch.nn, name)},
+    _qualname(torch.nn.Hardtanh): _hardtanh,
+    _qualname(torch.nn.Softmax): _rebadge(Softmax),
+    _qualname(torch.nn.LogSoftmax): _rebadge(LogSoftmax),
+    _qualname(torch.nn.CrossEntropyLoss): _rebadge(CrossEntropyLoss),
+    _qualname(torch.nn.Linear): _rebadge(Linear),
+    # transformers: the classes ACT2FN builds, by what each forward computes.
+    _TF_ACT + "GELUActivation": _new(lambda m: GELU(), "GELU()"),  # noqa: F821
+    _TF_ACT + "GELUTanh": _new(lambda m: GELU("tanh"), "GELU('tanh')"),  # noqa: F821
+    _TF_ACT + "PytorchGELUTanh": _new(lambda m: GELU("tanh"), "GELU('tanh')"),  # noqa: F821
+    _TF_ACT + "NewGELUActivation": _new(lambda m: GELU("tanh"), "GELU('tanh')"),  # noqa: F821
+    # 0.5 x (1 + tanh(0.7978845608 x (1 + 0.044715 x^2))): the tanh GELU; its constant is
+    # sqrt(2 / pi) to 10 digits (the same float32, 4e-12 relative in float64).
+    _TF_ACT + "FastGELUActivation": _new(lambda m: GELU("tanh"), "GELU('tanh')"),  # noqa: F821
+    _TF_ACT + "AccurateGELUActivation": _new(lambda m: GELU("tanh"), "GELU('tanh')"),  # noqa: F821
+    _TF_ACT + "QuickGELUActivation": _new(lambda m: QuickGELU(), "QuickGELU()"),  # noqa: F821
+    _TF_ACT + "SiLUActivation": _new(lambda m: SiLU(), "SiLU()"),  # noqa: F821
+    _TF_ACT + "MishActivation": _new(lambda m: Mish(), "Mish()"),  # noqa: F821
+    _TF_ACT + "ClippedGELUActivation": _leave("clip(gelu(x), min, max): no row computes it"),
+    _TF_ACT + "LaplaceActivation": _leave("an erf-based approximation no row computes"),
+    _TF_ACT + "ReLUSquaredActivation": _leave("relu(x)^2: no row computes it"),
+    _TF_ACT + "LinearActivation": _leave("the identity: nothing to compute"),
+    # timm (its `inplace` arguments are kept where ours has an in-place form).
+    _TIMM_ACT + "GELU": _new(lambda m: GELU(), "GELU()"),  # noqa: F821
+    _TIMM_ACT + "GELUTanh": _new(lambda m: GELU("tanh"), "GELU('tanh')"),  # noqa: F821
+    _TIMM_ACT + "QuickGELU": _new(lambda m: QuickGELU(), "QuickGELU()"),  # noqa: F821
+    _TIMM_ACT + "Swish": _new(lambda m: SiLU(m.inplace), "SiLU(inplace)"),  # noqa: F821
+    _TIMM_ACT + "Mish": _new(lambda m: Mish(), "Mish()"),  # noqa: F821
+    _TIMM_ACT + "HardSwish": _new(lambda m: Hardswish(m.inplace), "Hardswish(inplace)"),  # noqa: F821
+    _TIMM_ACT + "HardSigmoid": _new(lambda m: Hardsigmoid(m.inplace),  # noqa: F821
+                                    "Hardsigmoid(inplace)"),
+    _TIMM_ACT + "Sigmoid": _new(lambda m: _NO_INPLACE if m.inplace else Sigmoid(),  # noqa: F821
+                                "Sigmoid() (inplace=False)"),
+    _TIMM_ACT + "Tanh": _new(lambda m: _NO_INPLACE if m.inplace else Tanh(),  # noqa: F821
+                             "Tanh() (inplace=False)"),
+    _TIMM_ACT + "HardMish": _leave("hard mish: no row computes it"),
+    _TIMM_ME + "SwishMe": _new(lambda m: SiLU(), "SiLU()"),  # noqa: F821
+    _TIMM_ME + "MishMe": _new(lambda m: Mish(), "Mish()"),  # noqa: F821
+    _TIMM_ME + "HardSwishMe": _leave("its gradient at x = -3 and 3 differs from hardswish's"),
+    _TIMM_ME + "HardSigmoidMe": _leave("its gradient at x = -3 and 3 differs from hardsigmoid's"),
+    # GPT-2's linear layer, weight (in, out): re-badged onto our linear, same Parameters.
+    "transformers.pytorch_utils.Conv1D": _rebadge(Conv1D),
 }
 
 
-def _swap(module: torch.nn.Module) -> torch.nn.Module:
-    ours = _REPLACEMENTS.get(type(module))
-    if ours is None:
-        return module
-    # Our classes add no state of their own: re-badging the instance keeps every attribute,
-    # parameter, buffer and hook exactly as they were.
-    module.__class__ = ours
-    return module
+def register_conversion(cls_or_name, factory) -> None:
+    """Adds (or replaces) convert()'s entry for a class, given as the class itself or its
+    qualified name ("package.module.ClassName", matched against type(m).__module__ + "." +
+    type(m).__qualname__, so the package need not be imported). factory(module) returns the
+    module's replacement, or a string saying why it is left alone (the report shows it). Exact
+    classes only: a subclass needs its own entry.
+
+        bnn.register_conversion("mylib.layers.MyGELU", lambda m: bnn.GELU(approximate="tanh"))
+    """
+    name = cls_or_name if isinstance(cls_or_name, str) else _qualname(cls_or_name)
+    if not callable(factory):
+        raise TypeError(f"backprop_ext.register_conversion: factory must be callable, got "
+                        f"{type(factory).__name__}")
+    _CONVERSIONS[name] = factory
+
+
+# --- the report
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What convert() did: replaced (class -> ours, count), fused (path, what), and the leaf
+    modules left alone (class, reason, count, first path)."""
+
+    replaced: dict = dataclasses.field(default_factory=dict)  # (theirs, ours) -> count
+    fused: list = dataclasses.field(default_factory=list)  # (path, description)
+    left: dict = dataclasses.field(default_factory=dict)  # (class, reason) -> [count, path]
+
+    def _leave(self, path: str, module, reason: str) -> None:
+        entry = self.left.setdefault((type(module).__name__, reason), [0, path])
+        entry[0] += 1
+
+    def __str__(self) -> str:
+        lines = ["replaced:"]
+        lines += [f"  {n:4d} x {a} -> {b}" for (a, b), n in self.replaced.items()] or ["  none"]
+        lines.append("fused:")
+        lines += [f"  {path}: {what}" for path, what in self.fused] or ["  none"]
+        lines.append("left alone:")
+        lines += [f"  {n:4d} x {cls} ({reason}; e.g. {path or '<root>'})"
+                  for (cls, reason), (n, path) in self.left.items()] or ["  none"]
+        return "\n".join(lines)
+
+
+# --- structure: gated MLPs and fusible pairs, recognised by what they compute
 
 
 def _activation_of(module: torch.nn.Module):
@@ -195,8 +407,9 @@ def _activation_of(module: torch.nn.Module):
 
     Exact types only (torch's or ours): a subclass may compute something else.
     """
-    kind = _REPLACEMENTS.get(type(module), type(module))
-    if ACTIVATION_MODULES.get(kind.__name__) is not kind:
+    kind = type(module)
+    ours = ACTIVATION_MODULES.get(kind.__name__)
+    if ours is None or kind not in (ours, getattr(torch.nn, kind.__name__, None)):
         return None
     for spec in _activation.SPECS.values():
         if spec.module == kind.__name__ and all(
@@ -211,7 +424,130 @@ def _has_hooks(module: torch.nn.Module) -> bool:
                 or getattr(module, "_backward_pre_hooks", None))
 
 
-def _fuse_sequential(seq: torch.nn.Sequential) -> None:
+def _is_fsdp_unit(module) -> bool:
+    """True for a module fully_shard (FSDP2) has made a unit of: it gets a class of its own."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without distributed
+        return False
+    return isinstance(module, FSDPModule)
+
+
+def _computes_the_same(before, after, in_features: int, probe_of) -> bool:
+    """Runs both on one small input (the first parameter's device and dtype, a private
+    generator, no autograd, eval mode) and compares: a class we recognise by its children could still wire
+    them differently in its forward."""
+    param = next(before.parameters(), None)
+    if param is None or param.device.type == "meta":
+        return False
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, in_features, generator=g, dtype=torch.float64).to(param.device, param.dtype)
+    # In eval mode (dropout off, so that both runs see the same function and no random number is
+    # drawn), each module's mode restored after.
+    modes = {m: m.training for root in (before, after) for m in root.modules()}
+    try:
+        for m in modes:
+            m.training = False
+        with torch.no_grad():
+            expected = before(x)
+            got = probe_of(after)(x)
+    except Exception:  # a forward that does not take (N, in_features) is not an MLP
+        return False
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    if not isinstance(expected, torch.Tensor) or expected.shape != got.shape:
+        return False
+    tol = {torch.float16: 2e-2, torch.bfloat16: 5e-2}.get(param.dtype, 1e-4)
+    return torch.allclose(got.float(), expected.float(), rtol=tol, atol=tol)
+
+
+def _plain_linear(module) -> bool:
+    return type(module) in (torch.nn.Linear, Linear) and getattr(module, "activation", None) is None
+
+
+_GATED_NAMES = ("gate_proj", "up_proj", "down_proj")
+
+
+def _activation_argument(module):
+    """The functional.gated / linear activation argument computing `module`, or None."""
+    if module is None or _has_hooks(module):
+        return None
+    spec = _activation_of(module)
+    if spec is not None:
+        return spec
+    factory = _CONVERSIONS.get(_qualname(type(module)))
+    if factory is None or getattr(factory, "target", None) is None:
+        return None
+    replacement = factory(copy.copy(module))
+    return _activation_of(replacement) if isinstance(replacement, torch.nn.Module) else None
+
+
+def _gated_mlp_of(module):
+    """(GatedMLP, activation) replacing `module` when it has Llama's MLP structure (three plain
+    Linears named gate_proj, up_proj, down_proj of matching shapes, one activation module, nothing
+    else) and computes down_proj(act(gate_proj(x)) * up_proj(x)); else (None, reason or None)."""
+    children = dict(module.named_children())
+    if not all(n in children for n in _GATED_NAMES) or isinstance(module, GatedMLP):
+        return None, None
+    if _is_fsdp_unit(module):
+        return None, "FSDP2 unit (fully_shard gives it a class of its own): convert before sharding"
+    gate, up, down = (children[n] for n in _GATED_NAMES)
+    others = [m for n, m in children.items() if n not in _GATED_NAMES]
+    if not all(_plain_linear(m) for m in (gate, up, down)) or len(others) != 1:
+        return None, "gate/up/down projections that are not three plain Linears and an activation"
+    if not (gate.in_features == up.in_features == down.out_features
+            and gate.out_features == up.out_features == down.in_features
+            and (gate.bias is None) == (up.bias is None) == (down.bias is None)):
+        return None, "gate/up/down projections of mismatched shapes"
+    act = _activation_argument(others[0])
+    if act is None:
+        return None, f"its activation {type(others[0]).__name__} has no row"
+    if _has_hooks(module):
+        return None, "has hooks (a replacement would drop them)"
+    mlp = GatedMLP.from_projections(gate, up, down, act)
+    if not _computes_the_same(module, mlp, gate.in_features, lambda m: m):
+        return None, "gate/up/down structure, but its forward computes something else"
+    return mlp, act
+
+
+# Modules whose forward applies `activation` right after `linear` and uses the linear's output
+# nowhere else: the pair fuses into the linear (the activation becomes nn.Identity). Verified on
+# a probe input before it is kept, like the gated MLPs.
+_FUSIBLE_PAIRS: dict[str, tuple[str, str]] = {
+    "transformers.models.gpt2.modeling_gpt2.GPT2MLP": ("c_fc", "act"),
+    "transformers.models.bert.modeling_bert.BertIntermediate": ("dense", "intermediate_act_fn"),
+    "transformers.models.vit.modeling_vit.ViTIntermediate": ("dense", "intermediate_act_fn"),
+    "timm.layers.mlp.Mlp": ("fc1", "act"),
+}
+
+
+def _fuse_pair(module, names, path, report) -> None:
+    lin_name, act_name = names
+    lin, act = getattr(module, lin_name, None), getattr(module, act_name, None)
+    if type(lin) not in (Linear, Conv1D) or lin.activation is not None:
+        return
+    if not isinstance(act, torch.nn.Module) or _has_hooks(lin) or _has_hooks(act):
+        return
+    spec = _activation_argument(act)
+    if spec is None:
+        return
+    in_features = lin.in_features if type(lin) is Linear else lin.nx
+    fused = copy.copy(module)  # shallow: shares every child and Parameter
+    fused._modules = dict(module._modules)
+    fused._modules[lin_name] = copy.copy(lin)
+    fused._modules[lin_name].activation = spec
+    fused._modules[act_name] = torch.nn.Identity()
+    if not _computes_the_same(module, fused, in_features, lambda m: m):
+        report._leave(path, module, f"{lin_name} -> {act_name} fusion computes something else")
+        return
+    lin.activation = spec
+    module._modules[act_name] = torch.nn.Identity()
+    report.fused.append((path, f"{lin_name} + {act_name} -> {type(lin).__name__}(activation="
+                               f"{spec!r})"))
+
+
+def _fuse_sequential(seq: torch.nn.Sequential, path: str, report: ConversionReport) -> None:
     names = list(seq._modules)
     for first, second in zip(names, names[1:]):
         lin, act = seq._modules[first], seq._modules[second]
@@ -223,24 +559,105 @@ def _fuse_sequential(seq: torch.nn.Sequential) -> None:
             continue
         lin.activation = spec
         seq._modules[second] = torch.nn.Identity()
+        report.fused.append((f"{path}.{first}" if path else first,
+                             f"+ [{second}] -> Linear(activation={spec!r})"))
 
 
-def convert(model: torch.nn.Module, *, fuse: bool = False) -> torch.nn.Module:
-    """Swaps every supported torch.nn layer in `model` for backprop_ext's, in place, and returns
-    the model. Parameters, buffers and state_dict keys are unchanged.
+def _set_child(parents, module, replacement) -> None:
+    for parent, name in parents:
+        parent._modules[name] = replacement
 
-    fuse=True also folds each activation module that directly follows a Linear inside an
-    nn.Sequential into that Linear (Linear(..., activation=...)), leaving an nn.Identity in its
-    place so that indices and state_dict keys stay as they were. Pairs where either module has
-    hooks, or is a user subclass, are left apart.
+
+def convert(model: torch.nn.Module, *, fuse: bool = False, report: bool = False):
+    """Swaps every supported layer in `model` for backprop_ext's, in place, and returns the model
+    (with report=True: (model, ConversionReport), whose str() lists what was replaced, fused and
+    left alone, and why). Parameters and state_dict keys are unchanged; Parameters are never
+    copied, so an optimizer built before keeps working.
+
+    What is replaced is what computes the same function (the conversion table, see
+    register_conversion): torch.nn's activations, Linear, Softmax, LogSoftmax and
+    CrossEntropyLoss; transformers' and timm's activation classes; GPT-2's Conv1D (onto our
+    linear, on its own (in, out) weight); and any module built like a Llama MLP (gate_proj,
+    up_proj and down_proj Linears with an activation, as in Llama, Mistral, Qwen2 and Gemma),
+    which becomes a GatedMLP on the same three Linears once a probe input confirms it computes
+    down_proj(act(gate_proj(x)) * up_proj(x)).
+
+    fuse=True also folds an activation into the Linear before it: the pairs of an nn.Sequential,
+    and the known MLP classes of transformers and timm (GPT-2, BERT, ViT, timm's Mlp), each
+    checked on a probe input; the activation becomes nn.Identity so that indices and state_dict
+    keys stay. Modules with hooks are left apart.
+
+    Under FSDP2, convert before fully_shard: a sharded unit gets a class of its own, which
+    convert leaves alone (said in the report); the plain layers inside it are still converted.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError("backprop_ext.nn.convert: expected model to be a torch.nn.Module, got "
                         f"{type(model).__name__}")
-    for module in model.modules():
-        _swap(module)
+    summary = ConversionReport()
+
+    def record(theirs: type, ours) -> None:
+        key = (theirs.__name__, ours if isinstance(ours, str) else type(ours).__name__)
+        summary.replaced[key] = summary.replaced.get(key, 0) + 1
+
+    def walk():
+        """(path, module, [(parent, name), ...]) for every module once, parents first."""
+        parents: dict[int, list] = {}
+        paths, order = {}, []
+        for path, module in model.named_modules(remove_duplicate=False):
+            if id(module) not in paths:
+                paths[id(module)] = path
+                order.append(module)
+            for name, child in module._modules.items():
+                if child is not None:
+                    parents.setdefault(id(child), []).append((module, name))
+        return [(paths[id(m)], m, parents.get(id(m), [])) for m in order]
+
+    # 1. Structure: gated MLPs, before their children are re-badged.
+    for path, module, parents in walk():
+        mlp, why = _gated_mlp_of(module)
+        if mlp is not None and not parents:  # the model itself: it cannot be replaced in place
+            summary._leave(path, module, "a gated MLP, but the model itself (convert its parent)")
+        elif mlp is not None:
+            _set_child(parents, module, mlp)
+            record(type(module), f"GatedMLP(activation={why!r})")
+            summary.fused.append((path, f"{type(module).__name__} -> GatedMLP, activation and "
+                                        "product in one pass"))
+        elif why is not None:
+            summary._leave(path, module, why)
+
+    # 2. Classes: the conversion table.
+    for path, module, parents in walk():
+        cls = type(module)
+        factory = _CONVERSIONS.get(_qualname(cls))
+        if factory is None:
+            if module._modules or cls.__module__ == __name__ or cls is torch.nn.Identity:
+                continue  # containers, ours, and nothing to compute
+            reason = ("FSDP2 unit (fully_shard gives it a class of its own): convert before "
+                      "sharding") if _is_fsdp_unit(module) else "unsupported type"
+            summary._leave(path, module, reason)
+            continue
+        result = factory(module)
+        if isinstance(result, str):
+            summary._leave(path, module, result)
+        elif result is not module:
+            if not parents:
+                summary._leave(path, module, "the model itself (convert its parent instead)")
+                continue
+            if _has_hooks(module):
+                summary._leave(path, module, "has hooks (a new module would drop them)")
+                continue
+            result.train(module.training)
+            _set_child(parents, module, result)
+            record(cls, result)
+        elif type(module) is not cls:
+            record(cls, result)
+
+    # 3. Fusion.
     if fuse:
-        for module in list(model.modules()):
+        for path, module, _ in walk():
             if isinstance(module, torch.nn.Sequential):
-                _fuse_sequential(module)
-    return model
+                _fuse_sequential(module, path, summary)
+            pair = _FUSIBLE_PAIRS.get(_qualname(type(module)))
+            if pair is not None:
+                _fuse_pair(module, pair, path, summary)
+    return (model, summary) if report else model

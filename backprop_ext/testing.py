@@ -123,6 +123,32 @@ def assert_parity(ours: Callable, theirs: Callable, inputs, **kwargs) -> None:
     assert not bad, "; ".join(bad)
 
 
+def jvp_of_gradient(grad_fn: Callable, primals: tuple, tangents: tuple, step: float = 1e-6):
+    """torch.func.jvp(grad_fn, primals, tangents)[1] for grad_fn a gradient (x -> dL/dx) of a
+    float64 function: the Hessian-vector product H t, as a reference for ours.
+
+    Where torch's op has no forward-mode derivative of its backward, by reverse-over-reverse
+    instead (H is symmetric, so the gradient's vector-Jacobian product with t is H t); where it
+    has no derivative of its backward at all (torch's hardsigmoid_backward), by central
+    differences of the gradient along t (exact for piecewise-linear ones, 1e-10 otherwise).
+    """
+    try:
+        return torch.func.jvp(grad_fn, primals, tangents)[1]
+    except NotImplementedError:
+        pass
+    out = grad_fn(*primals)
+    try:
+        _, vjp = torch.func.vjp(grad_fn, *primals)
+        return vjp(tangents if isinstance(out, tuple) else tangents[0])
+    except (NotImplementedError, RuntimeError):
+        pass
+    up = grad_fn(*(p + step * t for p, t in zip(primals, tangents)))
+    down = grad_fn(*(p - step * t for p, t in zip(primals, tangents)))
+    if isinstance(out, tuple):
+        return tuple((u - d) / (2 * step) for u, d in zip(up, down))
+    return (up - down) / (2 * step)
+
+
 def _rand(shape, device, dtype, scale=1.0, seed=0) -> torch.Tensor:
     """Drawn in float64 then cast, so every dtype sees the same values."""
     g = torch.Generator().manual_seed(seed)
@@ -150,7 +176,8 @@ class ActivationCase:
         return getattr(BF, self.name)(x, **dict(self.kwargs), **extra)
 
     def torch(self, x, **extra):
-        return getattr(TF, self.name)(x, **dict(self.kwargs), **extra)
+        fn = REFERENCES.get(self.name) or getattr(TF, self.name)
+        return fn(x, **dict(self.kwargs), **extra)
 
     def make(self, device, dtype, small=False):
         """A sweep over [-12, 12], through every branch of every activation's math (vector body
@@ -161,11 +188,49 @@ class ActivationCase:
         return ((x + 0.1 * torch.sign(x)).to(device, dtype),)
 
 
+def _nan_gradient(fn: Callable, value: float) -> Callable:
+    """torch's fn, except that the gradient at a NaN input is `value` wherever the element sits.
+
+    torch's relu6, elu, selu and hardswish give one gradient at a NaN input in their vectorized
+    loops and another (the incoming gradient) in their scalar tails, so their result there depends
+    on the element's position. Ours gives what the vectorized loops give, everywhere; this is the
+    reference with that position dependence taken out, and nothing else changed.
+    """
+    def reference(x, *args, inplace=False, **kwargs):
+        if inplace:
+            return fn(x, *args, inplace=True, **kwargs)
+        nan = x.isnan()
+        y = fn(torch.where(nan, 0, x), *args, **kwargs)
+        slope = torch.zeros_like(x).masked_fill(nan, value)  # (NaN only where selected)
+        return torch.where(nan, x * slope, y)  # fn(NaN) is NaN for all of them
+
+    return reference
+
+
+def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """transformers' QuickGELUActivation, x sigmoid(1.702 x), computed as one torch op would be:
+    in float32 for the half types, rounded once."""
+    z = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    return (z * torch.sigmoid(1.702 * z)).to(x.dtype)
+
+
+# The reference of each activation whose torch.nn.functional function is missing (quick_gelu)
+# or position-dependent at NaN; torch's own function otherwise.
+REFERENCES: dict[str, Callable] = {
+    "quick_gelu": _quick_gelu,
+    "relu6": _nan_gradient(TF.relu6, 0.0),
+    "elu": _nan_gradient(TF.elu, math.nan),
+    "selu": _nan_gradient(TF.selu, math.nan),
+    "hardswish": _nan_gradient(TF.hardswish, math.nan),
+}
+
+
 # Parameters besides torch's defaults worth a case of their own (a slope, a threshold the test
 # data crosses). Optional per activation: every row of the table gets its default case anyway.
 EXTRA_ACTIVATION_PARAMS = {
     "leaky_relu": (("negative_slope", 0.2),),
     "softplus": (("beta", 2.0), ("threshold", 5.0)),
+    "elu": (("alpha", 0.5),),
 }
 
 
@@ -466,7 +531,7 @@ def run_on_each_isa(isas, timeout: float = 600) -> dict[str, tuple[int, str, str
 def op_samples(device="cpu", dtype=torch.float32, requires_grad: bool = True) -> list:
     """[(label, op, args)]: every op of torch.ops.backprop_ext with arguments that exercise it
     (every activation row, both softmax directions, every cross-entropy reduction, linear with
-    and without bias, activation and pre-activation kept); floating arguments require grad when
+    and without bias, activation and pre-activation kept, gated units); floating arguments require grad when
     `requires_grad` (the in-place and out= ops' mutated arguments never do)."""
     from .activation import SPECS
 
@@ -547,4 +612,11 @@ def op_samples(device="cpu", dtype=torch.float32, requires_grad: bool = True) ->
                             ops.linear_bwd.default,
                             (rand(5, 6), x, w, saved.requires_grad_(requires_grad), activation,
                              p0, p1, list(mask))))
+    for activation, p0, p1 in (("silu", 0.0, 0.0), ("gelu_tanh", 0.0, 0.0), ("relu", 0.0, 0.0)):
+        samples += [
+            (f"gated_fwd-{activation}", ops.gated_fwd.default,
+             (rand(3, 4), rand(3, 4), activation, p0, p1)),
+            (f"gated_bwd-{activation}", ops.gated_bwd.default,
+             (rand(3, 4), rand(3, 4), rand(3, 4), activation, p0, p1)),
+        ]
     return samples

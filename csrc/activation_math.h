@@ -41,7 +41,7 @@ inline Activation activation_from_name(c10::string_view name) {
 }
 
 // True where the backward reads the forward's output rather than its input.
-inline bool activation_saves_output(Activation a) {
+constexpr bool activation_saves_output(Activation a) {
   switch (a) {
 #define BACKPROP_EXT_CASE(Enum, name, reads, signature, module) \
   case Activation::k##Enum:                                     \
@@ -200,6 +200,144 @@ struct ActivationMath<Activation::kSoftplus> {
     if (bx > threshold) return g;
     const T z = math::exp(bx);
     return g * z / (z + T(1));
+  }
+};
+
+// hardsigmoid(x) = relu6(x + 3) / 6;  f' = 1/6 strictly between -3 and 3, else 0 (NaN: 0). The
+// backward reads x, not y: y reaches 1 for x a rounding below 3, where torch's f' is still 1/6.
+// torch's 1/6 is a float constant in every dtype (1/6 rounded to float: 3e-8 off in float64).
+template <>
+struct ActivationMath<Activation::kHardsigmoid> {
+  template <typename T>
+  C10_HOST_DEVICE static T forward(T x, T, T) {
+    const T r = x + T(3);
+    return (r < T(0) ? T(0) : r > T(6) ? T(6) : r) / T(6);  // NaN stays NaN
+  }
+  template <typename T>
+  C10_HOST_DEVICE static T backward(T g, T x, T, T) {
+    return x > T(-3) && x < T(3) ? g * T(1.0f / 6.0f) : T(0);
+  }
+};
+
+// hardswish(x) = x relu6(x + 3) / 6;  f' = 0 up to -3, x / 3 + 1/2 between, 1 from 3 on (torch's
+// kinks). A NaN input gives NaN, as in torch's vectorized loop (its scalar tail returns g).
+template <>
+struct ActivationMath<Activation::kHardswish> {
+  template <typename T>
+  C10_HOST_DEVICE static T forward(T x, T, T) {
+    const T r = x + T(3);
+    return x * (r < T(0) ? T(0) : r > T(6) ? T(6) : r) / T(6);  // NaN stays NaN
+  }
+  template <typename T>
+  C10_HOST_DEVICE static T backward(T g, T x, T, T) {
+    if (x <= T(-3)) return T(0);
+    if (x >= T(3)) return g;
+    return g * (x / T(3) + T(0.5));
+  }
+};
+
+// relu6(x) = min(max(x, 0), 6) (torch's hardtanh(x, 0, 6));  f' from the output y: 1 strictly
+// between 0 and 6, where y == x. A NaN gives 0, as in torch's vectorized loop.
+template <>
+struct ActivationMath<Activation::kRelu6> {
+  template <typename T>
+  C10_HOST_DEVICE static T forward(T x, T, T) {
+    return x < T(0) ? T(0) : x > T(6) ? T(6) : x;  // NaN stays NaN
+  }
+  template <typename T>
+  C10_HOST_DEVICE static T backward(T g, T y, T, T) {
+    return y > T(0) && y < T(6) ? g : T(0);
+  }
+};
+
+// elu(x; a) = x > 0 ? s x : s a expm1(x), with a scale s: 1 for elu (a = p0), SELU's constants for
+// selu.  f' = s, or s a e^x (torch's backward from the input). A NaN input gives NaN.
+template <typename T>
+C10_HOST_DEVICE inline T elu_forward(T x, T alpha, T scale) {
+  return x > T(0) ? x * scale : math::expm1(x) * (alpha * scale);
+}
+template <typename T>
+C10_HOST_DEVICE inline T elu_backward(T g, T x, T alpha, T scale) {
+  return x > T(0) ? g * scale : g * (alpha * scale) * math::exp(x);
+}
+
+template <>
+struct ActivationMath<Activation::kElu> {
+  template <typename T>
+  C10_HOST_DEVICE static T forward(T x, T alpha, T) {
+    return elu_forward(x, alpha, T(1));
+  }
+  template <typename T>
+  C10_HOST_DEVICE static T backward(T g, T x, T alpha, T) {
+    return elu_backward(g, x, alpha, T(1));
+  }
+};
+
+template <typename T>
+struct SeluConstants {
+  static constexpr T kAlpha = T(1.6732632423543772848170429916717);
+  static constexpr T kScale = T(1.0507009873554804934193349852946);
+};
+
+template <>
+struct ActivationMath<Activation::kSelu> {
+  template <typename T>
+  C10_HOST_DEVICE static T forward(T x, T, T) {
+    return elu_forward(x, SeluConstants<T>::kAlpha, SeluConstants<T>::kScale);
+  }
+  template <typename T>
+  C10_HOST_DEVICE static T backward(T g, T x, T, T) {
+    return elu_backward(g, x, SeluConstants<T>::kAlpha, SeluConstants<T>::kScale);
+  }
+};
+
+// mish(x) = x tanh(softplus(x)), softplus(x) = log(1 + e^x) (no threshold, as torch's mish);
+// f' = t + x sigmoid(x) (1 - t^2) with t = tanh(softplus(x)).
+// t from one exponential e = e^x: (1 + e)^2 = 1 + n with n = e (e + 2), so t = n / (n + 2) and
+// sigmoid(x) = e / (1 + e). Past x = 20, t rounds to 1 (in double too) and n would overflow float
+// past 44: e is taken at 20 there, which gives t = 1 exactly. NaN stays NaN; -inf gives NaN
+// (-inf * 0), as torch's does.
+template <typename T>
+C10_HOST_DEVICE inline T mish_exp(T x) {
+  return math::exp(x > T(20) ? T(20) : x);
+}
+
+template <>
+struct ActivationMath<Activation::kMish> {
+  template <typename T>
+  C10_HOST_DEVICE static T forward(T x, T, T) {
+    const T e = mish_exp(x);
+    const T n = e * (e + T(2));
+    return x * (n / (n + T(2)));
+  }
+  template <typename T>
+  C10_HOST_DEVICE static T backward(T g, T x, T, T) {
+    const T e = mish_exp(x);
+    const T n = e * (e + T(2));
+    const T t = n / (n + T(2));
+    const T sig = e / (T(1) + e);
+    return g * (t + x * sig * (T(1) - t * t));
+  }
+};
+
+// quick_gelu(x) = x sigmoid(1.702 x) (transformers' QuickGELUActivation; not in torch);
+// f' = s (1 + 1.702 x (1 - s)) with s = sigmoid(1.702 x).
+template <typename T>
+struct QuickGeluConstants {
+  static constexpr T kAlpha = T(1.702);
+};
+
+template <>
+struct ActivationMath<Activation::kQuickGelu> {
+  template <typename T>
+  C10_HOST_DEVICE static T forward(T x, T, T) {
+    return x / (T(1) + math::exp(-QuickGeluConstants<T>::kAlpha * x));
+  }
+  template <typename T>
+  C10_HOST_DEVICE static T backward(T g, T x, T, T) {
+    constexpr T kAlpha = QuickGeluConstants<T>::kAlpha;
+    const T s = T(1) / (T(1) + math::exp(-kAlpha * x));
+    return g * s * (T(1) + kAlpha * x * (T(1) - s));
   }
 };
 

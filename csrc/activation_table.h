@@ -18,8 +18,11 @@
 //              otherwise.
 //   signature  the torch.nn.functional call the row computes, in Python syntax. Its float
 //              parameters travel to the kernels as p0 and p1, in order; a string parameter selects
-//              the row (gelu's approximate); `inplace` means torch offers an in-place form.
-//   module     the torch.nn Module computing it, whose attributes are named like the parameters.
+//              the row (gelu's approximate); `inplace` means torch offers an in-place form. A
+//              function torch.nn.functional lacks (quick_gelu) is ours alone, tested against the
+//              formula in backprop_ext/testing.py's REFERENCES.
+//   module     the torch.nn Module computing it, whose attributes are named like the parameters
+//              (one torch.nn lacks is a plain torch.nn.Module of ours with those attributes).
 #pragma once
 
 // clang-format off
@@ -32,5 +35,12 @@
   X(Silu,      "silu",       kInput,  "silu(input, inplace=False)",                  "SiLU")      \
   X(Sigmoid,   "sigmoid",    kOutput, "sigmoid(input)",                              "Sigmoid")   \
   X(Tanh,      "tanh",       kOutput, "tanh(input)",                                 "Tanh")      \
-  X(Softplus,  "softplus",   kInput,  "softplus(input, beta=1.0, threshold=20.0)",   "Softplus")
+  X(Softplus,  "softplus",   kInput,  "softplus(input, beta=1.0, threshold=20.0)",   "Softplus")  \
+  X(Hardsigmoid, "hardsigmoid", kInput, "hardsigmoid(input, inplace=False)",         "Hardsigmoid") \
+  X(Hardswish, "hardswish",  kInput,  "hardswish(input, inplace=False)",             "Hardswish") \
+  X(Relu6,     "relu6",      kOutput, "relu6(input, inplace=False)",                 "ReLU6")     \
+  X(Elu,       "elu",        kInput,  "elu(input, alpha=1.0, inplace=False)",        "ELU")       \
+  X(Selu,      "selu",       kInput,  "selu(input, inplace=False)",                  "SELU")      \
+  X(Mish,      "mish",       kInput,  "mish(input, inplace=False)",                  "Mish")      \
+  X(QuickGelu, "quick_gelu", kInput,  "quick_gelu(input)",                           "QuickGELU")
 // clang-format on

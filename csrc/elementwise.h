@@ -7,6 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <tuple>
 #include <utility>
 
 namespace backprop_ext {
@@ -21,6 +22,17 @@ inline std::pair<at::Tensor, at::Tensor> as_flat(const at::Tensor& a, const at::
     return {a, b};
   }
   return {a.contiguous(), b.contiguous()};
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> as_flat(const at::Tensor& a,
+                                                              const at::Tensor& b,
+                                                              const at::Tensor& c) {
+  if (a.is_non_overlapping_and_dense() && b.is_non_overlapping_and_dense() &&
+      c.is_non_overlapping_and_dense() && a.strides() == b.strides() &&
+      a.strides() == c.strides()) {
+    return {a, b, c};
+  }
+  return {a.contiguous(), b.contiguous(), c.contiguous()};
 }
 
 }  // namespace backprop_ext

@@ -12,6 +12,8 @@ namespace backprop_ext::math {
 
 C10_HOST_DEVICE inline float exp(float x) { return ::expf(x); }
 C10_HOST_DEVICE inline double exp(double x) { return ::exp(x); }
+C10_HOST_DEVICE inline float expm1(float x) { return ::expm1f(x); }
+C10_HOST_DEVICE inline double expm1(double x) { return ::expm1(x); }
 C10_HOST_DEVICE inline float erf(float x) { return ::erff(x); }
 C10_HOST_DEVICE inline double erf(double x) { return ::erf(x); }
 C10_HOST_DEVICE inline float tanh(float x) { return ::tanhf(x); }

@@ -75,6 +75,12 @@ TORCH_LIBRARY(backprop_ext, m) {
   m.def("linear_bwd(Tensor grad_output, Tensor input, Tensor weight, Tensor saved, "
         "str activation, float p0, float p1, bool[3] output_mask) -> "
         "(Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+
+  // --- gated family: y = f(gate) * up, f a row of the activation table (silu: SwiGLU, gelu or
+  // gelu_tanh: GeGLU) with its p0, p1. The backward takes the forward's inputs, not f(gate).
+  m.def("gated_fwd(Tensor gate, Tensor up, str activation, float p0=0., float p1=0.) -> Tensor");
+  m.def("gated_bwd(Tensor grad, Tensor gate, Tensor up, str activation, float p0=0., "
+        "float p1=0.) -> (Tensor grad_gate, Tensor grad_up)");
 }
 
 namespace {

@@ -237,6 +237,7 @@ def _activation_cases():
                   st.sampled_from([0.0, 0.01, 0.3, -0.5, 2.0])),
         st.builds(lambda b, t: with_kwargs("softplus", beta=b, threshold=t),
                   st.sampled_from([0.5, 1.0, 3.0]), st.sampled_from([1.0, 20.0])),
+        st.builds(lambda a: with_kwargs("elu", alpha=a), st.sampled_from([0.0, 0.5, 2.0, -0.5])),
     )
 
 

@@ -37,7 +37,7 @@ import torch.nn.functional as TF
 from .. import functional as BF
 from .. import nn as bnn
 from ..activation import ACTIVATIONS
-from ..testing import activation_case
+from ..testing import REFERENCES, activation_case
 from .common import Row
 
 FAMILY = "overhead"
@@ -58,10 +58,11 @@ def _tiny_cases(device: str) -> dict[str, tuple[Callable, Callable, tuple]]:
     cases = {}
     for name in ACTIVATIONS:
         # The functions themselves, with the row's arguments bound: nothing else in the call.
+        # (torch's reference where torch.nn.functional has no such function: quick_gelu).
         case = activation_case(name)
-        ours, theirs = (functools.partial(getattr(F, case.name), **dict(case.kwargs))
-                        for F in (BF, TF))
-        cases[name] = (ours, theirs, (x,))
+        theirs = getattr(TF, case.name, None) or REFERENCES[case.name]
+        cases[name] = (functools.partial(getattr(BF, case.name), **dict(case.kwargs)),
+                       functools.partial(theirs, **dict(case.kwargs)), (x,))
     cases.update({
         "softmax": (lambda t: BF.softmax(t, -1), lambda t: TF.softmax(t, -1), (logits,)),
         "log_softmax": (lambda t: BF.log_softmax(t, -1), lambda t: TF.log_softmax(t, -1),

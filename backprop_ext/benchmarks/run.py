@@ -17,6 +17,7 @@ from . import (
     bench_activation,
     bench_checkpoint,
     bench_distributed,
+    bench_gated,
     bench_linear,
     bench_linear_cross_entropy,
     bench_overhead,
@@ -26,7 +27,7 @@ from . import (
 from .common import copy_bandwidth_gbps, environment, format_table, plot, write_csv, write_json
 
 FAMILIES = {"activation": bench_activation, "checkpoint": bench_checkpoint,
-            "distributed": bench_distributed, "linear": bench_linear,
+            "distributed": bench_distributed, "gated": bench_gated, "linear": bench_linear,
             "linear_cross_entropy": bench_linear_cross_entropy, "overhead": bench_overhead,
             "softmax": bench_softmax, "utils": bench_utils}
 

@@ -7,6 +7,7 @@
 //   for_each_vector(n, body)   body(i, k) per vector of scalar_t, the last one partial
 //   map_unary(x, y, n, vop)    y[i] = vop(x[i]) over n elements, y may be x (in place)
 //   map_binary(a, b, y, n, vop)  y[i] = vop(a[i], b[i])
+//   map_ternary_to_pair(a, b, c, y, z, n, vop)  (y[i], z[i]) = vop(a[i], b[i], c[i])
 // The maps take the vector op on Vectorized<opmath> and run every element through it, the last
 // partial vector included; half types load a whole vector of scalar_t and widen it to two float
 // vectors, which keeps the loads full width.
@@ -102,6 +103,28 @@ void map_binary(const scalar_t* a, const scalar_t* b, scalar_t* y, int64_t n, co
       auto [a_lo, a_hi] = at::vec::convert_to_float<scalar_t>(va);
       auto [b_lo, b_hi] = at::vec::convert_to_float<scalar_t>(vb);
       at::vec::convert_from_float<scalar_t>(vop(a_lo, b_lo), vop(a_hi, b_hi)).store(y + i, k);
+    }
+  });
+}
+
+// (y[i], z[i]) = vop(a[i], b[i], c[i]) over n elements, in opmath lanes; vop returns a pair.
+template <typename scalar_t, typename VecOp>
+void map_ternary_to_pair(const scalar_t* a, const scalar_t* b, const scalar_t* c, scalar_t* y,
+                         scalar_t* z, int64_t n, const VecOp& vop) {
+  for_each_vector<scalar_t>(n, [&](int64_t i, int64_t k) {
+    const Vectorized<scalar_t> va = load_n(a + i, k), vb = load_n(b + i, k), vc = load_n(c + i, k);
+    if constexpr (std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
+      const auto [vy, vz] = vop(va, vb, vc);
+      vy.store(y + i, k);
+      vz.store(z + i, k);
+    } else {
+      auto [a_lo, a_hi] = at::vec::convert_to_float<scalar_t>(va);
+      auto [b_lo, b_hi] = at::vec::convert_to_float<scalar_t>(vb);
+      auto [c_lo, c_hi] = at::vec::convert_to_float<scalar_t>(vc);
+      const auto [y_lo, z_lo] = vop(a_lo, b_lo, c_lo);
+      const auto [y_hi, z_hi] = vop(a_hi, b_hi, c_hi);
+      at::vec::convert_from_float<scalar_t>(y_lo, y_hi).store(y + i, k);
+      at::vec::convert_from_float<scalar_t>(z_lo, z_hi).store(z + i, k);
     }
   });
 }

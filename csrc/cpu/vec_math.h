@@ -241,6 +241,125 @@ struct VecActivationMath<Activation::kSoftplus> {
   }
 };
 
+template <>
+struct VecActivationMath<Activation::kHardsigmoid> {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T, T) {
+    using V = Vectorized<T>;
+    // minimum/maximum propagate NaN.
+    return at::vec::minimum(at::vec::maximum(x + V(T(3)), V(T(0))), V(T(6))) / V(T(6));
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> x, T, T) {
+    using V = Vectorized<T>;
+    const V inside = (x > V(T(-3))) & (x < V(T(3)));
+    return V::blendv(V(T(0)), g * V(T(1.0f / 6.0f)), inside);  // torch's float 1/6
+  }
+};
+
+template <>
+struct VecActivationMath<Activation::kHardswish> {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T, T) {
+    using V = Vectorized<T>;
+    const V r = at::vec::minimum(at::vec::maximum(x + V(T(3)), V(T(0))), V(T(6)));  // NaN stays
+    return x * r / V(T(6));
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> x, T, T) {
+    using V = Vectorized<T>;
+    const V upper = V::blendv(g * (x / V(T(3)) + V(T(0.5))), g, x >= V(T(3)));
+    return V::blendv(upper, V(T(0)), x <= V(T(-3)));
+  }
+};
+
+template <>
+struct VecActivationMath<Activation::kRelu6> {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T, T) {
+    using V = Vectorized<T>;
+    return at::vec::minimum(at::vec::maximum(x, V(T(0))), V(T(6)));  // NaN stays
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> y, T, T) {
+    using V = Vectorized<T>;
+    return V::blendv(V(T(0)), g, (y > V(T(0))) & (y < V(T(6))));
+  }
+};
+
+template <typename T>
+Vectorized<T> vec_elu_forward(Vectorized<T> x, T alpha, T scale) {
+  using V = Vectorized<T>;
+  return V::blendv(x.expm1() * V(alpha * scale), x * V(scale), x > V(T(0)));
+}
+
+template <typename T>
+Vectorized<T> vec_elu_backward(Vectorized<T> g, Vectorized<T> x, T alpha, T scale) {
+  using V = Vectorized<T>;
+  return V::blendv(g * V(alpha * scale) * x.exp(), g * V(scale), x > V(T(0)));
+}
+
+template <>
+struct VecActivationMath<Activation::kElu> {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T alpha, T) {
+    return vec_elu_forward(x, alpha, T(1));
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> x, T alpha, T) {
+    return vec_elu_backward(g, x, alpha, T(1));
+  }
+};
+
+template <>
+struct VecActivationMath<Activation::kSelu> {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T, T) {
+    return vec_elu_forward(x, SeluConstants<T>::kAlpha, SeluConstants<T>::kScale);
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> x, T, T) {
+    return vec_elu_backward(g, x, SeluConstants<T>::kAlpha, SeluConstants<T>::kScale);
+  }
+};
+
+template <>
+struct VecActivationMath<Activation::kMish> {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T, T) {
+    using V = Vectorized<T>;
+    const V e = at::vec::minimum(x, V(T(20))).exp();  // minimum keeps NaN
+    const V n = e * (e + V(T(2)));
+    return x * (n / (n + V(T(2))));
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> x, T, T) {
+    using V = Vectorized<T>;
+    const V one(T(1));
+    const V e = at::vec::minimum(x, V(T(20))).exp();
+    const V n = e * (e + V(T(2)));
+    const V t = n / (n + V(T(2)));
+    const V sig = e / (one + e);
+    return g * (t + x * sig * (one - t * t));
+  }
+};
+
+template <>
+struct VecActivationMath<Activation::kQuickGelu> {
+  template <typename T>
+  static Vectorized<T> forward(Vectorized<T> x, T, T) {
+    using V = Vectorized<T>;
+    return x / (V(T(1)) + (x * V(-QuickGeluConstants<T>::kAlpha)).exp());
+  }
+  template <typename T>
+  static Vectorized<T> backward(Vectorized<T> g, Vectorized<T> x, T, T) {
+    using V = Vectorized<T>;
+    const V one(T(1)), alpha(QuickGeluConstants<T>::kAlpha);
+    const V s = one / (one + (x * V(-QuickGeluConstants<T>::kAlpha)).exp());
+    return g * s * (one + alpha * x * (one - s));
+  }
+};
+
 // --- the functors the vector loops take: the vector math of A with its parameters bound
 
 template <Activation A, typename T>
