@@ -70,7 +70,8 @@ def _want_cuda():
         _log("this torch has no CUDA support: building the CPU kernels only")
         return False
     if cpp_extension.CUDA_HOME is None:
-        _log("no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH): building the CPU kernels only")
+        _log("no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH): building the CPU kernels "
+             "only")
         return False
     _log(f"CUDA toolkit at {cpp_extension.CUDA_HOME}; torch built with CUDA {torch.version.cuda}")
     return True

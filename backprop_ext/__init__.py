@@ -15,9 +15,18 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken instal
         "`python setup.py build_ext --inplace`) using the same torch you import."
     ) from e
 
-from . import (  # noqa: E402
-    _common, activation, checkpoint, functional, gated, linear, linear_cross_entropy, multi_tensor,
-    nn, softmax, utils,
+from . import (
+    _common,
+    activation,
+    checkpoint,
+    functional,
+    gated,
+    linear,
+    linear_cross_entropy,
+    multi_tensor,
+    nn,
+    softmax,
+    utils,
 )
 
 __version__ = "0.1.0"

@@ -82,7 +82,7 @@ class SavedTensorBytes(torch.autograd.graph.saved_tensors_hooks):
 
         super().__init__(pack, lambda t: t)
 
-    def __enter__(self) -> "SavedTensorBytes":
+    def __enter__(self) -> SavedTensorBytes:
         super().__enter__()
         return self
 

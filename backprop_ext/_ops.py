@@ -14,7 +14,7 @@ linear_fwd, linear_bwd, gated_fwd, gated_bwd (schemas in csrc/registration.cpp).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

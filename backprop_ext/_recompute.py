@@ -72,8 +72,17 @@ def _meta(t: torch.Tensor) -> tuple:
 class _Product:
     """An output of a RECIPES op: how to rebuild it, and from what."""
 
-    __slots__ = ("recipe", "meta", "version", "source_meta", "source_version", "scope", "source",
-                 "shared", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "meta",
+        "recipe",
+        "scope",
+        "shared",
+        "source",
+        "source_meta",
+        "source_version",
+        "version",
+    )
 
     def __init__(self, recipe, out: torch.Tensor, source: torch.Tensor, scope):
         self.recipe = recipe
@@ -100,7 +109,7 @@ class _Saved:
     """A value handed to `consumers` saved variables; produced once per backward pass (graph task),
     shared between them, released after the last one took it."""
 
-    __slots__ = ("consumers", "_task", "_value", "_left", "__weakref__")
+    __slots__ = ("__weakref__", "_left", "_task", "_value", "consumers")
 
     def __init__(self):
         self.consumers = 0
@@ -138,7 +147,7 @@ def _retain(saved: _Saved) -> _Saved:
 class _Kept(_Saved):
     """A tensor kept for backward: itself, or what the outer hooks made of it."""
 
-    __slots__ = ("packed", "outer_unpack", "scope", "meta", "version", "record")
+    __slots__ = ("meta", "outer_unpack", "packed", "record", "scope", "version")
 
     def __init__(self, t: torch.Tensor, outer, scope):
         super().__init__()
@@ -165,7 +174,7 @@ class _Kept(_Saved):
 class _Rebuilt(_Saved):
     """An activation output, stored as the kept tensor it was computed from and the recipe."""
 
-    __slots__ = ("source", "recipe", "meta")
+    __slots__ = ("meta", "recipe", "source")
 
     def __init__(self, source: _Kept, product: _Product):
         super().__init__()
@@ -420,7 +429,7 @@ def _probe_fused(activation: str, p0: float, p1: float, z: torch.Tensor) -> bool
     return torch.equal(out, _ops.activation_fwd(preact, activation, p0, p1))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _distinguishing_value(activation, p0, p1, dtype, device):
     # 64 elements fill whole vectors at any vector width up to 64; the 65th is a scalar leftover.
     for v in torch.linspace(-6, 6, 241, dtype=torch.float64).tolist():

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -332,7 +332,8 @@ def activation(input: torch.Tensor, name: str, p0: float = 0.0, p1: float = 0.0,
     shape and dtype (or `input` itself, modified, when inplace=True).
     """
     if name not in SPECS:
-        raise ValueError(f"backprop_ext: unknown activation {name!r}; expected one of {ACTIVATIONS}")
+        raise ValueError(
+            f"backprop_ext: unknown activation {name!r}; expected one of {ACTIVATIONS}")
     if inplace:
         _ops.activation_fwd_(input, name, p0, p1)
         return input
@@ -378,7 +379,7 @@ def _make_function(function: str, rows: tuple[ActivationSpec, ...]) -> Callable:
     scope = {"_ops": _ops, "_bad_selector": _bad_selector, "_op": _activation_fwd_op,
              "_fast": _C.activation_fwd, "_is_compiling": torch.compiler.is_compiling,
              "_rows": {tuple(v for _, v in spec.selector): spec.name for spec in rows}}
-    exec(source, scope)  # noqa: S102 - source built above from the activation table
+    exec(source, scope)
     fn = scope[function]
     fn.__module__ = __name__
     fn.__qualname__ = function

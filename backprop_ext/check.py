@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -82,7 +82,7 @@ def _failed(case, device, dtype, test, error: Exception) -> CheckResult:
 def _parity(case, device: str, dtype: torch.dtype) -> CheckResult:
     try:
         results = testing.parity(case.ours, case.torch, case.make(device, dtype))
-    except Exception as e:  # noqa: BLE001 - a failed check is a result, not a crash
+    except Exception as e:
         return _failed(case.label, device, dtype, "parity fwd+bwd", e)
     return _row(case.label, device, dtype, "parity fwd+bwd", results)
 
@@ -94,7 +94,7 @@ def _autograd(case, device: str) -> list[CheckResult]:
                      ("gradgradcheck", torch.autograd.gradgradcheck)):
         try:
             ok, detail = bool(fn(case.ours, tuple(inputs))), ""
-        except Exception as e:  # noqa: BLE001 - a failed check is a result, not a crash
+        except Exception as e:
             ok, detail = False, f"{type(e).__name__}: {str(e).splitlines()[0]}"
         out.append(CheckResult(case.label, device, "float64", test, ok, detail=detail))
     try:
@@ -104,7 +104,7 @@ def _autograd(case, device: str) -> list[CheckResult]:
         _, j_ref = torch.func.jvp(case.torch, primals, tangents)
         err = (j_ours - j_ref).abs().max().item() if j_ref.numel() else 0.0
         out.append(CheckResult(case.label, device, "float64", "jvp", err <= 1e-10, err))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         out.append(_failed(case.label, device, torch.float64, "jvp", e))
     return out
 
@@ -117,13 +117,13 @@ def _clip_checks(device: str, dtypes) -> list[CheckResult]:
             try:
                 results.append(_row(label, device, dtype, "parity norm+grads",
                                     testing.clip_parity(device, dtype, p)))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 results.append(_failed(label, device, dtype, "parity norm+grads", e))
         try:
             ok = testing.clip_value_matches(device, dtype)
             results.append(CheckResult("clip_grad_value_", device, dtype_name(dtype),
                                        "bitwise torch", ok))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             results.append(_failed("clip_grad_value_", device, dtype, "bitwise torch", e))
     return results
 

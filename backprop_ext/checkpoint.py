@@ -60,7 +60,7 @@ import inspect
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -75,7 +75,7 @@ __all__ = ["Checkpoint", "CheckpointedSequential", "CheckpointPlan", "checkpoint
            "selective_policy", "POLICIES"]
 
 POLICIES = ("none", "selective", "full", "full+selective")
-Policy = Union[str, Callable, list]
+Policy = str | Callable | list
 
 aten = torch.ops.aten
 

@@ -5,7 +5,7 @@ relu, leaky_relu, gelu, silu, sigmoid, tanh, softplus, ...
 """
 
 from .activation import FUNCTIONS as _ACTIVATION_FUNCTIONS
-from .gated import geglu, gated, swiglu
+from .gated import gated, geglu, swiglu
 from .linear import linear
 from .linear_cross_entropy import linear_cross_entropy
 from .softmax import cross_entropy, log_softmax, logsumexp, softmax

@@ -40,10 +40,11 @@ def _check_fake(op: str, tensors: Sequence[torch.Tensor]) -> None:
     torch._check(len(tensors) > 0, lambda: f"{op}: expected a non-empty list of tensors")
     device = tensors[0].device
     for i, t in enumerate(tensors):
-        torch._check(t.device == device, lambda: f"{op}: all tensors must be on one device, the "
-                     f"device of tensors[0] ({device}), but tensors[{i}] is on {t.device}")
-        torch._check(t.dtype in FLOAT_DTYPES, lambda: f"{op}: expected tensors[{i}] to be a "
-                     f"float64, float32, float16 or bfloat16 tensor, but got {t.dtype}")
+        torch._check(t.device == device, lambda i=i, t=t: f"{op}: all tensors must be on one "
+                     f"device, the device of tensors[0] ({device}), but tensors[{i}] is on "
+                     f"{t.device}")
+        torch._check(t.dtype in FLOAT_DTYPES, lambda i=i, t=t: f"{op}: expected tensors[{i}] to "
+                     f"be a float64, float32, float16 or bfloat16 tensor, but got {t.dtype}")
 
 
 @torch.library.register_fake("backprop_ext::multi_tensor_norm")

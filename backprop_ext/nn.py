@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 
 import torch
 
@@ -40,7 +41,7 @@ def _make_module(module: str, rows: tuple) -> type:
             " + ', '.join([" + ", ".join(f"f'{a}={{self.{a}!r}}'" for a, _ in arguments) + "])"
             if arguments else "''") + "\n")
     scope = {"_fn": getattr(F, function), "torch": torch}
-    exec(source, scope)  # noqa: S102 - source built above from the activation table
+    exec(source, scope)
     body = {name: scope[name] for name in ("forward", "__init__", "extra_repr") if name in scope}
     for name, fn in body.items():
         fn.__qualname__ = f"{module}.{name}"
@@ -435,8 +436,8 @@ def _is_fsdp_unit(module) -> bool:
 
 def _computes_the_same(before, after, in_features: int, probe_of) -> bool:
     """Runs both on one small input (the first parameter's device and dtype, a private
-    generator, no autograd, eval mode) and compares: a class we recognise by its children could still wire
-    them differently in its forward."""
+    generator, no autograd, eval mode) and compares: a class we recognise by its children could
+    still wire them differently in its forward."""
     param = next(before.parameters(), None)
     if param is None or param.device.type == "meta":
         return False
@@ -549,7 +550,7 @@ def _fuse_pair(module, names, path, report) -> None:
 
 def _fuse_sequential(seq: torch.nn.Sequential, path: str, report: ConversionReport) -> None:
     names = list(seq._modules)
-    for first, second in zip(names, names[1:]):
+    for first, second in itertools.pairwise(names):
         lin, act = seq._modules[first], seq._modules[second]
         if type(lin) is not Linear or lin.activation is not None:
             continue

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import operator
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -9,7 +9,8 @@ the reference does not demand exactness of us).
 A case is an op as our function and torch's, with a maker of its differentiable inputs:
     case.label, case.ours(*inputs), case.torch(*inputs), case.make(device, dtype, small=False)
 ACTIVATION_CASES, LINEAR_CASES, SOFTMAX_CASES, CROSS_ENTROPY_CASES and
-LINEAR_CROSS_ENTROPY_CASES list them (CASES: all five); clipping, whose "op" updates gradients in place, has clip_parity() instead.
+LINEAR_CROSS_ENTROPY_CASES list them (CASES: all five); clipping, whose "op" updates gradients in
+place, has clip_parity() instead.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import math
 import os
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as TF
@@ -51,16 +52,19 @@ class Comparison:
     message: str = ""
 
 
-def compare(ours: torch.Tensor, torch_same_dtype: torch.Tensor, reference: torch.Tensor) -> Comparison:
+def compare(ours: torch.Tensor, torch_same_dtype: torch.Tensor,
+            reference: torch.Tensor) -> Comparison:
     """Checks `ours` against the float64 `reference`, allowing 2x torch's own error plus the floor.
 
     Where the reference is NaN ours must be NaN; elsewhere ours may be NaN only where torch's own
     op is NaN too (torch's float32 CPU gelu(inf) is NaN, for one). Infinities must match exactly.
     """
     if ours.shape != reference.shape:
-        return Comparison(False, float("inf"), 0.0, f"shape {tuple(ours.shape)} != {tuple(reference.shape)}")
+        return Comparison(False, float("inf"), 0.0,
+                          f"shape {tuple(ours.shape)} != {tuple(reference.shape)}")
     if ours.dtype != torch_same_dtype.dtype:
-        return Comparison(False, float("inf"), 0.0, f"dtype {ours.dtype} != {torch_same_dtype.dtype}")
+        return Comparison(False, float("inf"), 0.0,
+                          f"dtype {ours.dtype} != {torch_same_dtype.dtype}")
     o, t, r = ours.double().cpu(), torch_same_dtype.double().cpu(), reference.double().cpu()
     if o.numel() == 0:
         return Comparison(True, 0.0, 0.0)
@@ -82,7 +86,8 @@ def compare(ours: torch.Tensor, torch_same_dtype: torch.Tensor, reference: torch
     return Comparison(ok, err.max().item(), t_err.max().item(), msg)
 
 
-def assert_matches(ours: torch.Tensor, torch_same_dtype: torch.Tensor, reference: torch.Tensor) -> None:
+def assert_matches(ours: torch.Tensor, torch_same_dtype: torch.Tensor,
+                   reference: torch.Tensor) -> None:
     c = compare(ours, torch_same_dtype, reference)
     assert c.ok, c.message
 
@@ -110,7 +115,7 @@ def parity(ours: Callable, theirs: Callable, inputs, *, grad: torch.Tensor | Non
     if grad is None:
         grad = torch.randn(outs[2].shape, dtype=torch.float64,
                            generator=torch.Generator().manual_seed(1))
-    for y, args in zip(outs, sets):
+    for y in outs:
         y.backward(grad.to(device=y.device, dtype=y.dtype))
     for i, (a, t, r) in enumerate(zip(*sets)):
         if r is not None and r.grad is not None:
@@ -339,7 +344,8 @@ class CrossEntropyCase:
     @property
     def label(self) -> str:
         args = ",".join(f"{k}={v}" for k, v in self.kwargs)
-        return f"cross_entropy({'weight,' if self.weighted else ''}ignore{',' + args if args else ''})"
+        weight = "weight," if self.weighted else ""
+        return f"cross_entropy({weight}ignore{',' + args if args else ''})"
 
     def _call(self, F, logits):
         n, c = logits.shape
@@ -531,8 +537,8 @@ def run_on_each_isa(isas, timeout: float = 600) -> dict[str, tuple[int, str, str
 def op_samples(device="cpu", dtype=torch.float32, requires_grad: bool = True) -> list:
     """[(label, op, args)]: every op of torch.ops.backprop_ext with arguments that exercise it
     (every activation row, both softmax directions, every cross-entropy reduction, linear with
-    and without bias, activation and pre-activation kept, gated units); floating arguments require grad when
-    `requires_grad` (the in-place and out= ops' mutated arguments never do)."""
+    and without bias, activation and pre-activation kept, gated units); floating arguments
+    require grad when `requires_grad` (the in-place and out= ops' mutated arguments never do)."""
     from .activation import SPECS
 
     ops = torch.ops.backprop_ext

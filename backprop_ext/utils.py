@@ -50,7 +50,6 @@ import functools
 import types
 import warnings
 from collections.abc import Iterable
-from typing import Union
 
 import torch
 from torch.utils._foreach_utils import _device_has_foreach_support, _has_foreach_support
@@ -63,7 +62,7 @@ from .multi_tensor import norm_dtype
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm",
            "gradient_flow", "GradientFlowReport", "LayerStats"]
 
-_TensorOrTensors = Union[torch.Tensor, Iterable[torch.Tensor]]
+_TensorOrTensors = torch.Tensor | Iterable[torch.Tensor]
 
 _ops = torch.ops.backprop_ext
 

@@ -82,9 +82,13 @@ void register_ops(torch::Library& m) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) { register_ops(m); }
+TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) {
+  register_ops(m);
+}
 #ifdef BACKPROP_EXT_WITH_CUDA
-TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) { register_ops(m); }
+TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) {
+  register_ops(m);
+}
 #endif
 
 TORCH_LIBRARY_IMPL(backprop_ext, ADInplaceOrView, m) {

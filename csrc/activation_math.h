@@ -35,8 +35,8 @@ inline Activation activation_from_name(c10::string_view name) {
   BACKPROP_EXT_ACTIVATIONS(BACKPROP_EXT_MATCH)
 #undef BACKPROP_EXT_MATCH
 #define BACKPROP_EXT_NAME(Enum, row_name, reads, signature, module) " " row_name
-  TORCH_CHECK(false, "backprop_ext: unknown activation '", name, "'; expected one of:",
-              BACKPROP_EXT_ACTIVATIONS(BACKPROP_EXT_NAME));
+  TORCH_CHECK(false, "backprop_ext: unknown activation '", name,
+              "'; expected one of:", BACKPROP_EXT_ACTIVATIONS(BACKPROP_EXT_NAME));
 #undef BACKPROP_EXT_NAME
 }
 
@@ -44,8 +44,7 @@ inline Activation activation_from_name(c10::string_view name) {
 constexpr bool activation_saves_output(Activation a) {
   switch (a) {
 #define BACKPROP_EXT_CASE(Enum, name, reads, signature, module) \
-  case Activation::k##Enum:                                     \
-    return ActivationReads::reads == ActivationReads::kOutput;
+  case Activation::k##Enum: return ActivationReads::reads == ActivationReads::kOutput;
     BACKPROP_EXT_ACTIVATIONS(BACKPROP_EXT_CASE)
 #undef BACKPROP_EXT_CASE
   }
@@ -63,8 +62,7 @@ template <typename F>
 inline void visit_activation(Activation a, F&& f) {
   switch (a) {
 #define BACKPROP_EXT_CASE(Enum, name, reads, signature, module) \
-  case Activation::k##Enum:                                     \
-    return f(ActivationTag<Activation::k##Enum>{});
+  case Activation::k##Enum: return f(ActivationTag<Activation::k##Enum>{});
     BACKPROP_EXT_ACTIVATIONS(BACKPROP_EXT_CASE)
 #undef BACKPROP_EXT_CASE
   }
@@ -352,9 +350,7 @@ struct ActivationForward {
 template <Activation A, typename T>
 struct ActivationBackward {
   T p0, p1;
-  C10_HOST_DEVICE T operator()(T g, T s) const {
-    return ActivationMath<A>::backward(g, s, p0, p1);
-  }
+  C10_HOST_DEVICE T operator()(T g, T s) const { return ActivationMath<A>::backward(g, s, p0, p1); }
 };
 
 }  // namespace backprop_ext

@@ -50,7 +50,8 @@ void check_linear_args(const char* op, const at::Tensor& input, const at::Tensor
   check_same(op, "input", input, "weight", weight);
   TORCH_CHECK(input.size(-1) == weight.size(1), op,
               ": expected input.shape[-1] == weight.shape[1] (in_features), but got input of "
-              "shape ", input.sizes(), " and weight of shape ", weight.sizes());
+              "shape ",
+              input.sizes(), " and weight of shape ", weight.sizes());
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
                 ": expected bias of shape (out_features,) = (", weight.size(0),
@@ -124,8 +125,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_bwd(
 
   at::Tensor grad_preact = g, grad_bias;
   if (act.has_value()) {
-    std::tie(grad_preact, grad_bias) = bias_act_bwd_stub(
-        device, g, as_2d(saved, m, n).contiguous(), *act, p0, p1, output_mask[2]);
+    std::tie(grad_preact, grad_bias) =
+        bias_act_bwd_stub(device, g, as_2d(saved, m, n).contiguous(), *act, p0, p1, output_mask[2]);
   }
   at::Tensor grad_input, grad_weight;
   if (output_mask[0]) {
@@ -134,8 +135,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_bwd(
   }
   if (output_mask[1]) {
     at::Tensor fused_bias;
-    std::tie(grad_weight, fused_bias) = weight_grad_stub(
-        device, grad_preact, as_2d(input, m, k), output_mask[2] && !grad_bias.defined());
+    std::tie(grad_weight, fused_bias) = weight_grad_stub(device, grad_preact, as_2d(input, m, k),
+                                                         output_mask[2] && !grad_bias.defined());
     if (fused_bias.defined()) grad_bias = fused_bias;
   }
   if (output_mask[2] && !grad_bias.defined()) grad_bias = grad_preact.sum(0);
@@ -167,9 +168,13 @@ void register_ops(torch::Library& m) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) { register_ops(m); }
+TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) {
+  register_ops(m);
+}
 #ifdef BACKPROP_EXT_WITH_CUDA
-TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) { register_ops(m); }
+TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) {
+  register_ops(m);
+}
 #endif
 
 TORCH_LIBRARY_IMPL(backprop_ext, AutocastCPU, m) {

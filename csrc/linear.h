@@ -37,14 +37,13 @@ using linear_fwd_fn = void (*)(const at::Tensor& x, const at::Tensor& weight,
 // gz = g act'(s) over contiguous (M, N) g and s, and, when want_bias, gb = sum_rows gz (N,) in a
 // fixed order (the same bits whatever the thread count); gb undefined otherwise.
 using bias_act_bwd_fn = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor& g,
-                                                               const at::Tensor& s,
-                                                               Activation act, double p0,
-                                                               double p1, bool want_bias);
+                                                               const at::Tensor& s, Activation act,
+                                                               double p0, double p1,
+                                                               bool want_bias);
 // gW = gz^T x (N, K); when want_bias and the device computes it in the same pass, also
 // gb = sum_rows gz (undefined otherwise: the op sums it).
 using weight_grad_fn = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor& gz,
-                                                              const at::Tensor& x,
-                                                              bool want_bias);
+                                                              const at::Tensor& x, bool want_bias);
 
 BACKPROP_EXT_DECLARE_STUB(linear_fwd_stub, linear_fwd_fn);
 BACKPROP_EXT_DECLARE_STUB(bias_act_bwd_stub, bias_act_bwd_fn);

@@ -34,8 +34,10 @@ void check_tensor_list(const char* op, at::TensorList tensors) {
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
     TORCH_CHECK(t.defined(), op, ": expected tensors[", i, "] to be a tensor, but got None");
-    TORCH_CHECK(t.device() == device, op, ": all tensors must be on one device, the device of "
-                "tensors[0] (", device, "), but tensors[", i, "] is on ", t.device());
+    TORCH_CHECK(t.device() == device, op,
+                ": all tensors must be on one device, the device of "
+                "tensors[0] (",
+                device, "), but tensors[", i, "] is on ", t.device());
     TORCH_CHECK(t.layout() == at::kStrided, op, ": expected tensors[", i,
                 "] to be a dense (strided) tensor, but got layout ", t.layout());
     TORCH_CHECK(is_supported_float(t.scalar_type()), op, ": expected tensors[", i,
@@ -48,8 +50,8 @@ void check_tensor_list(const char* op, at::TensorList tensors) {
 // memory (an expanded view) cannot be updated that way.
 void check_writable(const char* op, at::TensorList tensors) {
   for (size_t i = 0; i < tensors.size(); ++i) {
-    TORCH_CHECK(at::has_internal_overlap(tensors[i]) != at::MemOverlap::Yes, op,
-                ": tensors[", i, "] has elements that share memory (e.g. an expanded tensor) "
+    TORCH_CHECK(at::has_internal_overlap(tensors[i]) != at::MemOverlap::Yes, op, ": tensors[", i,
+                "] has elements that share memory (e.g. an expanded tensor) "
                 "and cannot be modified in place; pass a tensor that owns its elements");
   }
 }
@@ -105,11 +107,15 @@ void multi_tensor_scale_(at::TensorList tensors, const at::Tensor& total_norm, d
   const char* op = "multi_tensor_scale_";
   check_tensor_list(op, tensors);
   check_writable(op, tensors);
-  TORCH_CHECK(total_norm.numel() == 1, op, ": expected total_norm to hold one value, but got a "
-              "tensor of shape ", total_norm.sizes());
+  TORCH_CHECK(total_norm.numel() == 1, op,
+              ": expected total_norm to hold one value, but got a "
+              "tensor of shape ",
+              total_norm.sizes());
   check_float(op, "total_norm", total_norm);
-  TORCH_CHECK(total_norm.device() == tensors[0].device(), op, ": expected total_norm on the "
-              "tensors' device (", tensors[0].device(), "), but it is on ", total_norm.device());
+  TORCH_CHECK(total_norm.device() == tensors[0].device(), op,
+              ": expected total_norm on the "
+              "tensors' device (",
+              tensors[0].device(), "), but it is on ", total_norm.device());
   TORCH_CHECK(max_norm >= 0, op, ": expected max_norm >= 0, but got ", max_norm);
   const c10::OptionalDeviceGuard guard(device_of(tensors[0]));
   const auto views = flat_views(tensors);
@@ -138,9 +144,13 @@ void register_ops(torch::Library& m) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) { register_ops(m); }
+TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) {
+  register_ops(m);
+}
 #ifdef BACKPROP_EXT_WITH_CUDA
-TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) { register_ops(m); }
+TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) {
+  register_ops(m);
+}
 #endif
 
 }  // namespace backprop_ext

@@ -79,7 +79,6 @@ inline decltype(auto) visit_norm_kind(NormKind kind, F&& f) {
   TORCH_CHECK(false, "unreachable NormKind");
 }
 
-
 // Range of a chunk's plain sum of |x|^p (accumulated in T, then held in double) within which
 // nothing was lost: above kSafeSumMin<T> the terms that underflowed in T (each < T's smallest
 // normal, at most kMultiTensorChunk of them) weigh less than T's rounding error; below

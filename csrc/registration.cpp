@@ -17,8 +17,9 @@ TORCH_LIBRARY(backprop_ext, m) {
   m.def("activation_fwd(Tensor self, str activation, float p0=0., float p1=0.) -> Tensor");
   m.def("activation_fwd_(Tensor(a!) self, str activation, float p0=0., float p1=0.) -> ()");
   // `saved` is the forward's output for relu, sigmoid and tanh and its input otherwise.
-  m.def("activation_bwd(Tensor grad_output, Tensor saved, str activation, float p0=0., "
-        "float p1=0.) -> Tensor");
+  m.def(
+      "activation_bwd(Tensor grad_output, Tensor saved, str activation, float p0=0., "
+      "float p1=0.) -> Tensor");
 
   // --- softmax family. One reduced dim; torch's dim tuples and keepdim are handled in Python.
   // log=True gives log_softmax. Backward ops take the forward's output.
@@ -31,27 +32,32 @@ TORCH_LIBRARY(backprop_ext, m) {
   //   nll[i] = lse[i] - logits[i, target[i]]
   //   smooth[i] = sum_c weight[c] (lse[i] - logits[i, c])   (shape (0,) unless smoothing)
   // Rows whose target is ignore_index give 0. nll, smooth and lse are in the opmath dtype.
-  m.def("cross_entropy_fwd(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "
-        "bool smoothing) -> (Tensor nll, Tensor smooth, Tensor lse)");
-  m.def("cross_entropy_bwd(Tensor logits, Tensor target, Tensor? weight, Tensor lse, "
-        "Tensor grad_nll, Tensor? grad_smooth, int ignore_index) -> Tensor");
+  m.def(
+      "cross_entropy_fwd(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "
+      "bool smoothing) -> (Tensor nll, Tensor smooth, Tensor lse)");
+  m.def(
+      "cross_entropy_bwd(Tensor logits, Tensor target, Tensor? weight, Tensor lse, "
+      "Tensor grad_nll, Tensor? grad_smooth, int ignore_index) -> Tensor");
   // The same, written into `out` (N, C), contiguous: a slice of a larger gradient for chunked
   // callers, or the logits themselves (each element is read before it is written). Returns
   // nothing (functionalization, hence torch.compile, takes mutated arguments, not aliased
   // outputs).
-  m.def("cross_entropy_bwd_out(Tensor logits, Tensor target, Tensor? weight, Tensor lse, "
-        "Tensor grad_nll, Tensor? grad_smooth, int ignore_index, Tensor(a!) out) -> ()");
+  m.def(
+      "cross_entropy_bwd_out(Tensor logits, Tensor target, Tensor? weight, Tensor lse, "
+      "Tensor grad_nll, Tensor? grad_smooth, int ignore_index, Tensor(a!) out) -> ()");
   // The rows' loss, reduced as torch's reductions do (see softmax.h, cross_entropy_reduce_fn):
   // loss (N,) for "none", 0-d for "sum" and "mean"; total = the sum of the rows' target weights,
   // what "mean" divides by. loss and total in the opmath dtype. Its backward: cross_entropy_bwd.
-  m.def("cross_entropy_loss_fwd(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "
-        "float label_smoothing, str reduction) -> (Tensor loss, Tensor lse, Tensor total)");
+  m.def(
+      "cross_entropy_loss_fwd(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "
+      "float label_smoothing, str reduction) -> (Tensor loss, Tensor lse, Tensor total)");
   // The loss itself, torch.nn.functional.cross_entropy's: input (C), (N, C) or (N, C, d1, ...),
   // target class indices (int64, input's shape without C) or class probabilities (input's
   // shape); reduction "none", "mean" or "sum". Composite (CompositeImplicitAutograd): it calls
   // cross_entropy_loss_fwd or softmax_fwd (and ATen's reductions), whose autograd it has.
-  m.def("cross_entropy(Tensor input, Tensor target, Tensor? weight=None, str reduction='mean', "
-        "int ignore_index=-100, float label_smoothing=0.) -> Tensor");
+  m.def(
+      "cross_entropy(Tensor input, Tensor target, Tensor? weight=None, str reduction='mean', "
+      "int ignore_index=-100, float label_smoothing=0.) -> Tensor");
 
   // --- multi-tensor family (gradient clipping); see multi_tensor_math.h for the math.
   // One call covers a whole list of tensors on one device, dtypes mixed. Norms are float64 when
@@ -68,19 +74,22 @@ TORCH_LIBRARY(backprop_ext, m) {
   // --- linear family: out = act(input @ weight^T + bias), activation "none" or one of the above.
   // `preact` is the pre-activation, returned only when save_preact is set and backward needs it
   // (not for relu, sigmoid and tanh, whose derivative reads the output); otherwise it is empty.
-  m.def("linear_fwd(Tensor input, Tensor weight, Tensor? bias, str activation, float p0, "
-        "float p1, bool save_preact) -> (Tensor out, Tensor preact)");
+  m.def(
+      "linear_fwd(Tensor input, Tensor weight, Tensor? bias, str activation, float p0, "
+      "float p1, bool save_preact) -> (Tensor out, Tensor preact)");
   // `saved` is what backward reads: preact, or out for relu, sigmoid and tanh (ignored for "none").
   // Gradients not asked for in output_mask come back empty.
-  m.def("linear_bwd(Tensor grad_output, Tensor input, Tensor weight, Tensor saved, "
-        "str activation, float p0, float p1, bool[3] output_mask) -> "
-        "(Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "linear_bwd(Tensor grad_output, Tensor input, Tensor weight, Tensor saved, "
+      "str activation, float p0, float p1, bool[3] output_mask) -> "
+      "(Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
 
   // --- gated family: y = f(gate) * up, f a row of the activation table (silu: SwiGLU, gelu or
   // gelu_tanh: GeGLU) with its p0, p1. The backward takes the forward's inputs, not f(gate).
   m.def("gated_fwd(Tensor gate, Tensor up, str activation, float p0=0., float p1=0.) -> Tensor");
-  m.def("gated_bwd(Tensor grad, Tensor gate, Tensor up, str activation, float p0=0., "
-        "float p1=0.) -> (Tensor grad_gate, Tensor grad_up)");
+  m.def(
+      "gated_bwd(Tensor grad, Tensor gate, Tensor up, str activation, float p0=0., "
+      "float p1=0.) -> (Tensor grad_gate, Tensor grad_up)");
 }
 
 namespace {
@@ -90,8 +99,8 @@ using backprop_ext::ActivationReads;
 // activation_table() -> ((name, reads_output, signature, module), ...): activation_table.h's
 // rows, for backprop_ext/activation.py to derive the Python side from.
 PyObject* activation_table(PyObject*, PyObject*) {
-#define BACKPROP_EXT_ROW(Enum, name, reads, signature, module) \
-  Py_BuildValue("(sOss)", name,                                 \
+#define BACKPROP_EXT_ROW(Enum, name, reads, signature, module)                           \
+  Py_BuildValue("(sOss)", name,                                                          \
                 ActivationReads::reads == ActivationReads::kOutput ? Py_True : Py_False, \
                 signature, module),
   PyObject* rows[] = {BACKPROP_EXT_ACTIVATIONS(BACKPROP_EXT_ROW)};

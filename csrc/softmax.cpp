@@ -21,9 +21,9 @@
 #include <ATen/WrapDimUtils.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/_assert_async.h>
 #include <ATen/ops/clamp.h>
 #include <ATen/ops/div.h>
-#include <ATen/ops/_assert_async.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/gather.h>
@@ -64,9 +64,9 @@ namespace {
 
 ReductionShape reduction_shape(const char* op, const at::Tensor& t, int64_t dim) {
   const int64_t ndim = t.dim();
-  TORCH_CHECK(dim >= -std::max<int64_t>(ndim, 1) && dim < std::max<int64_t>(ndim, 1), op,
-              ": dim ", dim, " is out of range for a tensor of ", ndim, " dimensions (shape ",
-              t.sizes(), ")");
+  TORCH_CHECK(dim >= -std::max<int64_t>(ndim, 1) && dim < std::max<int64_t>(ndim, 1), op, ": dim ",
+              dim, " is out of range for a tensor of ", ndim, " dimensions (shape ", t.sizes(),
+              ")");
   ReductionShape s{ndim == 0 ? 0 : c10::maybe_wrap_dim(dim, ndim), 1, 1, 1};
   if (ndim == 0) return s;  // a 0-d tensor is one row of one element
   for (int64_t d = 0; d < s.dim; ++d) s.outer *= t.size(d);
@@ -93,15 +93,14 @@ void check_keepdim_shape(const char* op, const char* arg, const at::Tensor& t,
 void check_cross_entropy_args(const char* op, const at::Tensor& logits, const at::Tensor& target,
                               const std::optional<at::Tensor>& weight) {
   check_float(op, "logits", logits);
-  TORCH_CHECK(logits.dim() == 2, op, ": expected logits of shape (N, C), but got ",
-              logits.sizes());
+  TORCH_CHECK(logits.dim() == 2, op, ": expected logits of shape (N, C), but got ", logits.sizes());
   TORCH_CHECK(logits.size(1) > 0, op, ": expected at least one class, but got logits of shape ",
               logits.sizes());
   TORCH_CHECK(target.scalar_type() == at::kLong, op,
               ": expected class-index target of dtype int64, but got ", target.scalar_type());
   TORCH_CHECK(target.dim() == 1 && target.size(0) == logits.size(0), op,
-              ": expected target of shape (", logits.size(0), ",) to match logits ",
-              logits.sizes(), ", but got ", target.sizes());
+              ": expected target of shape (", logits.size(0), ",) to match logits ", logits.sizes(),
+              ", but got ", target.sizes());
   TORCH_CHECK(target.device() == logits.device(), op,
               ": expected target on the same device as logits (", logits.device(), "), but got ",
               target.device());
@@ -117,8 +116,8 @@ void check_cross_entropy_args(const char* op, const at::Tensor& logits, const at
 void check_row_tensor(const char* op, const char* arg, const at::Tensor& t,
                       const at::Tensor& logits) {
   const auto dtype = at::toOpMathType(logits.scalar_type());
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == logits.size(0), op, ": expected ", arg,
-              " of shape (", logits.size(0), ",), but got ", t.sizes());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == logits.size(0), op, ": expected ", arg, " of shape (",
+              logits.size(0), ",), but got ", t.sizes());
   TORCH_CHECK(t.scalar_type() == dtype && t.device() == logits.device(), op, ": expected ", arg,
               " of dtype ", dtype, " on ", logits.device(), ", but got ", t.scalar_type(), " on ",
               t.device());
@@ -214,15 +213,17 @@ void cross_entropy_bwd_out(const at::Tensor& logits, const at::Tensor& target,
   if (grad_smooth.has_value()) check_row_tensor(op, "grad_smooth", *grad_smooth, logits);
   check_same(op, "logits", logits, "out", out);
   check_same_shape(op, "logits", logits, "out", out);
-  TORCH_CHECK(out.is_contiguous(), op, ": expected a contiguous out (its rows are written in "
-              "place), but got strides ", out.strides());
+  TORCH_CHECK(out.is_contiguous(), op,
+              ": expected a contiguous out (its rows are written in "
+              "place), but got strides ",
+              out.strides());
   const c10::OptionalDeviceGuard guard(device_of(logits));
   if (out.numel() == 0) return;
   // out may be the logits themselves: each element is read before it is written. Another
   // tensor sharing memory with them is not supported.
   const at::Tensor x = out.is_same(logits) ? logits : logits.contiguous();
-  cross_entropy_bwd_stub(x.device().type(), x, target.contiguous(),
-                         contiguous_or_undefined(weight), lse.contiguous(), grad_nll.contiguous(),
+  cross_entropy_bwd_stub(x.device().type(), x, target.contiguous(), contiguous_or_undefined(weight),
+                         lse.contiguous(), grad_nll.contiguous(),
                          contiguous_or_undefined(grad_smooth), ignore_index, out);
 }
 
@@ -311,7 +312,8 @@ at::Tensor cross_entropy_no_classes(const at::Tensor& logits, const at::Tensor& 
       at::_assert_async(bad.any().logical_not(),
                         "cross_entropy: target is out of bounds: input has no classes");
     } else if (bad.any().item<bool>()) {
-      TORCH_CHECK_INDEX(false, "cross_entropy: target ", rows_target.masked_select(bad)[0].item<int64_t>(),
+      TORCH_CHECK_INDEX(false, "cross_entropy: target ",
+                        rows_target.masked_select(bad)[0].item<int64_t>(),
                         " is out of bounds: input has no classes");
     }
   }
@@ -343,10 +345,9 @@ at::Tensor cross_entropy_indices(const at::Tensor& input, const at::Tensor& targ
   const int64_t C = input.size(class_dim);
   // Rows of C logits; (N, C) as it is. For C = 0 the row count is given (-1 would be ambiguous).
   const at::Tensor moved = input.dim() == 2 ? input : input.movedim(class_dim, -1);
-  const at::Tensor logits =
-      input.dim() == 2 ? input
-      : C > 0          ? moved.reshape({-1, C})
-                       : moved.reshape_symint({target.sym_numel(), c10::SymInt(0)});
+  const at::Tensor logits = input.dim() == 2 ? input
+                            : C > 0 ? moved.reshape({-1, C})
+                                    : moved.reshape_symint({target.sym_numel(), c10::SymInt(0)});
   const at::Tensor rows_target = target.dim() == 1 ? target : target.reshape({-1});
   at::Tensor loss;
   if (C == 0) {
@@ -419,8 +420,10 @@ at::Tensor cross_entropy(const at::Tensor& input, const at::Tensor& target,
   }
   if (at::isFloatingType(target.scalar_type())) {
     // torch's exception type: a RuntimeError.
-    TORCH_CHECK(ignore_index < 0, "cross_entropy: ignore_index is not supported for "
-                "class-probability targets, got ignore_index=", ignore_index);
+    TORCH_CHECK(ignore_index < 0,
+                "cross_entropy: ignore_index is not supported for "
+                "class-probability targets, got ignore_index=",
+                ignore_index);
     return cross_entropy_probabilities(input, target, weight, class_dim, reduction,
                                        label_smoothing);
   }
@@ -481,9 +484,13 @@ void register_ops(torch::Library& m) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) { register_ops(m); }
+TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) {
+  register_ops(m);
+}
 #ifdef BACKPROP_EXT_WITH_CUDA
-TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) { register_ops(m); }
+TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) {
+  register_ops(m);
+}
 #endif
 
 TORCH_LIBRARY_IMPL(backprop_ext, CompositeImplicitAutograd, m) {

@@ -37,9 +37,7 @@ struct DeviceStub {
     return (*fn)(std::forward<Args>(args)...);
   }
 
-  void set(c10::DeviceType device, Fn fn) {
-    (device == c10::DeviceType::CPU ? cpu : cuda) = fn;
-  }
+  void set(c10::DeviceType device, Fn fn) { (device == c10::DeviceType::CPU ? cpu : cuda) = fn; }
 };
 
 #define BACKPROP_EXT_DECLARE_STUB(stub, fn_type) extern ::backprop_ext::DeviceStub<fn_type> stub
@@ -48,8 +46,8 @@ struct DeviceStub {
 #define BACKPROP_EXT_STUB_CONCAT_(a, b) a##b
 #define BACKPROP_EXT_STUB_CONCAT(a, b) BACKPROP_EXT_STUB_CONCAT_(a, b)
 // Fills `stub`'s slot for `device` (CPU or CUDA) with `fn` when the library loads.
-#define BACKPROP_EXT_REGISTER_KERNEL(stub, device, fn)                                       \
-  static const bool BACKPROP_EXT_STUB_CONCAT(stub##_registered_, __LINE__) =              \
+#define BACKPROP_EXT_REGISTER_KERNEL(stub, device, fn)                       \
+  static const bool BACKPROP_EXT_STUB_CONCAT(stub##_registered_, __LINE__) = \
       (::backprop_ext::stub.set(::c10::DeviceType::device, fn), true)
 
 }  // namespace backprop_ext

@@ -5,12 +5,14 @@
 # there, with its own environment in .ci-oldest-torch/venv, so that neither build (another
 # Python, another torch) can mix with the main one.
 #
-# Knobs: BACKPROP_EXT_OLDEST_TORCH (default torch==2.11.0), BACKPROP_EXT_OLDEST_PYTHON (default:
+# Knobs: BACKPROP_EXT_OLDEST_TORCH (default torch==2.11.0), BACKPROP_EXT_OLDEST_TORCHVISION
+# (default torchvision==0.26.0, the one built for it), BACKPROP_EXT_OLDEST_PYTHON (default:
 # the newest pyenv 3.12, else python3.12 on PATH); extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 oldest_torch=${BACKPROP_EXT_OLDEST_TORCH:-torch==2.11.0}
+oldest_torchvision=${BACKPROP_EXT_OLDEST_TORCHVISION:-torchvision==0.26.0}  # built for 2.11
 find_python312() {
   local root
   root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
@@ -28,5 +30,6 @@ rm -rf "$copy/src"
 mkdir -p "$copy/src"
 git ls-files -z | xargs -0 cp --parents -t "$copy/src"
 (cd "$copy/src" && VENV="$PWD/../venv" PYTHON="$python312" BACKPROP_EXT_TORCH="$oldest_torch" \
+  BACKPROP_EXT_TORCHVISION="$oldest_torchvision" \
   BACKPROP_EXT_FORCE_CPU=1 bash scripts/setup.sh)
 (cd "$copy/src" && ../venv/bin/python -m pytest "$@")

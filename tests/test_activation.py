@@ -10,10 +10,17 @@ import backprop_ext
 import backprop_ext.functional as BF
 import backprop_ext.nn as bnn
 from backprop_ext.activation import (
-    _SECOND_DERIVATIVES, ACTIVATIONS, FUNCTION_ROWS, SAVES_OUTPUT, SPECS,
+    _SECOND_DERIVATIVES,
+    ACTIVATIONS,
+    FUNCTION_ROWS,
+    SAVES_OUTPUT,
+    SPECS,
 )
 from backprop_ext.testing import (
-    ACTIVATION_CASES, REFERENCES, assert_matches, jvp_of_gradient,
+    ACTIVATION_CASES,
+    REFERENCES,
+    assert_matches,
+    jvp_of_gradient,
 )
 
 from .conftest import DEVICES
@@ -321,7 +328,8 @@ def test_rejects_non_float_dtypes(dtype):
     with pytest.raises(RuntimeError, match="activation_fwd: expected self to be a float64, "
                                            "float32, float16 or bfloat16 tensor, but got"):
         BF.gelu(x)
-    with pytest.raises(RuntimeError, match="expected self to be a float64, float32, float16 or bfloat16"):
+    with pytest.raises(RuntimeError,
+                       match="expected self to be a float64, float32, float16 or bfloat16"):
         torch.ops.backprop_ext.activation_fwd(x, "relu")
 
 

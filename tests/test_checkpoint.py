@@ -530,7 +530,7 @@ def _synthetic_profile(n_blocks):
 def _all_plans(n):
     for cuts in itertools.product((False, True), repeat=n - 1):
         bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
-        spans = list(zip(bounds, bounds[1:]))
+        spans = list(itertools.pairwise(bounds))
         for levels in itertools.product(_planner.LEVELS, repeat=len(spans)):
             yield [(a, b, level) for (a, b), level in zip(spans, levels)]
 

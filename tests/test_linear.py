@@ -219,7 +219,7 @@ def test_opcheck(activation, p0, p1, device):
 def test_op_outputs_follow_save_preact():
     x, w, b = _make((3,), 8, 6, "cpu", torch.float32)
     for activation in ("gelu", "silu", "leaky_relu", "softplus", "gelu_tanh"):
-        out, preact = ops.linear_fwd(x, w, b, activation, 0.01, 20.0, True)
+        _, preact = ops.linear_fwd(x, w, b, activation, 0.01, 20.0, True)
         torch.testing.assert_close(preact, TF.linear(x, w, b))
         assert ops.linear_fwd(x, w, b, activation, 0.01, 20.0, False)[1].shape == (0,)
     for activation in ("none", "relu", "sigmoid", "tanh"):

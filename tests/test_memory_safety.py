@@ -80,8 +80,9 @@ CROSS_ENTROPY_CASES = [
     ("raw-bwd-op-smoothing", """
         x = torch.randn(3, 5, device=dev)
         _, _, lse = ops.cross_entropy_fwd(x, torch.tensor([0, 1, 2], device=dev), None, -100, True)
-     """, "ops.cross_entropy_bwd(x, torch.tensor([0, 1, 5], device=dev), torch.ones(5, device=dev), "
-          "lse, torch.ones(3, device=dev), torch.ones(3, device=dev), -100)",
+     """, "ops.cross_entropy_bwd(x, torch.tensor([0, 1, 5], device=dev), "
+          "torch.ones(5, device=dev), lse, torch.ones(3, device=dev), torch.ones(3, device=dev), "
+          "-100)",
      "target 5 at position 2"),
     ("raw-fwd-op", "", "ops.cross_entropy_fwd(torch.randn(4, 5, device=dev), "
      "torch.tensor([0, 1, -2**62, 3], device=dev), None, -100, False)",
@@ -138,8 +139,9 @@ def test_backward_ops_check_shapes_before_reading(case):
 def test_valid_targets_still_work_after_the_check():
     x = torch.randn(6, 5, requires_grad=True)
     t = torch.tensor([0, 4, -100, 2, 3, 1])
-    import backprop_ext.functional as BF
     import torch.nn.functional as TF
+
+    import backprop_ext.functional as BF
 
     ours = BF.cross_entropy(x, t)
     ours.backward()

@@ -289,6 +289,7 @@ def test_fusion_probe_in_train_mode_keeps_the_mode_and_draws_nothing():
     model = _build("gpt2").train()  # dropout on: the probe must not see it
     state = torch.get_rng_state()
     _, report = bnn.convert(model, fuse=True, report=True)
-    assert [what for _, what in report.fused] == ["c_fc + act -> Conv1D(activation='gelu_tanh')"] * 2
+    fused = ["c_fc + act -> Conv1D(activation='gelu_tanh')"] * 2
+    assert [what for _, what in report.fused] == fused
     assert all(m.training for m in model.modules())
     assert torch.equal(torch.get_rng_state(), state)

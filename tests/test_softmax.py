@@ -52,7 +52,7 @@ def test_softmax_non_contiguous(log, layout, device):
     x = base[::2] if layout == "strided" else base.t()
     ours, theirs = (BF.log_softmax, TF.log_softmax) if log else (BF.softmax, TF.softmax)
     for dim in (0, 1):
-        _parity(lambda t: ours(t, dim), lambda t: theirs(t, dim), x)
+        _parity(lambda t, dim=dim: ours(t, dim), lambda t, dim=dim: theirs(t, dim), x)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -205,7 +205,8 @@ def _ce_args(shape, device, dtype, use_weight=False, ignore=False, reduction="me
         target = torch.randint(0, C, target_shape, device=device)
         if ignore and target.numel() > 1:
             target.view(-1)[::3] = -100
-    weight = (torch.rand(C, dtype=torch.float64) + 0.5).to(device=device, dtype=dtype) if use_weight else None
+    weight = ((torch.rand(C, dtype=torch.float64) + 0.5).to(device=device, dtype=dtype)
+              if use_weight else None)
     kwargs = dict(weight=weight, reduction=reduction, label_smoothing=label_smoothing)
     return x, target, kwargs
 
@@ -221,7 +222,8 @@ def test_cross_entropy_matches_torch(case, shape, device, dtype):
         return
     def theirs(t):  # the float64 reference needs a float64 weight
         w = kwargs["weight"]
-        return TF.cross_entropy(t, target, **{**kwargs, "weight": None if w is None else w.to(t.dtype)})
+        w_t = None if w is None else w.to(t.dtype)
+        return TF.cross_entropy(t, target, **{**kwargs, "weight": w_t})
 
     _parity(lambda t: BF.cross_entropy(t, target, **kwargs), theirs, x)
 
@@ -233,7 +235,8 @@ def test_cross_entropy_probability_targets(reduction, smoothing, device, dtype):
                                  reduction=reduction, label_smoothing=smoothing)
     w = kwargs["weight"]
     _parity(lambda t: BF.cross_entropy(t, target, **kwargs),
-            lambda t: TF.cross_entropy(t, target.to(t.dtype), **{**kwargs, "weight": w.to(t.dtype)}), x)
+            lambda t: TF.cross_entropy(t, target.to(t.dtype),
+                                       **{**kwargs, "weight": w.to(t.dtype)}), x)
 
 
 @pytest.mark.parametrize("case", list(CE_CASES), ids=list(CE_CASES))
@@ -310,7 +313,7 @@ def test_opcheck(device):
     w = torch.rand(7, device=device)
     for weight, smooth in ((None, False), (w, True)):
         torch.library.opcheck(ops.cross_entropy_fwd.default, (x, target, weight, -100, smooth))
-        nll, s, lse = ops.cross_entropy_fwd(x, target, weight, -100, smooth)
+        nll, _, lse = ops.cross_entropy_fwd(x, target, weight, -100, smooth)
         torch.library.opcheck(ops.cross_entropy_bwd.default,
                               (x, target, weight, lse, torch.randn_like(nll),
                                torch.randn_like(nll) if smooth else None, -100))
@@ -396,7 +399,7 @@ def test_cross_entropy_bwd_out_writes_slices_and_in_place(smoothing, device, dty
     logits = _rand((10, 37), device, dtype)
     target = torch.tensor([0, 5, -100, 36, 2, 11, 7, 7, -100, 1], device=device)
     weight = (torch.rand(37, dtype=torch.float64) + 0.5).to(device, dtype)
-    _, smooth, lse = ops.cross_entropy_fwd(logits, target, weight, -100, smoothing)
+    _, _, lse = ops.cross_entropy_fwd(logits, target, weight, -100, smoothing)
     g_nll = torch.randn(10, dtype=lse.dtype, device=device)
     g_smooth = torch.randn(10, dtype=lse.dtype, device=device) if smoothing else None
     whole = ops.cross_entropy_bwd(logits, target, weight, lse, g_nll, g_smooth, -100)
@@ -466,7 +469,8 @@ def test_modules_and_convert():
 
 def test_bad_inputs():
     x = torch.randn(3, 5)
-    with pytest.raises(IndexError, match=r"target 7 at position 1 is out of bounds: expected a class index in \[0, 5\)"):
+    with pytest.raises(IndexError, match=r"target 7 at position 1 is out of bounds: expected a "
+                                         r"class index in \[0, 5\)"):
         BF.cross_entropy(x, torch.tensor([0, 7, 1]))
     with pytest.raises(IndexError, match="target -3"):
         BF.cross_entropy(x, torch.tensor([0, -3, 1]))

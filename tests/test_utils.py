@@ -1,6 +1,7 @@
 """Gradient clipping (backprop_ext.utils) against torch.nn.utils, the multi-tensor ops under it,
 and the gradient-flow report."""
 
+import itertools
 import math
 import warnings
 
@@ -594,7 +595,7 @@ def test_cuda_clipping_does_not_sync():
 def _chain(widths, gain, act):
     torch.manual_seed(0)
     layers = []
-    for a, b in zip(widths[:-1], widths[1:]):
+    for a, b in itertools.pairwise(widths):
         lin = torch.nn.Linear(a, b)
         with torch.no_grad():
             lin.weight.mul_(gain)

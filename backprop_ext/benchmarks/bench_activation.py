@@ -38,5 +38,6 @@ def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled
                 for direction, (ms, tms, cms) in times.items():
                     rows.append(Row(family=FAMILY, op=name, shape=f"({n},)", dtype=dtype_name,
                                     direction=direction, device=device, ms=ms, torch_ms=tms,
-                                    compiled_ms=cms, bytes=PASSES[direction] * n * x.element_size()))
+                                    compiled_ms=cms,
+                                    bytes=PASSES[direction] * n * x.element_size()))
     return rows

@@ -7,10 +7,11 @@
     llama_mlp          bnn.GatedMLP's forward vs transformers' LlamaMLP's,
                        down_proj(silu(gate_proj(x)) * up_proj(x)), each as functions of x and the
                        three weights (the gradients of all four are taken); bias-free; x of
-                       (tokens, hidden). `--sizes` sets the tokens. TFLOP/s count the three GEMMs (2 N H I
-                       each; 3x for fwd+bwd). The peak-memory columns (fwd+bwd only) are what the
-                       step's forward keeps for backward, measured with saved-tensor hooks:
-                       ours keeps gate_proj's and up_proj's outputs, torch also silu(gate).
+                       (tokens, hidden). `--sizes` sets the tokens. TFLOP/s count the three
+                       GEMMs (2 N H I each; 3x for fwd+bwd). The peak-memory columns (fwd+bwd
+                       only) are what the step's forward keeps for backward, measured with
+                       saved-tensor hooks: ours keeps gate_proj's and up_proj's outputs, torch
+                       also silu(gate).
 
 Shapes: CPU hidden 512, intermediate 1408, 2048 tokens, float32; CUDA hidden 4096, intermediate
 14336, 8192 tokens, bfloat16 (the issue's H200 target shape).

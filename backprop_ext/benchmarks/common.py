@@ -22,7 +22,7 @@ import json
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -204,12 +204,12 @@ def format_table(rows: list[Row], copy_gbps: float | None = None) -> str:
                      f"{r.torch_peak_bytes / 1e6:.1f}" if r.torch_peak_bytes else "-",
                      f"{r.memory_ratio:.2f}" if r.memory_ratio is not None else "-"]
         lines.append(line)
-    widths = [max(len(str(l[i])) for l in lines) for i in range(len(head))]
+    widths = [max(len(str(cells[i])) for cells in lines) for i in range(len(head))]
     out = []
-    for i, l in enumerate(lines):
+    for i, cells in enumerate(lines):
         text_cols = 4 if with_vs else 3
         out.append("  ".join(str(c).rjust(w) if j >= text_cols else str(c).ljust(w)
-                             for j, (c, w) in enumerate(zip(l, widths))))
+                             for j, (c, w) in enumerate(zip(cells, widths))))
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)

@@ -25,7 +25,8 @@ def tables(data: dict) -> str:
              f" ({env['machine']}, {env['threads']} threads), torch {env['torch']}; x torch = "
              "torch's time / ours, in one run (above 1: ours is faster)."]
     if data.get("copy_gbps"):
-        lines[0] += f" Device copy bandwidth measured in the same run: {data['copy_gbps']:.0f} GB/s."
+        lines[0] += (f" Device copy bandwidth measured in the same run: "
+                     f"{data['copy_gbps']:.0f} GB/s.")
     families: dict[str, list] = {}
     for row in data["rows"]:
         families.setdefault(row["family"], []).append(row)

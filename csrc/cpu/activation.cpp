@@ -9,7 +9,7 @@ namespace backprop_ext::cpu {
 namespace {
 
 void activation_fwd_cpu(const at::Tensor& x, at::Tensor& out, Activation act, double p0,
-                           double p1) {
+                        double p1) {
   const auto kernel = pick_activation_fwd_kernel();
   const auto dtype = x.scalar_type();
   const int64_t size = x.element_size();
@@ -21,7 +21,7 @@ void activation_fwd_cpu(const at::Tensor& x, at::Tensor& out, Activation act, do
 }
 
 void activation_bwd_cpu(const at::Tensor& grad_output, const at::Tensor& saved,
-                           at::Tensor& grad_input, Activation act, double p0, double p1) {
+                        at::Tensor& grad_input, Activation act, double p0, double p1) {
   const auto kernel = pick_activation_bwd_kernel();
   const auto dtype = grad_output.scalar_type();
   const int64_t size = grad_output.element_size();

@@ -15,8 +15,8 @@ namespace CPU_CAPABILITY {  // DEFAULT, AVX2 or AVX512: see isa.h
 
 // --- entry points
 
-void activation_fwd_kernel(c10::ScalarType dtype, const void* x, void* y, int64_t n,
-                           Activation act, double p0, double p1) {
+void activation_fwd_kernel(c10::ScalarType dtype, const void* x, void* y, int64_t n, Activation act,
+                           double p0, double p1) {
   BACKPROP_EXT_DISPATCH_FLOATS(dtype, "activation_fwd", [&] {
     using T = at::opmath_type<scalar_t>;
     visit_activation(act, [&](auto tag) {

@@ -11,14 +11,15 @@
 
 namespace backprop_ext::cpu {
 
-BACKPROP_EXT_DECLARE_ISA_KERNEL(
-    activation_fwd_kernel,
-    void activation_fwd_kernel(c10::ScalarType dtype, const void* x, void* y, int64_t n,
-                               Activation act, double p0, double p1))
+BACKPROP_EXT_DECLARE_ISA_KERNEL(activation_fwd_kernel,
+                                void activation_fwd_kernel(c10::ScalarType dtype, const void* x,
+                                                           void* y, int64_t n, Activation act,
+                                                           double p0, double p1))
 
-BACKPROP_EXT_DECLARE_ISA_KERNEL(
-    activation_bwd_kernel,
-    void activation_bwd_kernel(c10::ScalarType dtype, const void* grad, const void* saved,
-                               void* grad_input, int64_t n, Activation act, double p0, double p1))
+BACKPROP_EXT_DECLARE_ISA_KERNEL(activation_bwd_kernel,
+                                void activation_bwd_kernel(c10::ScalarType dtype, const void* grad,
+                                                           const void* saved, void* grad_input,
+                                                           int64_t n, Activation act, double p0,
+                                                           double p1))
 
 }  // namespace backprop_ext::cpu

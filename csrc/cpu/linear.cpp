@@ -55,8 +55,8 @@ void bias_act_fwd(at::Tensor& z, at::Tensor& y, const at::Tensor& bias, Activati
 // at most kLinearMaxTileCols columns, each writing its column sums into one row of `partial`,
 // which is then summed in a fixed order.
 std::tuple<at::Tensor, at::Tensor> bias_act_bwd_cpu(const at::Tensor& g, const at::Tensor& s,
-                                                Activation act, double p0, double p1,
-                                                bool want_bias) {
+                                                    Activation act, double p0, double p1,
+                                                    bool want_bias) {
   const int64_t m = g.size(0), n = g.size(1);
   at::Tensor gz = at::empty({m, n}, g.options());
   const auto opmath = at::toOpMathType(g.scalar_type());
@@ -68,8 +68,8 @@ std::tuple<at::Tensor, at::Tensor> bias_act_bwd_cpu(const at::Tensor& g, const a
   // At least 64 rows a tile keeps `partial` under 1/64 of the gradient's size.
   const int64_t tile_rows = std::max<int64_t>(64, kBwdTaskElems / tile_cols);
   const int64_t row_tiles = (m + tile_rows - 1) / tile_rows;
-  at::Tensor partial = want_bias ? at::empty({row_tiles, n}, g.options().dtype(opmath))
-                                 : at::Tensor();
+  at::Tensor partial =
+      want_bias ? at::empty({row_tiles, n}, g.options().dtype(opmath)) : at::Tensor();
 
   const auto kernel = pick_bias_act_bwd_kernel();
   const auto dtype = g.scalar_type();
@@ -95,8 +95,8 @@ std::tuple<at::Tensor, at::Tensor> bias_act_bwd_cpu(const at::Tensor& g, const a
 // --- kernels of the stubs (linear.h)
 
 void linear_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                       std::optional<Activation> act, double p0, double p1, at::Tensor& z,
-                       at::Tensor& y) {
+                    std::optional<Activation> act, double p0, double p1, at::Tensor& z,
+                    at::Tensor& y) {
   // float16/bfloat16: the bias goes into the GEMM so that z is rounded once, as torch's linear
   // rounds it (rounding x W^T before adding b would lose z's low bits wherever b cancels x W^T).
   // float32/float64 lose nothing measurable either way, and add b in the pass after a plain mm.
@@ -111,7 +111,7 @@ void linear_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Ten
 }
 
 std::tuple<at::Tensor, at::Tensor> weight_grad_cpu(const at::Tensor& gz, const at::Tensor& x,
-                                                      bool /*want_bias: summed by the op*/) {
+                                                   bool /*want_bias: summed by the op*/) {
   return {at::mm(gz.t(), x), at::Tensor()};
 }
 

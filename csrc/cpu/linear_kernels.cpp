@@ -49,7 +49,8 @@ void bias_act_fwd_rows(scalar_t* z, scalar_t* y, const scalar_t* bias, int64_t r
         }
         vf(zv).store(yr + c, k);
       } else {
-        if constexpr (kBias) {  // z rounded to scalar_t, as a GEMM with the bias folded in stores it
+        // z rounded to scalar_t, as a GEMM with the bias folded in stores it.
+        if constexpr (kBias) {
           auto [z_lo, z_hi] = at::vec::convert_to_float<scalar_t>(zv);
           auto [b_lo, b_hi] = at::vec::convert_to_float<scalar_t>(load_n(bias + c, k));
           zv = at::vec::convert_from_float<scalar_t>(z_lo + b_lo, z_hi + b_hi);
@@ -161,10 +162,9 @@ void bias_act_bwd_kernel(c10::ScalarType dtype, const void* grad_output, const v
     using T = at::opmath_type<scalar_t>;
     visit_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
-      bias_act_bwd_tile<scalar_t, A>(static_cast<const scalar_t*>(grad_output),
-                                     static_cast<const scalar_t*>(saved),
-                                     static_cast<scalar_t*>(grad_preact), static_cast<T*>(partial),
-                                     rows, cols, ld, p0, p1);
+      bias_act_bwd_tile<scalar_t, A>(
+          static_cast<const scalar_t*>(grad_output), static_cast<const scalar_t*>(saved),
+          static_cast<scalar_t*>(grad_preact), static_cast<T*>(partial), rows, cols, ld, p0, p1);
     });
   });
 }

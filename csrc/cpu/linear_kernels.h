@@ -22,20 +22,22 @@ constexpr int64_t kLinearMaxTileCols = 4096;
 //   y <- act(z)
 // bias may be null. y == z computes in place (the pre-activation is not kept); otherwise the
 // biased z is written back for backward and y is written separately.
-BACKPROP_EXT_DECLARE_ISA_KERNEL(
-    bias_act_fwd_kernel,
-    void bias_act_fwd_kernel(c10::ScalarType dtype, void* z, void* y, const void* bias,
-                             int64_t rows, int64_t cols, Activation act, double p0, double p1))
+BACKPROP_EXT_DECLARE_ISA_KERNEL(bias_act_fwd_kernel,
+                                void bias_act_fwd_kernel(c10::ScalarType dtype, void* z, void* y,
+                                                         const void* bias, int64_t rows,
+                                                         int64_t cols, Activation act, double p0,
+                                                         double p1))
 
 // Backward epilogue, one pass over a (rows x cols) tile of grad_output with row stride ld:
 //   grad_preact = grad_output * act'(saved)
 //   partial[c]  = sum over the tile's rows of grad_preact[., c]   (in opmath; the bias gradient's
 //                                                                 share of this tile)
 // partial may be null (no bias gradient). cols <= kLinearMaxTileCols.
-BACKPROP_EXT_DECLARE_ISA_KERNEL(
-    bias_act_bwd_kernel,
-    void bias_act_bwd_kernel(c10::ScalarType dtype, const void* grad_output, const void* saved,
-                             void* grad_preact, void* partial, int64_t rows, int64_t cols,
-                             int64_t ld, Activation act, double p0, double p1))
+BACKPROP_EXT_DECLARE_ISA_KERNEL(bias_act_bwd_kernel,
+                                void bias_act_bwd_kernel(c10::ScalarType dtype,
+                                                         const void* grad_output, const void* saved,
+                                                         void* grad_preact, void* partial,
+                                                         int64_t rows, int64_t cols, int64_t ld,
+                                                         Activation act, double p0, double p1))
 
 }  // namespace backprop_ext::cpu

@@ -65,8 +65,8 @@ std::vector<NormPartial> norm_partials(const std::vector<at::Tensor>& tensors,
   plan.parallel_for_each([&](int64_t c, const ChunkRef& chunk) {
     const at::Tensor& t = tensors[chunk.tensor];
     const char* base = static_cast<const char*>(t.const_data_ptr());
-    partials[c] = kernel(t.scalar_type(), base + chunk.begin * t.element_size(), chunk.size, kind,
-                         p);
+    partials[c] =
+        kernel(t.scalar_type(), base + chunk.begin * t.element_size(), chunk.size, kind, p);
   });
   return partials;
 }
@@ -89,7 +89,7 @@ double finalize_range(const std::vector<NormPartial>& partials, int64_t begin, i
 }
 
 void multi_tensor_norm_cpu(const std::vector<at::Tensor>& tensors, NormKind kind, double p,
-                              at::Tensor& out) {
+                           at::Tensor& out) {
   const ChunkPlan plan(tensors);
   const auto partials = norm_partials(tensors, plan, kind, p);
   const auto norm_of = [&](int64_t begin, int64_t end) {
@@ -125,26 +125,24 @@ void update_inplace(const std::vector<at::Tensor>& tensors, const Kernel& kernel
   });
 }
 
-void multi_tensor_scale_cpu(const std::vector<at::Tensor>& tensors,
-                               const at::Tensor& total_norm, double max_norm) {
+void multi_tensor_scale_cpu(const std::vector<at::Tensor>& tensors, const at::Tensor& total_norm,
+                            double max_norm) {
   // The coefficient in the norm's precision, as torch computes it: double for a float64 norm,
   // float otherwise. Reading a CPU scalar is not a device sync.
   const double norm = total_norm.item<double>();
   const double coef = total_norm.scalar_type() == at::kDouble
-      ? clip_coefficient<double>(norm, max_norm)
-      : static_cast<double>(clip_coefficient<float>(static_cast<float>(norm),
-                                                    static_cast<float>(max_norm)));
+                          ? clip_coefficient<double>(norm, max_norm)
+                          : static_cast<double>(clip_coefficient<float>(
+                                static_cast<float>(norm), static_cast<float>(max_norm)));
   const auto kernel = pick_multi_tensor_scale_kernel();
-  update_inplace(tensors, [&](c10::ScalarType dtype, void* x, int64_t n) {
-    kernel(dtype, x, n, coef);
-  });
+  update_inplace(tensors,
+                 [&](c10::ScalarType dtype, void* x, int64_t n) { kernel(dtype, x, n, coef); });
 }
 
 void multi_tensor_clamp_cpu(const std::vector<at::Tensor>& tensors, double lo, double hi) {
   const auto kernel = pick_multi_tensor_clamp_kernel();
-  update_inplace(tensors, [&](c10::ScalarType dtype, void* x, int64_t n) {
-    kernel(dtype, x, n, lo, hi);
-  });
+  update_inplace(tensors,
+                 [&](c10::ScalarType dtype, void* x, int64_t n) { kernel(dtype, x, n, lo, hi); });
 }
 
 }  // namespace

@@ -102,16 +102,16 @@ NormPartial norm_partial(const scalar_t* x, int64_t n, double p) {
   const double max_abs = chunk_max_abs(x, n);
   if (Op::partial_from_max(max_abs, out)) return out;
   // max_abs is one of the elements, widened to double: exact in T.
-  return Op::rescaled_partial(
-      max_abs, chunk_sum<scalar_t, K, true>(x, n, T(p), static_cast<T>(max_abs)));
+  return Op::rescaled_partial(max_abs,
+                              chunk_sum<scalar_t, K, true>(x, n, T(p), static_cast<T>(max_abs)));
 }
 
 }  // namespace
 
 // --- entry points
 
-NormPartial multi_tensor_norm_kernel(c10::ScalarType dtype, const void* x, int64_t n,
-                                     NormKind kind, double p) {
+NormPartial multi_tensor_norm_kernel(c10::ScalarType dtype, const void* x, int64_t n, NormKind kind,
+                                     double p) {
   NormPartial out{};
   BACKPROP_EXT_DISPATCH_FLOATS(dtype, "multi_tensor_norm", [&] {
     visit_norm_kind(kind, [&](auto tag) {
@@ -136,9 +136,8 @@ void multi_tensor_clamp_kernel(c10::ScalarType dtype, void* x, int64_t n, double
     const Vectorized<T> vl(static_cast<T>(lo)), vh(static_cast<T>(hi));
     // maximum, then minimum: clamp_value's order; both propagate NaN, as clamp_value does.
     auto* p = static_cast<scalar_t*>(x);
-    map_unary(p, p, n, [vl, vh](Vectorized<T> v) {
-      return at::vec::minimum(at::vec::maximum(v, vl), vh);
-    });
+    map_unary(p, p, n,
+              [vl, vh](Vectorized<T> v) { return at::vec::minimum(at::vec::maximum(v, vl), vh); });
   });
 }
 

@@ -32,12 +32,12 @@ void softmax_fwd_cpu(const at::Tensor& x, at::Tensor& y, const ReductionShape& s
 }
 
 void softmax_bwd_cpu(const at::Tensor& g, const at::Tensor& y, at::Tensor& gx,
-                        const ReductionShape& s, bool log) {
+                     const ReductionShape& s, bool log) {
   const auto kernel = pick_softmax_bwd_kernel();
   parallel_slices(s.outer, s.D * s.inner, [&](int64_t begin, int64_t end) {
     const int64_t off = begin * s.D * s.inner;
-    kernel(y.scalar_type(), byte_ptr(g, off), byte_ptr(y, off), byte_ptr(gx, off), end - begin,
-           s.D, s.inner, log);
+    kernel(y.scalar_type(), byte_ptr(g, off), byte_ptr(y, off), byte_ptr(gx, off), end - begin, s.D,
+           s.inner, log);
   });
 }
 
@@ -50,7 +50,7 @@ void logsumexp_fwd_cpu(const at::Tensor& x, at::Tensor& out, const ReductionShap
 }
 
 void logsumexp_bwd_cpu(const at::Tensor& g, const at::Tensor& x, const at::Tensor& r,
-                          at::Tensor& gx, const ReductionShape& s) {
+                       at::Tensor& gx, const ReductionShape& s) {
   const auto kernel = pick_logsumexp_bwd_kernel();
   parallel_slices(s.outer, s.D * s.inner, [&](int64_t begin, int64_t end) {
     kernel(x.scalar_type(), byte_ptr(g, begin * s.inner), byte_ptr(x, begin * s.D * s.inner),
@@ -66,30 +66,28 @@ void check_target_row(const char* op, int64_t bad_row, int64_t first_row, const 
   if (bad_row < 0) return;
   const int64_t i = first_row + bad_row;
   TORCH_CHECK_INDEX(false, op, ": target ", target[i], " at position ", i,
-                    " is out of bounds: expected a class index in [0, ", C,
-                    ") or ignore_index (", ignore_index, ")");
+                    " is out of bounds: expected a class index in [0, ", C, ") or ignore_index (",
+                    ignore_index, ")");
 }
 
 void cross_entropy_fwd_cpu(const at::Tensor& x, const at::Tensor& t, const at::Tensor& w,
-                              int64_t ignore_index, at::Tensor& nll, at::Tensor& smooth,
-                              at::Tensor& lse) {
+                           int64_t ignore_index, at::Tensor& nll, at::Tensor& smooth,
+                           at::Tensor& lse) {
   const int64_t N = x.size(0), C = x.size(1);
   const auto kernel = pick_cross_entropy_fwd_kernel();
   const int64_t* tp = t.const_data_ptr<int64_t>();
   const void* wp = w.defined() ? w.const_data_ptr() : nullptr;
   parallel_slices(N, C, [&](int64_t begin, int64_t end) {
-    const int64_t bad_row =
-        kernel(x.scalar_type(), byte_ptr(x, begin * C), tp + begin, wp, end - begin, C,
-               ignore_index, byte_ptr(nll, begin), byte_ptr_or_null(smooth, begin),
-               byte_ptr(lse, begin));
+    const int64_t bad_row = kernel(x.scalar_type(), byte_ptr(x, begin * C), tp + begin, wp,
+                                   end - begin, C, ignore_index, byte_ptr(nll, begin),
+                                   byte_ptr_or_null(smooth, begin), byte_ptr(lse, begin));
     check_target_row("cross_entropy_fwd", bad_row, begin, tp, C, ignore_index);
   });
 }
 
 void cross_entropy_bwd_cpu(const at::Tensor& x, const at::Tensor& t, const at::Tensor& w,
-                              const at::Tensor& lse, const at::Tensor& grad_nll,
-                              const at::Tensor& grad_smooth, int64_t ignore_index,
-                              at::Tensor& grad) {
+                           const at::Tensor& lse, const at::Tensor& grad_nll,
+                           const at::Tensor& grad_smooth, int64_t ignore_index, at::Tensor& grad) {
   const int64_t N = x.size(0), C = x.size(1);
   const auto kernel = pick_cross_entropy_bwd_kernel();
   const int64_t* tp = t.const_data_ptr<int64_t>();
@@ -106,9 +104,9 @@ void cross_entropy_bwd_cpu(const at::Tensor& x, const at::Tensor& t, const at::T
 // One pass over the N rows' values (the row kernel read N x C), serial and in double: the same
 // sum whatever the thread count.
 void cross_entropy_reduce_cpu(const at::Tensor& target, const at::Tensor& weight,
-                                 const at::Tensor& nll, const at::Tensor& smooth,
-                                 int64_t ignore_index, double eps, int64_t C, Reduction reduction,
-                                 at::Tensor& loss, at::Tensor& total) {
+                              const at::Tensor& nll, const at::Tensor& smooth, int64_t ignore_index,
+                              double eps, int64_t C, Reduction reduction, at::Tensor& loss,
+                              at::Tensor& total) {
   AT_DISPATCH_FLOATING_TYPES(nll.scalar_type(), "cross_entropy_reduce", [&] {
     const int64_t N = nll.size(0);
     const int64_t* t = target.const_data_ptr<int64_t>();

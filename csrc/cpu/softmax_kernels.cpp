@@ -43,7 +43,8 @@ T row_max(const scalar_t* x, int64_t D) {
 }
 
 // sum(f(x)) over a row, f mapping lanes of T to lanes of T (and scalars to scalars).
-template <typename scalar_t, typename VecF, typename ScalarF, typename T = at::opmath_type<scalar_t>>
+template <typename scalar_t, typename VecF, typename ScalarF,
+          typename T = at::opmath_type<scalar_t>>
 T row_sum(const scalar_t* x, int64_t D, const VecF& vf, const ScalarF& sf) {
   using L = Lanes<scalar_t>;
   typename L::V acc(T(0));
@@ -60,8 +61,8 @@ std::pair<T, T> row_stats(const scalar_t* x, int64_t D) {
   using V = typename Lanes<scalar_t>::V;
   const T m = row_max(x, D);
   const V vm(m);
-  const T s = row_sum(x, D, [&](V v) { return (v - vm).exp(); },
-                      [&](T v) { return math::exp(v - m); });
+  const T s =
+      row_sum(x, D, [&](V v) { return (v - vm).exp(); }, [&](T v) { return math::exp(v - m); });
   return {m, s};
 }
 
@@ -171,8 +172,8 @@ void softmax_fwd_impl(const scalar_t* x, scalar_t* y, int64_t outer, int64_t D, 
 }
 
 template <typename scalar_t, template <typename> class Epilogue>
-void softmax_bwd_impl(const scalar_t* g, const scalar_t* y, scalar_t* gx, int64_t outer,
-                      int64_t D, int64_t inner) {
+void softmax_bwd_impl(const scalar_t* g, const scalar_t* y, scalar_t* gx, int64_t outer, int64_t D,
+                      int64_t inner) {
   using L = Lanes<scalar_t>;
   using T = typename L::T;
   using V = typename L::V;
@@ -191,8 +192,9 @@ void softmax_bwd_impl(const scalar_t* g, const scalar_t* y, scalar_t* gx, int64_
       T acc = reduce_sum(vacc);
       for (; i < D; ++i) acc += E::reduce(static_cast<T>(go[i]), static_cast<T>(yo[i]));
       const V va(acc);
-      row_map2(go, yo, gxo, D, [&](V gv, V yv) { return VE::backward(gv, yv, va); },
-               [&](T gv, T yv) { return E::backward(gv, yv, acc); });
+      row_map2(
+          go, yo, gxo, D, [&](V gv, V yv) { return VE::backward(gv, yv, va); },
+          [&](T gv, T yv) { return E::backward(gv, yv, acc); });
       continue;
     }
     for_each_column_block<scalar_t>(inner, [&](int64_t c, int64_t n, auto load) {
@@ -212,8 +214,7 @@ void softmax_bwd_impl(const scalar_t* g, const scalar_t* y, scalar_t* gx, int64_
 // --- logsumexp
 
 template <typename scalar_t>
-void logsumexp_fwd_impl(const scalar_t* x, scalar_t* out, int64_t outer, int64_t D,
-                        int64_t inner) {
+void logsumexp_fwd_impl(const scalar_t* x, scalar_t* out, int64_t outer, int64_t D, int64_t inner) {
   using L = Lanes<scalar_t>;
   using T = typename L::T;
   using V = typename L::V;
@@ -247,8 +248,9 @@ void logsumexp_bwd_impl(const scalar_t* g, const scalar_t* x, const scalar_t* r,
     if (inner == 1) {
       const T gv = static_cast<T>(g[o]), rv = static_cast<T>(r[o]);
       const V vg(gv), vr(rv);
-      row_map(xo, gxo, D, [&](V v) { return vg * (v - vr).exp(); },
-              [&](T v) { return gv * math::exp(v - rv); });
+      row_map(
+          xo, gxo, D, [&](V v) { return vg * (v - vr).exp(); },
+          [&](T v) { return gv * math::exp(v - rv); });
       continue;
     }
     for_each_column_block<scalar_t>(inner, [&](int64_t c, int64_t n, auto load) {
@@ -271,13 +273,15 @@ T total_weight(const scalar_t* w, int64_t C) {
 }
 
 // A class index the kernels may read logits[t] and weight[t] at.
-inline bool valid_class(int64_t t, int64_t C) { return t >= 0 && t < C; }
+inline bool valid_class(int64_t t, int64_t C) {
+  return t >= 0 && t < C;
+}
 
 template <typename scalar_t>
 int64_t cross_entropy_fwd_impl(const scalar_t* logits, const int64_t* target, const scalar_t* w,
-                            int64_t rows, int64_t C, int64_t ignore_index,
-                            at::opmath_type<scalar_t>* nll, at::opmath_type<scalar_t>* smooth,
-                            at::opmath_type<scalar_t>* lse) {
+                               int64_t rows, int64_t C, int64_t ignore_index,
+                               at::opmath_type<scalar_t>* nll, at::opmath_type<scalar_t>* smooth,
+                               at::opmath_type<scalar_t>* lse) {
   using L = Lanes<scalar_t>;
   using T = typename L::T;
   using V = typename L::V;
@@ -300,8 +304,8 @@ int64_t cross_entropy_fwd_impl(const scalar_t* logits, const int64_t* target, co
       // cancellation.
       const V vm(m), vlog_s(log_s);
       if (w == nullptr) {
-        smooth[r] = row_sum(x, C, [&](V v) { return (vm - v) + vlog_s; },
-                            [&](T v) { return (m - v) + log_s; });
+        smooth[r] = row_sum(
+            x, C, [&](V v) { return (vm - v) + vlog_s; }, [&](T v) { return (m - v) + log_s; });
       } else {
         V acc(T(0));
         int64_t c = 0;
@@ -319,10 +323,10 @@ int64_t cross_entropy_fwd_impl(const scalar_t* logits, const int64_t* target, co
 
 template <typename scalar_t>
 int64_t cross_entropy_bwd_impl(const scalar_t* logits, const int64_t* target, const scalar_t* w,
-                            const at::opmath_type<scalar_t>* lse,
-                            const at::opmath_type<scalar_t>* grad_nll,
-                            const at::opmath_type<scalar_t>* grad_smooth, int64_t rows, int64_t C,
-                            int64_t ignore_index, scalar_t* grad_logits) {
+                               const at::opmath_type<scalar_t>* lse,
+                               const at::opmath_type<scalar_t>* grad_nll,
+                               const at::opmath_type<scalar_t>* grad_smooth, int64_t rows,
+                               int64_t C, int64_t ignore_index, scalar_t* grad_logits) {
   using L = Lanes<scalar_t>;
   using T = typename L::T;
   using V = typename L::V;
@@ -349,7 +353,8 @@ int64_t cross_entropy_bwd_impl(const scalar_t* logits, const int64_t* target, co
       for (; c + L::kSize <= C; c += L::kSize) {
         L::store(gx + c, vk * (L::load(x + c) - vlse).exp() - vb);
       }
-      for (; c < C; ++c) gx[c] = static_cast<scalar_t>(k * math::exp(static_cast<T>(x[c]) - row_lse) - b);
+      for (; c < C; ++c)
+        gx[c] = static_cast<scalar_t>(k * math::exp(static_cast<T>(x[c]) - row_lse) - b);
     } else {
       for (; c + L::kSize <= C; c += L::kSize) {
         L::store(gx + c, vk * (L::load(x + c) - vlse).exp() - vb * L::load(w + c));
@@ -390,8 +395,8 @@ void softmax_bwd_kernel(c10::ScalarType dtype, const void* grad, const void* y, 
   });
 }
 
-void logsumexp_fwd_kernel(c10::ScalarType dtype, const void* x, void* out, int64_t outer,
-                          int64_t D, int64_t inner) {
+void logsumexp_fwd_kernel(c10::ScalarType dtype, const void* x, void* out, int64_t outer, int64_t D,
+                          int64_t inner) {
   BACKPROP_EXT_DISPATCH_FLOATS(dtype, "logsumexp_fwd", [&] {
     logsumexp_fwd_impl(static_cast<const scalar_t*>(x), static_cast<scalar_t*>(out), outer, D,
                        inner);
@@ -403,36 +408,36 @@ void logsumexp_bwd_kernel(c10::ScalarType dtype, const void* grad, const void* x
                           int64_t inner) {
   BACKPROP_EXT_DISPATCH_FLOATS(dtype, "logsumexp_bwd", [&] {
     logsumexp_bwd_impl(static_cast<const scalar_t*>(grad), static_cast<const scalar_t*>(x),
-                       static_cast<const scalar_t*>(result), static_cast<scalar_t*>(grad_x),
-                       outer, D, inner);
+                       static_cast<const scalar_t*>(result), static_cast<scalar_t*>(grad_x), outer,
+                       D, inner);
   });
 }
 
-int64_t cross_entropy_fwd_kernel(c10::ScalarType dtype, const void* logits,
-                                 const int64_t* target, const void* weight, int64_t rows,
-                                 int64_t C, int64_t ignore_index, void* nll, void* smooth,
-                                 void* lse) {
+int64_t cross_entropy_fwd_kernel(c10::ScalarType dtype, const void* logits, const int64_t* target,
+                                 const void* weight, int64_t rows, int64_t C, int64_t ignore_index,
+                                 void* nll, void* smooth, void* lse) {
   int64_t bad_row = -1;
   BACKPROP_EXT_DISPATCH_FLOATS(dtype, "cross_entropy_fwd", [&] {
     using T = at::opmath_type<scalar_t>;
-    bad_row = cross_entropy_fwd_impl(static_cast<const scalar_t*>(logits), target,
-                           static_cast<const scalar_t*>(weight), rows, C, ignore_index,
-                           static_cast<T*>(nll), static_cast<T*>(smooth), static_cast<T*>(lse));
+    bad_row = cross_entropy_fwd_impl(
+        static_cast<const scalar_t*>(logits), target, static_cast<const scalar_t*>(weight), rows, C,
+        ignore_index, static_cast<T*>(nll), static_cast<T*>(smooth), static_cast<T*>(lse));
   });
   return bad_row;
 }
 
-int64_t cross_entropy_bwd_kernel(c10::ScalarType dtype, const void* logits,
-                                 const int64_t* target, const void* weight, const void* lse,
-                                 const void* grad_nll, const void* grad_smooth, int64_t rows,
-                                 int64_t C, int64_t ignore_index, void* grad_logits) {
+int64_t cross_entropy_bwd_kernel(c10::ScalarType dtype, const void* logits, const int64_t* target,
+                                 const void* weight, const void* lse, const void* grad_nll,
+                                 const void* grad_smooth, int64_t rows, int64_t C,
+                                 int64_t ignore_index, void* grad_logits) {
   int64_t bad_row = -1;
   BACKPROP_EXT_DISPATCH_FLOATS(dtype, "cross_entropy_bwd", [&] {
     using T = at::opmath_type<scalar_t>;
-    bad_row = cross_entropy_bwd_impl(static_cast<const scalar_t*>(logits), target,
-                           static_cast<const scalar_t*>(weight), static_cast<const T*>(lse),
-                           static_cast<const T*>(grad_nll), static_cast<const T*>(grad_smooth),
-                           rows, C, ignore_index, static_cast<scalar_t*>(grad_logits));
+    bad_row =
+        cross_entropy_bwd_impl(static_cast<const scalar_t*>(logits), target,
+                               static_cast<const scalar_t*>(weight), static_cast<const T*>(lse),
+                               static_cast<const T*>(grad_nll), static_cast<const T*>(grad_smooth),
+                               rows, C, ignore_index, static_cast<scalar_t*>(grad_logits));
   });
   return bad_row;
 }

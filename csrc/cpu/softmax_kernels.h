@@ -13,26 +13,26 @@
 
 namespace backprop_ext::cpu {
 
-BACKPROP_EXT_DECLARE_ISA_KERNEL(
-    softmax_fwd_kernel,
-    void softmax_fwd_kernel(c10::ScalarType dtype, const void* x, void* y, int64_t outer,
-                            int64_t D, int64_t inner, bool log))
+BACKPROP_EXT_DECLARE_ISA_KERNEL(softmax_fwd_kernel,
+                                void softmax_fwd_kernel(c10::ScalarType dtype, const void* x,
+                                                        void* y, int64_t outer, int64_t D,
+                                                        int64_t inner, bool log))
 
-BACKPROP_EXT_DECLARE_ISA_KERNEL(
-    softmax_bwd_kernel,
-    void softmax_bwd_kernel(c10::ScalarType dtype, const void* grad, const void* y, void* grad_x,
-                            int64_t outer, int64_t D, int64_t inner, bool log))
+BACKPROP_EXT_DECLARE_ISA_KERNEL(softmax_bwd_kernel,
+                                void softmax_bwd_kernel(c10::ScalarType dtype, const void* grad,
+                                                        const void* y, void* grad_x, int64_t outer,
+                                                        int64_t D, int64_t inner, bool log))
 
-BACKPROP_EXT_DECLARE_ISA_KERNEL(
-    logsumexp_fwd_kernel,
-    void logsumexp_fwd_kernel(c10::ScalarType dtype, const void* x, void* out, int64_t outer,
-                              int64_t D, int64_t inner))
+BACKPROP_EXT_DECLARE_ISA_KERNEL(logsumexp_fwd_kernel,
+                                void logsumexp_fwd_kernel(c10::ScalarType dtype, const void* x,
+                                                          void* out, int64_t outer, int64_t D,
+                                                          int64_t inner))
 
-BACKPROP_EXT_DECLARE_ISA_KERNEL(
-    logsumexp_bwd_kernel,
-    void logsumexp_bwd_kernel(c10::ScalarType dtype, const void* grad, const void* x,
-                              const void* result, void* grad_x, int64_t outer, int64_t D,
-                              int64_t inner))
+BACKPROP_EXT_DECLARE_ISA_KERNEL(logsumexp_bwd_kernel,
+                                void logsumexp_bwd_kernel(c10::ScalarType dtype, const void* grad,
+                                                          const void* x, const void* result,
+                                                          void* grad_x, int64_t outer, int64_t D,
+                                                          int64_t inner))
 
 // Class-index targets, rows of C logits. weight (C, logits' dtype) may be null. Ignored rows
 // (target == ignore_index) get nll = smooth = 0. `smooth` may be null (no label smoothing).
@@ -41,17 +41,18 @@ BACKPROP_EXT_DECLARE_ISA_KERNEL(
 // return that row (relative to `target`), or -1 when every target is valid.
 BACKPROP_EXT_DECLARE_ISA_KERNEL(
     cross_entropy_fwd_kernel,
-    int64_t cross_entropy_fwd_kernel(c10::ScalarType dtype, const void* logits, const int64_t* target,
-                                     const void* weight, int64_t rows, int64_t C,
-                                     int64_t ignore_index, void* nll, void* smooth, void* lse))
+    int64_t cross_entropy_fwd_kernel(c10::ScalarType dtype, const void* logits,
+                                     const int64_t* target, const void* weight, int64_t rows,
+                                     int64_t C, int64_t ignore_index, void* nll, void* smooth,
+                                     void* lse))
 
 // grad_logits = grad_nll (p - onehot(target)) + grad_smooth (p W - w), p = exp(x - lse),
 // W = sum(w); zero on ignored rows. grad_smooth may be null.
 BACKPROP_EXT_DECLARE_ISA_KERNEL(
     cross_entropy_bwd_kernel,
-    int64_t cross_entropy_bwd_kernel(c10::ScalarType dtype, const void* logits, const int64_t* target,
-                                  const void* weight, const void* lse, const void* grad_nll,
-                                  const void* grad_smooth, int64_t rows, int64_t C,
-                                  int64_t ignore_index, void* grad_logits))
+    int64_t cross_entropy_bwd_kernel(c10::ScalarType dtype, const void* logits,
+                                     const int64_t* target, const void* weight, const void* lse,
+                                     const void* grad_nll, const void* grad_smooth, int64_t rows,
+                                     int64_t C, int64_t ignore_index, void* grad_logits))
 
 }  // namespace backprop_ext::cpu

@@ -11,7 +11,7 @@ namespace backprop_ext::cuda {
 namespace {
 
 void activation_fwd_cuda(const at::Tensor& x, at::Tensor& out, Activation act, double p0,
-                           double p1) {
+                         double p1) {
   BACKPROP_EXT_DISPATCH_FLOATS(x.scalar_type(), "activation_fwd", [&] {
     using T = at::opmath_type<scalar_t>;
     visit_activation(act, [&](auto tag) {
@@ -23,7 +23,7 @@ void activation_fwd_cuda(const at::Tensor& x, at::Tensor& out, Activation act, d
 }
 
 void activation_bwd_cuda(const at::Tensor& grad_output, const at::Tensor& saved,
-                           at::Tensor& grad_input, Activation act, double p0, double p1) {
+                         at::Tensor& grad_input, Activation act, double p0, double p1) {
   BACKPROP_EXT_DISPATCH_FLOATS(grad_output.scalar_type(), "activation_bwd", [&] {
     using T = at::opmath_type<scalar_t>;
     visit_activation(act, [&](auto tag) {

@@ -2,9 +2,9 @@
 #pragma once
 
 #include <ATen/OpMathType.h>
-#include <c10/macros/Macros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/macros/Macros.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -116,8 +116,8 @@ __global__ void __launch_bounds__(kElementwiseThreads)
   }
   const int64_t tail = n_packs * kVec + int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (tail < n) {
-    y[tail] = static_cast<scalar_t>(
-        op(static_cast<opmath_t>(a[tail]), static_cast<opmath_t>(b[tail])));
+    y[tail] =
+        static_cast<scalar_t>(op(static_cast<opmath_t>(a[tail]), static_cast<opmath_t>(b[tail])));
   }
 }
 

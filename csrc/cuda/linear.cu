@@ -52,7 +52,7 @@ constexpr int64_t kMinRowsPerSplit = 32;
 // partial[blockIdx.y]. With kVec > 1, n is a multiple of kVec and the pointers 16-byte aligned.
 // (Without a bias to differentiate, common.cuh's launch_binary does the elementwise part alone.)
 template <int kVec, typename scalar_t, typename Op>
-__global__ void __launch_bounds__(kBwdColThreads * kBwdRowThreads)
+__global__ void __launch_bounds__(kBwdColThreads* kBwdRowThreads)
     bias_act_bwd_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ s,
                         scalar_t* __restrict__ gz, at::opmath_type<scalar_t>* __restrict__ partial,
                         int64_t m, int64_t n, int64_t rows_per_split, Op op) {
@@ -124,8 +124,8 @@ __global__ void sum_partials_kernel(const at::opmath_type<scalar_t>* __restrict_
 
 // gz = g act'(s), and gb = sum_rows gz when want_bias; g and s contiguous (m, n).
 std::tuple<at::Tensor, at::Tensor> bias_act_bwd_cuda(const at::Tensor& g, const at::Tensor& s,
-                                                Activation act, double p0, double p1,
-                                                bool want_bias) {
+                                                     Activation act, double p0, double p1,
+                                                     bool want_bias) {
   const int64_t m = g.size(0), n = g.size(1);
   at::Tensor gz = at::empty({m, n}, g.options());
   if (!want_bias) {
@@ -170,15 +170,15 @@ std::tuple<at::Tensor, at::Tensor> bias_act_bwd_cuda(const at::Tensor& g, const 
       constexpr Activation A = decltype(tag)::value;
       const ActivationBackward<A, T> op{T(p0), T(p1)};
       if (vectorized) {
-        bias_act_bwd_kernel<kVec><<<grid, block, 0, stream>>>(
-            g.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(),
-            gz.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<T>(), m, n, rows_per_split,
-            op);
+        bias_act_bwd_kernel<kVec>
+            <<<grid, block, 0, stream>>>(g.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(),
+                                         gz.mutable_data_ptr<scalar_t>(),
+                                         partial.mutable_data_ptr<T>(), m, n, rows_per_split, op);
       } else {
-        bias_act_bwd_kernel<1><<<grid, block, 0, stream>>>(
-            g.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(),
-            gz.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<T>(), m, n, rows_per_split,
-            op);
+        bias_act_bwd_kernel<1>
+            <<<grid, block, 0, stream>>>(g.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(),
+                                         gz.mutable_data_ptr<scalar_t>(),
+                                         partial.mutable_data_ptr<T>(), m, n, rows_per_split, op);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -324,11 +324,10 @@ bool run_lt_gemm(const LtGemm& g, at::ScalarType dtype) {
       *reduction != CuBLASReductionOption::AllowReducedPrecisionWithSplitK) {
     // Reduced-precision reductions are those in the output type (in place or staged); split-K
     // stays allowed with an fp32 reduction unless split-K itself is off.
-    const uint32_t mask =
-        *reduction == CuBLASReductionOption::DisallowReducedPrecisionAllowSplitK
-            ? uint32_t(CUBLASLT_REDUCTION_SCHEME_NONE) |
-                  uint32_t(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)
-            : uint32_t(CUBLASLT_REDUCTION_SCHEME_NONE);
+    const uint32_t mask = *reduction == CuBLASReductionOption::DisallowReducedPrecisionAllowSplitK
+                              ? uint32_t(CUBLASLT_REDUCTION_SCHEME_NONE) |
+                                    uint32_t(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)
+                              : uint32_t(CUBLASLT_REDUCTION_SCHEME_NONE);
     set(pref.raw, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, mask);
   }
 
@@ -351,8 +350,8 @@ bool run_lt_gemm(const LtGemm& g, at::ScalarType dtype) {
 // as column-major matrices: out^T (N x M) = op(W^T (K x N)) x^T (K x M) with op a transpose, and
 // the bias runs along D's N rows, as its BIAS epilogues want. false: no algorithm, or an empty
 // dimension, which the ATen route handles.
-bool forward_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
-                  at::Tensor& out, cublasLtEpilogue_t epilogue, at::Tensor* aux) {
+bool forward_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, at::Tensor& out,
+                  cublasLtEpilogue_t epilogue, at::Tensor* aux) {
   const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
   if (m == 0 || n == 0 || k == 0) return false;
   LtGemm g;
@@ -403,8 +402,8 @@ bool lt_activation_epilogues() {
     const char* value = std::getenv("BACKPROP_EXT_LINEAR_EPILOGUE");
     const std::string_view v = value == nullptr ? "ours" : value;
     TORCH_CHECK(v == "ours" || v == "cublaslt",
-                "backprop_ext: BACKPROP_EXT_LINEAR_EPILOGUE must be 'ours' or 'cublaslt', got '",
-                v, "'");
+                "backprop_ext: BACKPROP_EXT_LINEAR_EPILOGUE must be 'ours' or 'cublaslt', got '", v,
+                "'");
     return v == "cublaslt";
   }();
   return enabled;

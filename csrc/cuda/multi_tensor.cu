@@ -35,8 +35,12 @@ constexpr int kFinalizeThreads = 256;
 // 32 -> 48, with the IEEE division), lowering occupancy for a case ordinary data never reaches.
 // The running max costs float32 and float16 no register (32, as without it), bfloat16 one (62 ->
 // 63: the same occupancy) and float64 four (32 -> 36).
-__device__ inline NormPartial pending_partial(double divisor) { return {-divisor, 0.0}; }
-__device__ inline bool is_pending(const NormPartial& partial) { return partial.scale < 0; }
+__device__ inline NormPartial pending_partial(double divisor) {
+  return {-divisor, 0.0};
+}
+__device__ inline bool is_pending(const NormPartial& partial) {
+  return partial.scale < 0;
+}
 
 template <typename scalar_t, NormKind K>
 struct NormPartialJob {
@@ -174,8 +178,8 @@ struct DtypeGroup {
 };
 
 struct Plan {
-  std::vector<DtypeGroup> groups;       // in order of first appearance
-  std::vector<int64_t> chunk_begin;     // per input tensor: its chunks are [begin, end)
+  std::vector<DtypeGroup> groups;    // in order of first appearance
+  std::vector<int64_t> chunk_begin;  // per input tensor: its chunks are [begin, end)
   std::vector<int64_t> chunk_end;
   int64_t chunks = 0;
 };
@@ -242,8 +246,8 @@ template <typename out_t>
 void launch_total_norm(const at::Tensor& partials, NormKind kind, double p, out_t* out) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   visit_norm_kind(kind, [&](auto tag) {
-    total_norm_kernel<decltype(tag)::value><<<1, kFinalizeThreads, 0, stream>>>(
-        as_partials(partials), partials.size(0), p, out);
+    total_norm_kernel<decltype(tag)::value>
+        <<<1, kFinalizeThreads, 0, stream>>>(as_partials(partials), partials.size(0), p, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -297,7 +301,8 @@ void multi_tensor_scale_cuda(const std::vector<at::Tensor>& tensors, const at::T
   // The coefficient is computed in the norm's precision, as torch does: float64 stays, float32
   // stays, float16/bfloat16 are read as float32 (their opmath).
   const at::Tensor norm = total_norm.scalar_type() == at::kDouble
-      ? total_norm.contiguous() : total_norm.to(at::kFloat).contiguous();
+                              ? total_norm.contiguous()
+                              : total_norm.to(at::kFloat).contiguous();
   const Plan plan = make_plan(tensors);
   for (const DtypeGroup& group : plan.groups) {
     BACKPROP_EXT_DISPATCH_FLOATS(group.dtype, "multi_tensor_scale_", [&] {
@@ -305,9 +310,9 @@ void multi_tensor_scale_cuda(const std::vector<at::Tensor>& tensors, const at::T
         multi_tensor_apply(group.tensors, 0,
                            ScaleJob<scalar_t, double>{norm.const_data_ptr<double>(), max_norm});
       } else {
-        multi_tensor_apply(group.tensors, 0,
-                           ScaleJob<scalar_t, float>{norm.const_data_ptr<float>(),
-                                                     static_cast<float>(max_norm)});
+        multi_tensor_apply(
+            group.tensors, 0,
+            ScaleJob<scalar_t, float>{norm.const_data_ptr<float>(), static_cast<float>(max_norm)});
       }
     });
   }

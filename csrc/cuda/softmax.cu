@@ -7,8 +7,8 @@
 // pass writes. Rows of any length work, and re-reading a row just read mostly hits L2.
 // Inner dim (dim is not the last): one thread per (outer, inner) column walks D with stride inner,
 // so a warp reads 32 neighbouring columns at once.
-// Cross-entropy: one block per row (row kernels loop past 2^31 - 1 rows); forward reads the row once (twice with label smoothing),
-// backward reads it once and writes the gradient once.
+// Cross-entropy: one block per row (row kernels loop past 2^31 - 1 rows); forward reads the row
+// once (twice with label smoothing), backward reads it once and writes the gradient once.
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/clamp.h>
@@ -119,8 +119,8 @@ __device__ void row_map(const scalar_t* __restrict__ in, scalar_t* __restrict__ 
 // --- kernels: last dim
 
 template <int kVec, template <typename> class Epilogue, typename scalar_t>
-__global__ void softmax_fwd_lastdim_kernel(const scalar_t* __restrict__ x,
-                                           scalar_t* __restrict__ y, int64_t rows, int64_t D) {
+__global__ void softmax_fwd_lastdim_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                                           int64_t rows, int64_t D) {
   using T = at::opmath_type<scalar_t>;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t off = row * D;
@@ -145,7 +145,8 @@ __global__ void softmax_bwd_lastdim_kernel(const scalar_t* __restrict__ g,
     for (int64_t p = threadIdx.x; p < D / kVec; p += blockDim.x) {
       const P a = gp[p], b = yp[p];
 #pragma unroll
-      for (int k = 0; k < kVec; ++k) acc += E::reduce(static_cast<T>(a.v[k]), static_cast<T>(b.v[k]));
+      for (int k = 0; k < kVec; ++k)
+        acc += E::reduce(static_cast<T>(a.v[k]), static_cast<T>(b.v[k]));
     }
     acc = block_sum(acc);
     for (int64_t p = threadIdx.x; p < D / kVec; p += blockDim.x) {
@@ -153,8 +154,8 @@ __global__ void softmax_bwd_lastdim_kernel(const scalar_t* __restrict__ g,
       P o;
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
-        o.v[k] = static_cast<scalar_t>(
-            E::backward(static_cast<T>(a.v[k]), static_cast<T>(b.v[k]), acc));
+        o.v[k] =
+            static_cast<scalar_t>(E::backward(static_cast<T>(a.v[k]), static_cast<T>(b.v[k]), acc));
       }
       gxp[p] = o;
     }
@@ -162,8 +163,8 @@ __global__ void softmax_bwd_lastdim_kernel(const scalar_t* __restrict__ g,
 }
 
 template <int kVec, typename scalar_t>
-__global__ void logsumexp_lastdim_kernel(const scalar_t* __restrict__ x,
-                                         scalar_t* __restrict__ out, int64_t rows, int64_t D) {
+__global__ void logsumexp_lastdim_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ out,
+                                         int64_t rows, int64_t D) {
   using T = at::opmath_type<scalar_t>;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const OnlineStats<T> st = row_stats<kVec>(x + row * D, D);
@@ -192,9 +193,8 @@ __global__ void softmax_fwd_inner_kernel(const scalar_t* __restrict__ x, scalar_
 
 template <template <typename> class Epilogue, typename scalar_t>
 __global__ void softmax_bwd_inner_kernel(const scalar_t* __restrict__ g,
-                                         const scalar_t* __restrict__ y,
-                                         scalar_t* __restrict__ gx, int64_t outer, int64_t D,
-                                         int64_t inner) {
+                                         const scalar_t* __restrict__ y, scalar_t* __restrict__ gx,
+                                         int64_t outer, int64_t D, int64_t inner) {
   using T = at::opmath_type<scalar_t>;
   using E = Epilogue<T>;
   const int64_t columns = outer * inner;
@@ -336,14 +336,11 @@ __device__ void cross_entropy_bwd_row(int64_t row, const scalar_t* __restrict__ 
 }
 
 template <int kVec, typename scalar_t, typename T = at::opmath_type<scalar_t>>
-__global__ void cross_entropy_bwd_kernel(const scalar_t* __restrict__ logits,
-                                         const int64_t* __restrict__ target,
-                                         const scalar_t* __restrict__ weight,
-                                         const T* __restrict__ lse, const T* __restrict__ grad_nll,
-                                         const T* __restrict__ grad_smooth,
-                                         const T* __restrict__ total_weight, int64_t rows,
-                                         int64_t C, int64_t ignore_index,
-                                         scalar_t* __restrict__ grad_logits) {
+__global__ void cross_entropy_bwd_kernel(
+    const scalar_t* __restrict__ logits, const int64_t* __restrict__ target,
+    const scalar_t* __restrict__ weight, const T* __restrict__ lse, const T* __restrict__ grad_nll,
+    const T* __restrict__ grad_smooth, const T* __restrict__ total_weight, int64_t rows, int64_t C,
+    int64_t ignore_index, scalar_t* __restrict__ grad_logits) {
   const T W = total_weight ? *total_weight : static_cast<T>(C);  // sum(w); C without weights
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     cross_entropy_bwd_row<kVec>(row, logits, target, weight, lse, grad_nll, grad_smooth, W, C,
@@ -406,8 +403,8 @@ void softmax_fwd_cuda(const at::Tensor& x, at::Tensor& y, const ReductionShape& 
         });
       } else {
         softmax_fwd_inner_kernel<decltype(epilogue)::template type>
-            <<<column_blocks(s.outer * s.inner), kElementwiseThreads, 0, stream>>>(
-                xp, yp, s.outer, s.D, s.inner);
+            <<<column_blocks(s.outer * s.inner), kElementwiseThreads, 0, stream>>>(xp, yp, s.outer,
+                                                                                   s.D, s.inner);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -427,7 +424,7 @@ void softmax_bwd_cuda(const at::Tensor& g, const at::Tensor& y, at::Tensor& gx,
           constexpr int kVec = decltype(kv)::value;
           softmax_bwd_lastdim_kernel<kVec, decltype(epilogue)::template type>
               <<<row_blocks(s.outer), row_threads(s.D / kVec), 0, stream>>>(gp, yp, gxp, s.outer,
-                                                                             s.D);
+                                                                            s.D);
         });
       } else {
         softmax_bwd_inner_kernel<decltype(epilogue)::template type>
@@ -447,12 +444,12 @@ void logsumexp_fwd_cuda(const at::Tensor& x, at::Tensor& out, const ReductionSha
     if (s.inner == 1) {
       with_pack_width<scalar_t>(pack_width<scalar_t>(s.D, {xp}), [&](auto kv) {
         constexpr int kVec = decltype(kv)::value;
-        logsumexp_lastdim_kernel<kVec><<<row_blocks(s.outer), row_threads(s.D / kVec), 0,
-                                         stream>>>(xp, op, s.outer, s.D);
+        logsumexp_lastdim_kernel<kVec>
+            <<<row_blocks(s.outer), row_threads(s.D / kVec), 0, stream>>>(xp, op, s.outer, s.D);
       });
     } else {
-      logsumexp_inner_kernel<<<column_blocks(s.outer * s.inner), kElementwiseThreads, 0,
-                               stream>>>(xp, op, s.outer, s.D, s.inner);
+      logsumexp_inner_kernel<<<column_blocks(s.outer * s.inner), kElementwiseThreads, 0, stream>>>(
+          xp, op, s.outer, s.D, s.inner);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -481,8 +478,8 @@ void cross_entropy_fwd_cuda(const at::Tensor& x, const at::Tensor& t, const at::
     with_pack_width<scalar_t>(pack_width<scalar_t>(C, {xp}), [&](auto kv) {
       constexpr int kVec = decltype(kv)::value;
       cross_entropy_fwd_kernel<kVec><<<row_blocks(N), row_threads(C / kVec), 0, stream>>>(
-          xp, t.const_data_ptr<int64_t>(), w.defined() ? w.const_data_ptr<scalar_t>() : nullptr,
-          N, C, ignore_index, nll.mutable_data_ptr<T>(),
+          xp, t.const_data_ptr<int64_t>(), w.defined() ? w.const_data_ptr<scalar_t>() : nullptr, N,
+          C, ignore_index, nll.mutable_data_ptr<T>(),
           smooth.defined() ? smooth.mutable_data_ptr<T>() : nullptr, lse.mutable_data_ptr<T>());
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -491,8 +488,7 @@ void cross_entropy_fwd_cuda(const at::Tensor& x, const at::Tensor& t, const at::
 
 void cross_entropy_bwd_cuda(const at::Tensor& x, const at::Tensor& t, const at::Tensor& w,
                             const at::Tensor& lse, const at::Tensor& grad_nll,
-                            const at::Tensor& grad_smooth, int64_t ignore_index,
-                            at::Tensor& grad) {
+                            const at::Tensor& grad_smooth, int64_t ignore_index, at::Tensor& grad) {
   const int64_t N = x.size(0), C = x.size(1);
   // sum(w) weighs the smoothing term; it stays on the device (reading it back would stall).
   const at::Tensor total_weight = (w.defined() && grad_smooth.defined())
@@ -509,8 +505,8 @@ void cross_entropy_bwd_cuda(const at::Tensor& x, const at::Tensor& t, const at::
           xp, t.const_data_ptr<int64_t>(), w.defined() ? w.const_data_ptr<scalar_t>() : nullptr,
           lse.const_data_ptr<T>(), grad_nll.const_data_ptr<T>(),
           grad_smooth.defined() ? grad_smooth.const_data_ptr<T>() : nullptr,
-          total_weight.defined() ? total_weight.const_data_ptr<T>() : nullptr, N, C,
-          ignore_index, gxp);
+          total_weight.defined() ? total_weight.const_data_ptr<T>() : nullptr, N, C, ignore_index,
+          gxp);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
