@@ -56,3 +56,23 @@ def test_bench_writes_table_json_csv(capsys, tmp_path):
     assert {r["direction"] for r in data["rows"]} == {"fwd", "bwd", "fwd+bwd"}
     assert all(r["ms"] > 0 and r["torch_ms"] > 0 for r in data["rows"])
     assert cs.read_text().splitlines()[0].count(",") >= 8
+
+
+def test_readme_tables_come_from_the_bench_json(tmp_path):
+    from backprop_ext.benchmarks import readme
+
+    js = tmp_path / "b.json"
+    assert main(["bench", "--family", "activation", "--ops", "relu", "--dtypes", "float32",
+                 "--sizes", "4096", "--reps", "2", "--json", str(js)]) == 0
+    doc = tmp_path / "README.md"
+    doc.write_text("intro\n<!-- bench:cpu -->\nstale table\n<!-- /bench:cpu -->\nafter\n")
+    assert readme.main([str(js), "--readme", str(doc)]) == 0
+    text = doc.read_text()
+    rows = json.loads(js.read_text())["rows"]
+    assert "stale table" not in text and text.startswith("intro\n") and text.endswith("after\n")
+    assert "| op | shape | dtype | dir | ours ms | torch ms | x torch | GB/s |" in text
+    for r in rows:  # every row, with its own ratio
+        assert f"| relu | (4096,) | float32 | {r['direction']} |" in text
+        assert f"| {r['speedup']:.2f} |" in text
+    with pytest.raises(ValueError, match="no <!-- bench:cuda --> ... <!-- /bench:cuda --> markers"):
+        readme.main([str(js), "--readme", str(doc), "--section", "cuda"])

@@ -9,6 +9,9 @@ Audit (ops whose memory accesses depend on data or on arguments):
 * softmax_bwd, logsumexp_bwd, activation_bwd, linear_bwd take tensors whose shapes must match
   what forward produced: checked against each other in C++ (tested with mismatched shapes here).
 * multi_tensor_scale_ reads one value of total_norm: its size is checked.
+* cross_entropy_bwd_out writes into `out` (linear_cross_entropy's blocks): its shape, device,
+  dtype and contiguity are checked; gated_fwd / gated_bwd check that gate, up and the gradient
+  have one shape; linear_cross_entropy reaches the logits only through the cross-entropy ops.
 """
 
 import subprocess
@@ -127,6 +130,12 @@ SHAPE_CASES = [
      "expected lse of shape (4,)"),
     ("multi_tensor_scale_", "ops.multi_tensor_scale_([torch.randn(3)], torch.empty(0), 1.0)",
      "expected total_norm to hold one value"),
+    ("cross_entropy_bwd_out", "ops.cross_entropy_bwd_out(torch.randn(4, 5), torch.zeros(4, "
+     "dtype=torch.long), None, torch.zeros(4), torch.ones(4), None, -100, torch.empty(2, 5))",
+     "same shape"),
+    ("gated_fwd", "ops.gated_fwd(torch.randn(8), torch.randn(4), 'silu')", "same shape"),
+    ("gated_bwd", "ops.gated_bwd(torch.randn(8), torch.randn(8), torch.randn(4), 'silu')",
+     "same shape"),
 ]
 
 

@@ -218,6 +218,26 @@ def test_vmap_softmax_family(case):
                                    vmap(grad(loss(case.torch)), in_dims=in_dims)(x))
 
 
+def test_vmap_gated_units():
+    gate, up = (torch.randn(4, 5, 3, dtype=torch.float64) for _ in range(2))
+    pairs = ((BF.swiglu, lambda g, u: TF.silu(g) * u),
+             (lambda g, u: BF.geglu(g, u, "tanh"), lambda g, u: TF.gelu(g, approximate="tanh") * u))
+    for ours, theirs in pairs:
+        # Both batched alike, batched along different dims, and one operand not batched.
+        for in_dims, args in (((0, 0), (gate, up)), ((2, 1), (gate, up.transpose(1, 2))),
+                              ((1, None), (gate, up[:, 0]))):
+            torch.testing.assert_close(vmap(ours, in_dims=in_dims)(*args),
+                                       vmap(theirs, in_dims=in_dims)(*args))
+            per_sample = [vmap(grad(lambda g, u, f=f: f(g, u).sin().sum(), argnums=(0, 1)),
+                               in_dims=in_dims)(*args) for f in (ours, theirs)]
+            torch.testing.assert_close(*per_sample)
+        g, u = gate[0, :, 0], up[0, :, 0]
+        for jac in (jacrev, jacfwd):  # vmap of the backward op, and of the jvp
+            torch.testing.assert_close(jac(ours, argnums=(0, 1))(g, u),
+                                       jac(theirs, argnums=(0, 1))(g, u))
+        torch.testing.assert_close(jacrev(jacrev(ours))(g, u), jacrev(jacrev(theirs))(g, u))
+
+
 def test_vmap_of_the_backward_ops_and_jacobians():
     x = torch.randn(3, 4, dtype=torch.float64)
     for ours, theirs in ((lambda t: BF.softmax(t, -1), lambda t: TF.softmax(t, -1)),

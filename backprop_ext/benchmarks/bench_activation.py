@@ -1,5 +1,7 @@
 """Activation family: every row of the activation table at torch's default parameters, ours vs
-torch.nn.functional's on the same tensors, in the directions of common.measure.
+torch.nn.functional's own function on the same tensors (quick_gelu, which torch lacks: x *
+sigmoid(1.702 x) in torch's ops, as transformers computes it), in the directions of
+common.measure.
 
 Ideal traffic (passes over the tensor): fwd 2 (read x, write y), bwd 3 (read g and the saved
 tensor, write the gradient), fwd+bwd 5.
@@ -33,8 +35,8 @@ def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled
             g = torch.randn_like(x)
             for name in ops or OPS:
                 case = OPS[name]
-                comp = torch.compile(case.torch) if compiled else None
-                times = measure(case.ours, case.torch, (x,), g, device, reps, compiled=comp)
+                comp = torch.compile(case.torch_own) if compiled else None
+                times = measure(case.ours, case.torch_own, (x,), g, device, reps, compiled=comp)
                 for direction, (ms, tms, cms) in times.items():
                     rows.append(Row(family=FAMILY, op=name, shape=f"({n},)", dtype=dtype_name,
                                     direction=direction, device=device, ms=ms, torch_ms=tms,

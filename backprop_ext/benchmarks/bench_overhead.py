@@ -60,9 +60,9 @@ def _tiny_cases(device: str) -> dict[str, tuple[Callable, Callable, tuple]]:
         # The functions themselves, with the row's arguments bound: nothing else in the call.
         # (torch's reference where torch.nn.functional has no such function: quick_gelu).
         case = activation_case(name)
-        theirs = getattr(TF, case.name, None) or REFERENCES[case.name]
         cases[name] = (functools.partial(getattr(BF, case.name), **dict(case.kwargs)),
-                       functools.partial(theirs, **dict(case.kwargs)), (x,))
+                       functools.partial(getattr(TF, case.name, None) or REFERENCES[case.name],
+                                         **dict(case.kwargs)), (x,))
     cases.update({
         "softmax": (lambda t: BF.softmax(t, -1), lambda t: TF.softmax(t, -1), (logits,)),
         "log_softmax": (lambda t: BF.log_softmax(t, -1), lambda t: TF.log_softmax(t, -1),

@@ -21,7 +21,8 @@ def _fmt_ms(ms: float) -> str:
 
 def tables(data: dict) -> str:
     env = data["environment"]
-    lines = [f"Measured with `python -m backprop_ext bench` on {env.get('gpu') or env.get('cpu')}"
+    where = env.get("gpu") or f"CPU {env.get('cpu')}, {env.get('cpu_capability', '?')}"
+    lines = [f"Measured with `python -m backprop_ext bench` on {where}"
              f" ({env['machine']}, {env['threads']} threads), torch {env['torch']}; x torch = "
              "torch's time / ours, in one run (above 1: ours is faster)."]
     if data.get("copy_gbps"):
