@@ -191,13 +191,31 @@ def gated(gate: torch.Tensor, up: torch.Tensor, activation="silu") -> torch.Tens
     ("gelu", "tanh") (GeGLU), ("leaky_relu", 0.2), ... Returns the product, in the broadcast
     shape and the promoted dtype.
     """
-    if not (isinstance(gate, torch.Tensor) and isinstance(up, torch.Tensor)):
-        raise TypeError(f"backprop_ext.gated: expected gate and up to be Tensors, got "
-                        f"{type(gate).__name__} and {type(up).__name__}")
     if activation is None:
         raise ValueError("backprop_ext.gated: activation must be a name or (name, *params), "
                          "not None")
-    row, p0, p1 = parse_activation(activation)
+    try:
+        row = _PARSED[activation]
+    except KeyError:
+        row = _PARSED[activation] = parse_activation(activation)
+    except TypeError:  # unhashable (a dict of parameters): parsed on every call
+        row = parse_activation(activation)
+    return _gated(gate, up, *row)
+
+
+# activation argument -> (row, p0, p1): parsing a string costs more than a tiny call.
+_PARSED: dict = {}
+
+
+def _gated(gate, up, row: str, p0: float, p1: float) -> torch.Tensor:
+    # The common call, one dtype and one shape, goes straight to the op (which checks the rest);
+    # the checks below cost a call on tiny tensors more than the op itself.
+    if (type(gate) is torch.Tensor and type(up) is torch.Tensor and gate.dtype == up.dtype
+            and gate.shape == up.shape):
+        return _ops.gated_fwd(gate, up, row, p0, p1)
+    if not (isinstance(gate, torch.Tensor) and isinstance(up, torch.Tensor)):
+        raise TypeError(f"backprop_ext.gated: expected gate and up to be Tensors, got "
+                        f"{type(gate).__name__} and {type(up).__name__}")
     if gate.dtype != up.dtype:  # promoted as torch's f(gate) * up, floats only (as f takes)
         if gate.dtype not in FLOAT_DTYPES or up.dtype not in FLOAT_DTYPES:
             raise TypeError(f"backprop_ext.gated: expected gate and up of dtype float64, float32, "
@@ -211,7 +229,7 @@ def gated(gate: torch.Tensor, up: torch.Tensor, activation="silu") -> torch.Tens
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up (SwiGLU: Llama, Mistral, Qwen2 MLPs), fused; see gated()."""
-    return gated(gate, up, "silu")
+    return _gated(gate, up, "silu", 0.0, 0.0)
 
 
 def geglu(gate: torch.Tensor, up: torch.Tensor, approximate: str = "none") -> torch.Tensor:

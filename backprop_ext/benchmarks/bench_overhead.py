@@ -3,8 +3,8 @@ nothing and what is measured is everything around them (Python, argument parsing
 autograd bookkeeping), ours vs torch's own function on the same tensors; and one real model, a
 transformers Llama training step, converted vs plain.
 
-Tiny cases: activations on 64 elements, the softmax family and cross-entropy on 8 x 8, linear on
-an 8 x 8 input with an 8 x 8 weight and a bias; float32, one thread. Directions:
+Tiny cases: activations and swiglu on 64 elements, the softmax family and cross-entropy on 8 x 8,
+linear on an 8 x 8 input with an 8 x 8 weight and a bias; float32, one thread. Directions:
     fwd       the call with autograd off (torch.no_grad() around the timing loop): inference
     fwd+bwd   a call that records the graph, then torch.autograd.grad to every input
 Times are per call, the minimum over rounds of the mean of a loop of calls (noise only ever adds),
@@ -17,7 +17,8 @@ initialization, nothing downloaded; 2 layers, hidden 128 and 512, 4 heads, inter
 hidden, batch 4 x 64 tokens, float32), one training step (forward, next-token loss: our
 cross_entropy for the converted model, torch's for the plain one; backward), after
 backprop_ext.nn.convert() vs the same model unconverted, one thread. convert() swaps the Linear
-layers (transformers' own activation and norm modules stay). Two vocabularies: Llama's 32000,
+layers and each LlamaMLP for a GatedMLP on the same Linears (SwiGLU in one pass each way); the
+norm and rotary-embedding modules stay. Two vocabularies: Llama's 32000,
 where the loss is a large share of the step, and 512, where the layers are nearly all of it and
 both sides run the same BLAS calls: there a ratio within about 1% of 1 is run-to-run noise (the
 plain model against a copy of itself spreads as much). Needs the transformers package; without
@@ -71,6 +72,7 @@ def _tiny_cases(device: str) -> dict[str, tuple[Callable, Callable, tuple]]:
                       (logits,)),
         "cross_entropy": (lambda t: BF.cross_entropy(t, target),
                           lambda t: TF.cross_entropy(t, target), (logits,)),
+        "swiglu": (BF.swiglu, lambda g, u: TF.silu(g) * u, (x, rand(64))),
         "linear": (BF.linear, TF.linear, (inp, w, b)),
         "linear+gelu": (lambda *a: BF.linear(*a, activation="gelu"),
                         lambda *a: TF.gelu(TF.linear(*a)), (inp, w, b)),
@@ -198,7 +200,7 @@ def _llama_rows(device: str, reps: int) -> list[Row]:
     return rows
 
 
-OPS = (*ACTIVATIONS, "softmax", "log_softmax", "logsumexp", "cross_entropy", "linear",
+OPS = (*ACTIVATIONS, "swiglu", "softmax", "log_softmax", "logsumexp", "cross_entropy", "linear",
        "linear+gelu", "linear+relu", "llama_step")
 
 
