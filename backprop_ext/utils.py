@@ -283,7 +283,8 @@ def clip_grad_norm_(parameters: _TensorOrTensors, max_norm: float, norm_type: fl
     max_norm >= 0; norm_type p > 0 or inf. Returns the total norm of the gradients before
     clipping, as torch does (0-d, torch's dtype, first gradient's device; a replicated DTensor
     for sharded gradients, whose norm is over all ranks). No host sync unless
-    error_if_nonfinite=True.
+    error_if_nonfinite=True. When the norm is within max_norm the coefficient is exactly 1 and
+    our kernels leave the gradients untouched (torch multiplies them by 1: the same bits).
     """
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]

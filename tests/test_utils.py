@@ -682,3 +682,24 @@ def test_gradient_flow_rejects_bad_arguments():
         BU.gradient_flow(model, vanishing_threshold=10.0, exploding_threshold=1.0)
     with pytest.raises(ValueError, match="norm_type must be a positive number"):
         BU.gradient_flow(model, norm_type=0)
+
+
+def test_clip_grad_norm_within_max_norm_leaves_gradients_bitwise():
+    # The coefficient is exactly 1: ours skips the multiply, torch multiplies by 1; either way
+    # every bit stays, signed zeros and subnormals included.
+    values = torch.tensor([0.0, -0.0, 1e-40, -3.5, 2.0 ** -126, 7.0])
+    params = [torch.nn.Parameter(torch.zeros(6)) for _ in range(2)]
+    for p in params:
+        p.grad = values.clone()
+    total = BU.clip_grad_norm_(params, 100.0)
+    torch.testing.assert_close(total, torch.linalg.vector_norm(torch.cat([values, values])))
+    for p in params:
+        assert torch.equal(p.grad.view(torch.int32), values.view(torch.int32))
+
+
+def test_bench_clipping_rows():
+    from backprop_ext.benchmarks import bench_utils
+
+    rows = bench_utils.run("cpu", sizes=[1 << 20], reps=1)
+    assert [r.op for r in rows] == list(bench_utils.OPS)
+    assert all(r.ms > 0 and r.torch_ms > 0 and r.bytes > 0 for r in rows)

@@ -28,12 +28,12 @@ import traceback
 
 import torch
 
-from .bench_utils import PASSES, model_like_sizes
+from .bench_utils import PASSES, clip_fns, model_like_sizes
 from .common import Row
 
 FAMILY = "distributed"
 SIZES_HELP = "distributed: total gradient elements across the tensors (sharded over --ranks)"
-OPS = ("clip_grad_norm_", "get_total_norm", "clip_grad_value_")
+OPS = ("clip_grad_norm_", "clip_grad_norm_unclipped", "get_total_norm", "clip_grad_value_")
 EXTRA_ARGS = ("ranks", "tensors")  # run.py passes these options to run()
 DEFAULT_CLIP = {"cpu": (200, 50_000_000), "cuda": (288, 1_210_000_000)}  # tensors, elements
 DEFAULT_DTYPES = {"cpu": ["float32"], "cuda": ["float32"]}
@@ -91,20 +91,6 @@ def _paired_ms(ours, theirs, device, reps, warmup=3):
     return statistics.median(slowest[0].tolist()), statistics.median(slowest[1].tolist())
 
 
-def _clip_fns(name, params, foreach):
-    from .. import utils as BU
-
-    if name == "clip_grad_norm_":
-        return (lambda: BU.clip_grad_norm_(params, 1.0),
-                lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=foreach))
-    if name == "get_total_norm":
-        grads = [p.grad for p in params]
-        return (lambda: BU.get_total_norm(grads),
-                lambda: torch.nn.utils.get_total_norm(grads, foreach=foreach))
-    return (lambda: BU.clip_grad_value_(params, 1e-3),
-            lambda: torch.nn.utils.clip_grad_value_(params, 1e-3, foreach=foreach))
-
-
 def _rank_main(rank, ranks, device_kind, cases, reps, out_dir):
     import torch.distributed as dist
 
@@ -133,7 +119,7 @@ def _rank_main(rank, ranks, device_kind, cases, reps, out_dir):
             local_bytes = sum(p.grad.to_local().numel() for p in params) * grads[0].element_size()
             foreach = True if device_kind == "cuda" else None
             for name in names:
-                ms, torch_ms = _paired_ms(*_clip_fns(name, params, foreach), device,
+                ms, torch_ms = _paired_ms(*clip_fns(name, params, foreach), device,
                                           ROUNDS * reps)
                 rows.append(dict(
                     op=name, shape=f"{n_tensors} tensors, {total:.3g} elems, {ranks} ranks",

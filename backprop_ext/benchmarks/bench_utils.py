@@ -5,7 +5,10 @@ gradients (a few large matrices, many small vectors; CPU default 200 tensors, 2^
 elements in all; GPU default 288 tensors, 1.21e9 float32 elements), ours vs torch.nn.utils' same
 function (foreach where torch has it: CUDA; torch has no CPU foreach kernels). Ideal traffic:
 clip_grad_norm_ 3 passes (read for the norm, read + write to scale), get_total_norm 1,
-clip_grad_value_ 2. `--sizes` sets the total element count.
+clip_grad_value_ 2. `--sizes` sets the total element count. clip_grad_norm_ clips on every call
+(max_norm 0.9x the norm the gradients have by then); clip_grad_norm_unclipped is the step whose
+norm is within max_norm (1e30), where ours reads the gradients once and leaves them alone (the
+coefficient is exactly 1) and torch multiplies them by 1.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from .common import Row, time_ms, time_pair
 
 FAMILY = "utils"
 SIZES_HELP = "utils: total gradient elements of the clipping workload"
-OPS = ("clip_grad_norm_", "get_total_norm", "clip_grad_value_")
+OPS = ("clip_grad_norm_", "clip_grad_norm_unclipped", "get_total_norm", "clip_grad_value_")
 DEFAULT_CLIP = {"cpu": (200, 1 << 24), "cuda": (288, 1_210_000_000)}  # tensors, elements
 DEFAULT_DTYPES = {"cpu": ["float32"], "cuda": ["float32"]}
 # Ideal passes over the gradients per call.
-PASSES = {"clip_grad_norm_": 3, "get_total_norm": 1, "clip_grad_value_": 2}
+PASSES = {"clip_grad_norm_": 3, "clip_grad_norm_unclipped": 1, "get_total_norm": 1,
+          "clip_grad_value_": 2}
 
 
 # --- clipping
@@ -42,10 +46,25 @@ def model_like_sizes(n_tensors: int, total: int, seed: int = 0) -> list[int]:
     return [next(big) if i % 3 == 0 else next(small) for i in range(n_tensors)]
 
 
-def _clip_fns(name: str, params: list[torch.Tensor], foreach):
+def clip_fns(name: str, params: list[torch.Tensor], foreach):
+    """(ours, torch's) for the clipping op `name` on `params`' gradients (plain or DTensors),
+    taking no arguments."""
     if name == "clip_grad_norm_":
-        return (lambda: BU.clip_grad_norm_(params, 1.0),
-                lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=foreach))
+        # Each call (either side's) asks for 0.9x the norm the gradients have by then, so every
+        # call really clips: with a fixed max_norm the first call brings the norm to it and the
+        # coefficient of every later one is exactly 1 (the unclipped row's case).
+        total = BU.get_total_norm([p.grad for p in params])
+        limit = [float(total.full_tensor() if hasattr(total, "full_tensor") else total)]
+
+        def clip(fn, **kwargs):
+            def call():
+                limit[0] *= 0.9
+                return fn(params, limit[0], **kwargs)
+            return call
+        return clip(BU.clip_grad_norm_), clip(torch.nn.utils.clip_grad_norm_, foreach=foreach)
+    if name == "clip_grad_norm_unclipped":
+        return (lambda: BU.clip_grad_norm_(params, 1e30),
+                lambda: torch.nn.utils.clip_grad_norm_(params, 1e30, foreach=foreach))
     if name == "get_total_norm":
         grads = [p.grad for p in params]
         return (lambda: BU.get_total_norm(grads),
@@ -66,7 +85,7 @@ def _clip_rows(device, dtype_name, total, names, reps, compiled):
     foreach = True if device.startswith("cuda") else None
     rows = []
     for name in names:
-        ours, theirs = _clip_fns(name, params, foreach)
+        ours, theirs = clip_fns(name, params, foreach)
         ms, tms = time_pair(ours, theirs, device, reps)
         cms = time_ms(torch.compile(theirs), device, reps) if compiled else None
         rows.append(Row(family=FAMILY, op=name, shape=f"{n_tensors} tensors, {total:.3g} elems",

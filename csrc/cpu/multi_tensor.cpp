@@ -134,6 +134,9 @@ void multi_tensor_scale_cpu(const std::vector<at::Tensor>& tensors, const at::Te
                           ? clip_coefficient<double>(norm, max_norm)
                           : static_cast<double>(clip_coefficient<float>(
                                 static_cast<float>(norm), static_cast<float>(max_norm)));
+  // A norm within max_norm clamps the coefficient to exactly 1, and x * 1 is x (NaN stays NaN):
+  // a step that does not clip leaves the gradients untouched instead of rewriting them.
+  if (coef == 1.0) return;
   const auto kernel = pick_multi_tensor_scale_kernel();
   update_inplace(tensors,
                  [&](c10::ScalarType dtype, void* x, int64_t n) { kernel(dtype, x, n, coef); });

@@ -5,7 +5,8 @@
 //          whose sum left the safe range (multi_tensor_math.h: "Norms without overflow"), and
 //          returns at once for every other chunk. A finalize kernel combines the partials and
 //          takes the p-th root.
-//   scale: x *= min(1, max_norm / (norm + 1e-6)), each block reading the norm from device memory.
+//   scale: x *= min(1, max_norm / (norm + 1e-6)), each block reading the norm from device memory
+//          (and leaving its chunk alone when that is 1).
 //   clamp: x = clamp(x, lo, hi).
 // Tensors are grouped by dtype (one kernel instantiation per dtype), each group packed into as
 // few launches as the argument space allows. Nothing waits for the device: all work, including
@@ -105,6 +106,9 @@ struct ScaleJob {
   __device__ void operator()(void* data, int64_t begin, int64_t n, int64_t) const {
     using T = at::opmath_type<scalar_t>;
     const T coef = static_cast<T>(clip_coefficient<norm_t>(*norm, max_norm));
+    // A norm within max_norm clamps the coefficient to exactly 1, and x * 1 is x: every block
+    // leaves its chunk untouched, so a step that does not clip reads and writes no gradient.
+    if (coef == T(1)) return;
     chunk_update(static_cast<scalar_t*>(data) + begin, n, [coef](T v) { return v * coef; });
   }
 };
