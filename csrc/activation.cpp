@@ -82,14 +82,7 @@ void register_ops(torch::Library& m) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) {
-  register_ops(m);
-}
-#ifdef BACKPROP_EXT_WITH_CUDA
-TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) {
-  register_ops(m);
-}
-#endif
+BACKPROP_EXT_REGISTER_OPS_FOR_EVERY_DEVICE(register_ops)
 
 TORCH_LIBRARY_IMPL(backprop_ext, ADInplaceOrView, m) {
   m.impl("activation_fwd_", TORCH_FN(activation_fwd_inplace_or_view));

@@ -144,13 +144,6 @@ void register_ops(torch::Library& m) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) {
-  register_ops(m);
-}
-#ifdef BACKPROP_EXT_WITH_CUDA
-TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) {
-  register_ops(m);
-}
-#endif
+BACKPROP_EXT_REGISTER_OPS_FOR_EVERY_DEVICE(register_ops)
 
 }  // namespace backprop_ext

@@ -22,6 +22,24 @@
 
 #include <utility>
 
+// Registers a family's ops, `fn(m)` (its m.impl calls), for the CPU and, in a build with CUDA
+// kernels, the CUDA dispatch key: the ops are device-independent, so one list serves both. Use it
+// at namespace scope in csrc/<family>.cpp, which includes torch/library.h.
+#ifdef BACKPROP_EXT_WITH_CUDA
+#define BACKPROP_EXT_REGISTER_OPS_FOR_EVERY_DEVICE(fn) \
+  TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) {           \
+    fn(m);                                             \
+  }                                                    \
+  TORCH_LIBRARY_IMPL(backprop_ext, CUDA, m) {          \
+    fn(m);                                             \
+  }
+#else
+#define BACKPROP_EXT_REGISTER_OPS_FOR_EVERY_DEVICE(fn) \
+  TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) {           \
+    fn(m);                                             \
+  }
+#endif
+
 namespace backprop_ext {
 
 template <typename Fn>
