@@ -31,8 +31,8 @@ import statistics
 import torch
 
 from .. import nn as bnn
-from .._memory import LiveTensorMemory, step_clock
-from .common import Row
+from .._memory import step_clock
+from .common import Row, peak_bytes, sync
 
 FAMILY = "checkpoint"
 SIZES_HELP = "checkpoint: the MLP's width (layers are width x width)"
@@ -108,24 +108,6 @@ def _step(model, x):
     return step
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _peak_bytes(step, device: str) -> int:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    with LiveTensorMemory() as mem:
-        step()
-    return mem.peak
-
-
 def _time_rounds(steps: dict, device: str, rounds: int, reps: int) -> dict[str, list[float]]:
     """Per variant, one median time (ms) of `reps` steps per round; variants in turn."""
     clock = step_clock(device)[0]
@@ -134,10 +116,10 @@ def _time_rounds(steps: dict, device: str, rounds: int, reps: int) -> dict[str, 
         for name, step in steps.items():
             samples = []
             for _ in range(reps):
-                _sync(device)
+                sync(device)
                 t0 = clock()
                 step()
-                _sync(device)
+                sync(device)
                 samples.append((clock() - t0) * 1e3)
             times[name].append(statistics.median(samples))
     return times
@@ -151,7 +133,7 @@ def _rows(device, cfg, fused: bool, rounds: int, reps: int) -> list[Row]:
     steps = {name: _step(m, x) for name, m in models.items()}
     for step in steps.values():  # plans the budgets, allocates the gradients, warms up
         step()
-    peaks = {name: _peak_bytes(step, device) for name, step in steps.items()}
+    peaks = {name: peak_bytes(step, device) for name, step in steps.items()}
     times = _time_rounds(steps, device, rounds, reps)
     plain = times["plain"]
     form = "fused" if fused else "two modules"

@@ -29,7 +29,7 @@ import traceback
 import torch
 
 from .bench_utils import PASSES, clip_fns, model_like_sizes
-from .common import Row
+from .common import Row, sync
 
 FAMILY = "distributed"
 SIZES_HELP = "distributed: total gradient elements across the tensors (sharded over --ranks)"
@@ -62,10 +62,6 @@ def _sharded_params(sizes, device, dtype):
     return list(module)
 
 
-def _sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
 
 def _paired_ms(ours, theirs, device, reps, warmup=3):
     """Median milliseconds of ours and of theirs, each call the slowest rank's. The two alternate
@@ -80,10 +76,10 @@ def _paired_ms(ours, theirs, device, reps, warmup=3):
     for i in range(2 * reps):
         fn = (ours, theirs)[i % 2] if (i // 2) % 2 == 0 else (theirs, ours)[i % 2]
         dist.barrier()
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         samples[fn].append((time.perf_counter() - t0) * 1e3)
     # A call is done when every rank is done: take the slowest rank's time of each call.
     slowest = torch.tensor([samples[ours], samples[theirs]], dtype=torch.float64, device=device)

@@ -32,9 +32,8 @@ import torch
 import torch.nn.functional as TF
 
 from .. import functional as BF
-from .._memory import LiveTensorMemory
 from ..linear_cross_entropy import default_chunk_size
-from .common import Row, measure, time_ms
+from .common import Row, measure, peak_bytes, time_ms
 
 FAMILY = "linear_cross_entropy"
 SIZES_HELP = "linear_cross_entropy: rows N (tokens) of the (N, H) x (V, H) head"
@@ -64,20 +63,6 @@ def _step(fn, x, w, t):
     def step():
         return torch.autograd.grad(fn(x, w, t), (x, w))
     return step
-
-
-def peak_bytes(step, device: str) -> int:
-    """Peak memory of step() above what was allocated before it (see the module docstring)."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    with LiveTensorMemory() as mem:
-        step()
-    return mem.peak
 
 
 def alternating_ms(ours, theirs, device: str, pairs: int) -> tuple[float, float]:

@@ -39,7 +39,7 @@ from .. import functional as BF
 from .. import nn as bnn
 from ..activation import ACTIVATIONS
 from ..testing import REFERENCES, activation_case
-from .common import Row
+from .common import Row, sync
 
 FAMILY = "overhead"
 SIZES_HELP = "overhead: ignored (tiny tensors by design)"
@@ -82,10 +82,6 @@ def _tiny_cases(device: str) -> dict[str, tuple[Callable, Callable, tuple]]:
     return cases
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
 
 def _per_call_us(fn: Callable, device: str, calls: int) -> float:
     if not device.startswith("cuda"):
@@ -96,11 +92,11 @@ def _per_call_us(fn: Callable, device: str, calls: int) -> float:
         for _ in range(calls):
             fn()
         return (time.thread_time_ns() - t0) / calls / 1e3
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(calls):
         fn()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) / calls * 1e6
 
 

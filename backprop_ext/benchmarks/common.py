@@ -26,6 +26,8 @@ from collections.abc import Callable
 
 import torch
 
+from .._memory import LiveTensorMemory
+
 
 @dataclasses.dataclass
 class Row:
@@ -77,16 +79,33 @@ class Row:
         return d
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
+    """Waits for the device's queued work (a no-op on the CPU)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def peak_bytes(step: Callable[[], object], device: str) -> int:
+    """Peak memory of step() above what was allocated before it: on CUDA the allocator's
+    (torch.cuda.max_memory_allocated()), on the CPU that of the tensors step() creates
+    (backprop_ext._memory.LiveTensorMemory)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with LiveTensorMemory() as mem:
+        step()
+    return mem.peak
 
 
 def time_ms(fn: Callable[[], object], device: str, reps: int = 20, warmup: int = 3) -> float:
     """Median milliseconds of one call of fn."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     samples = []
     if device.startswith("cuda"):
         for _ in range(reps):
