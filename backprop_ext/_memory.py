@@ -1,7 +1,13 @@
-"""Measuring activation memory without a GPU, for the checkpoint tests and benchmarks.
+"""Measuring activation memory without a GPU, for the checkpoint tests, planner and benchmarks.
 
-Two measures, both device-agnostic:
+Three measures:
 
+* AllocatorPeak: the peak of the bytes PyTorch's CPU allocator holds above what it held at the
+  start, every allocation counted, those that kernels make and free inside themselves included
+  (csrc/allocation_meter.cpp: the allocator's reports to the profiler, without a profiler). The
+  CPU analogue of torch.cuda.max_memory_allocated(); what cpu_peak_bytes() measures, and so the
+  benchmarks and the memory-budget planner on the CPU. Not available while a profiler is active
+  on the thread (there is one profiler state per thread): cpu_peak_bytes() then falls back to
 * LiveTensorMemory: the peak of the bytes held by tensor storages that ops created inside the
   context and that are still alive. A TorchDispatchMode sees every op's outputs (forward,
   recomputation and backward alike, on the calling thread, which is where autograd runs CPU work),
@@ -26,6 +32,8 @@ import weakref
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from . import _C
 
 
 class LiveTensorMemory(TorchDispatchMode):
@@ -63,6 +71,35 @@ class LiveTensorMemory(TorchDispatchMode):
         return out
 
 
+class AllocatorPeak:
+    """with AllocatorPeak() as mem: ...  then mem.peak, mem.live: bytes of PyTorch's CPU allocator
+    at the peak and at the end, above what it held at the start (see the module docstring).
+    RuntimeError on entry while a profiler is active on this thread."""
+
+    def __init__(self):
+        self.peak = 0
+        self.live = 0
+
+    def __enter__(self) -> AllocatorPeak:
+        _C._allocation_meter_start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.peak, self.live = _C._allocation_meter_stop()
+
+
+def cpu_peak_bytes(step) -> int:
+    """Peak CPU memory that step() allocates above what existed before: AllocatorPeak's, or
+    LiveTensorMemory's while a profiler is active (which sees no kernel's internal buffers)."""
+    if torch.autograd.profiler._is_profiler_enabled:
+        with LiveTensorMemory() as mem:
+            step()
+        return mem.peak
+    with AllocatorPeak() as mem:
+        step()
+    return mem.peak
+
+
 class SavedTensorBytes(torch.autograd.graph.saved_tensors_hooks):
     """with SavedTensorBytes() as saved: <forward>  then saved.bytes, saved.count."""
 
@@ -87,13 +124,6 @@ class SavedTensorBytes(torch.autograd.graph.saved_tensors_hooks):
         return self
 
 
-def peak_training_step_bytes(step) -> int:
-    """Peak live bytes that `step()` (a forward and a backward) allocates, by LiveTensorMemory."""
-    with LiveTensorMemory() as mem:
-        step()
-    return mem.peak
-
-
 # --- one measured plain step, module by module (for CheckpointedSequential's memory budget)
 
 
@@ -108,9 +138,10 @@ class StepProfile:
     output_bytes[i]: bytes of module i's output, when the step created it (0 when it is the
         input, or a view of it, passed through).
     forward_s[i]: module i's forward time (what recomputing it costs).
-    saved_bytes: bytes saved for backward by the plain step: its activation memory on the CPU.
-    peak_bytes: CUDA only: torch.cuda.max_memory_allocated() during the plain forward + backward,
-        above what was allocated before; None on other devices.
+    saved_bytes: bytes saved for backward by the plain step.
+    peak_bytes: the plain forward + backward's peak activation memory, what the budget is a
+        fraction of: on CUDA torch.cuda.max_memory_allocated() above what was allocated before,
+        elsewhere LiveTensorMemory's peak (both without the parameters' gradients).
     """
 
     records: list
@@ -158,9 +189,11 @@ def step_clock(device) -> tuple:
     return time.perf_counter, "wall time"
 
 
-def _backward_without_gradients(output: torch.Tensor, modules) -> None:
-    """output.backward(ones), each parameter's gradient dropped as soon as it is made (as if it
-    were accumulated into one allocated before the step) and every .grad left as it was."""
+def _backward_without_gradients(loss: torch.Tensor, modules) -> None:
+    """loss.backward() for the sum of the step's output (the caller holds the sum only, so the
+    output is freed as in a training step), each parameter's gradient dropped as soon as it is
+    made (as if it were accumulated into one allocated before the step) and every .grad left as
+    it was."""
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     grads = [p.grad for p in params]
     handles = []
@@ -169,7 +202,7 @@ def _backward_without_gradients(output: torch.Tensor, modules) -> None:
         handles.append(p.register_post_accumulate_grad_hook(
             lambda p: setattr(p, "grad", None)))
     try:
-        output.backward(torch.ones_like(output))
+        loss.backward()
     finally:
         for p, g, h in zip(params, grads, handles):
             h.remove()
@@ -216,13 +249,26 @@ def _profile(modules, input, device) -> StepProfile:
             rebuild_s[id(r)] = clock() - t0
             r.rebuilt = None
     del z
-    peak = None
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
         if isinstance(x, torch.Tensor) and x.requires_grad:
+            x = x.sum()
             _backward_without_gradients(x, modules)
         _sync(device)
         peak = max(forward_peak, torch.cuda.max_memory_allocated(device) - base)
+    else:  # one more plain step, metered (not timed)
+        del x
+
+        def step():
+            x = input
+            for m in modules:
+                x = m(x)
+            if isinstance(x, torch.Tensor) and x.requires_grad:
+                x = x.sum()
+                _backward_without_gradients(x, modules)
+
+        with torch.enable_grad():
+            peak = cpu_peak_bytes(step)
     return StepProfile(records=records, rebuild_s=rebuild_s, output_bytes=output_bytes,
                        forward_s=forward_s, saved_bytes=sum(r.nbytes for r in records),
                        peak_bytes=peak, device=str(device))

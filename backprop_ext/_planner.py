@@ -14,13 +14,17 @@ segments before j keep plus what j needs to run its backward:
     full             its input                   input + all its modules save  its forward
     full+selective   its input                   input + selective's set       both
 
-    predicted peak = max_j (sum of keeps before j + needs of j)  [+ on CUDA: the plain step's
-                     allocator peak minus its saved bytes: gradients, workspace, temporaries]
+    and every segment but the last also needs the gradient of its output, which arrives as its
+    backward starts (the last one's is the loss's, the same in every plan).
+
+    predicted peak = max_j (sum of keeps before j + needs of j)
+                     + the plain step's measured peak minus its saved bytes (backward's working
+                       set: the gradients in flight, weight-gradient temporaries, workspace)
 
 A rebuilt output is counted as rebuilt only when its source is saved within the same segment
 (the scope does link across consecutive selective segments; the model then over-predicts
-slightly). On the CPU the unit is bytes saved for backward, the plain step's activation memory
-being their sum; on CUDA it is the allocator's bytes, the plain step's being its measured peak.
+slightly). The unit is what the plain step's peak is measured in: the allocator's bytes on CUDA,
+the CPU allocator's bytes (AllocatorPeak) elsewhere; a fraction is of that peak.
 
 Search: dynamic programming over cut points, keeping at each point the plans not dominated in
 (bytes kept so far, peak so far, recompute so far); every plan is reachable, so the choice is
@@ -46,7 +50,7 @@ class CheckpointPlan:
     plain_bytes: the plain step's activation memory, measured in the same unit.
     forward_s: the plain forward's measured time (recompute_s / forward_s: the share re-run).
     budget_bytes: the budget asked for (None when the plan was given, not chosen).
-    unit: "bytes saved for backward" (CPU) or "CUDA allocator bytes".
+    unit: "CPU allocator bytes" (AllocatorPeak) or "CUDA allocator bytes".
     """
 
     segments: list
@@ -87,8 +91,7 @@ class _Costs:
         self.profile = profile
         self.n = len(profile.forward_s)
         # Transients on top of what is saved: what the plain step's peak adds to its saved bytes.
-        self.extra = 0 if profile.peak_bytes is None else max(
-            0, profile.peak_bytes - profile.saved_bytes)
+        self.extra = max(0, profile.peak_bytes - profile.saved_bytes)
         self._cache: dict = {}
 
     def __call__(self, i: int, k: int, level: str) -> tuple[int, int, float]:
@@ -109,12 +112,13 @@ class _Costs:
 
         kept = [r for r in saved if not rebuilt(r)]
         rebuild_s = sum(p.rebuild_s.get(id(r), 0.0) for r in saved if rebuilt(r))
+        grad_in = p.output_bytes[k - 1] if k < self.n else 0
         if level in ("none", "selective"):
             nbytes = sum(r.nbytes for r in kept)
-            return nbytes, nbytes, rebuild_s
+            return nbytes, nbytes + grad_in, rebuild_s
         # Checkpointed: keeps its input; its recomputation re-creates what its modules create.
         input_bytes = p.output_bytes[i - 1] if i > 0 else 0
-        needs = input_bytes + sum(r.nbytes for r in kept if r.producer >= i)
+        needs = input_bytes + sum(r.nbytes for r in kept if r.producer >= i) + grad_in
         return input_bytes, needs, sum(p.forward_s[i:k]) + rebuild_s
 
     def evaluate(self, segments) -> tuple[int, float]:
@@ -130,11 +134,11 @@ class _Costs:
 
 def plain_bytes(profile: StepProfile) -> int:
     """The plain step's activation memory in the planner's unit."""
-    return profile.saved_bytes if profile.peak_bytes is None else profile.peak_bytes
+    return profile.peak_bytes
 
 
 def unit(profile: StepProfile) -> str:
-    return "bytes saved for backward" if profile.peak_bytes is None else "CUDA allocator bytes"
+    return "CUDA allocator bytes" if profile.device.startswith("cuda") else "CPU allocator bytes"
 
 
 def describe(profile: StepProfile, segments, budget_bytes: int | None = None) -> CheckpointPlan:

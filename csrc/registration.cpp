@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "activation_math.h"
+#include "allocation_meter.h"
 #include "python_ops.h"
 
 TORCH_LIBRARY(backprop_ext, m) {
@@ -133,6 +134,9 @@ PyMODINIT_FUNC PyInit__C(void) {
   static PyModuleDef module = {
       PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods, nullptr, nullptr, nullptr, nullptr};
   PyObject* m = PyModule_Create(&module);
-  if (m != nullptr && backprop_ext::add_python_ops(m) != 0) Py_CLEAR(m);
+  if (m != nullptr &&
+      (backprop_ext::add_python_ops(m) != 0 || backprop_ext::add_allocation_meter(m) != 0)) {
+    Py_CLEAR(m);
+  }
   return m;
 }

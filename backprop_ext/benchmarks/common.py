@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from .._memory import LiveTensorMemory
+from .._memory import cpu_peak_bytes
 
 
 @dataclasses.dataclass
@@ -86,9 +86,8 @@ def sync(device: str) -> None:
 
 
 def peak_bytes(step: Callable[[], object], device: str) -> int:
-    """Peak memory of step() above what was allocated before it: on CUDA the allocator's
-    (torch.cuda.max_memory_allocated()), on the CPU that of the tensors step() creates
-    (backprop_ext._memory.LiveTensorMemory)."""
+    """Peak memory of step() above what was allocated before it: the allocator's, on CUDA
+    torch.cuda.max_memory_allocated(), on the CPU backprop_ext._memory.cpu_peak_bytes()."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -96,9 +95,7 @@ def peak_bytes(step: Callable[[], object], device: str) -> int:
         step()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    with LiveTensorMemory() as mem:
-        step()
-    return mem.peak
+    return cpu_peak_bytes(step)
 
 
 def time_ms(fn: Callable[[], object], device: str, reps: int = 20, warmup: int = 3) -> float:
