@@ -9,7 +9,7 @@ Under torch.compile it is the op itself, which Dynamo puts in the graph.
 
 Ops: activation_fwd, activation_fwd_, activation_bwd, softmax_fwd, softmax_bwd, logsumexp_fwd,
 logsumexp_bwd, cross_entropy_fwd, cross_entropy_bwd, cross_entropy_loss_fwd, cross_entropy,
-linear_fwd, linear_bwd, gated_fwd, gated_bwd (schemas in csrc/registration.cpp).
+linear_fwd, linear_bwd, linear_preact_bwd, gated_fwd, gated_bwd (schemas in csrc/registration.cpp).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from . import _C
 
 OPS = ("activation_fwd", "activation_fwd_", "activation_bwd", "softmax_fwd", "softmax_bwd",
        "logsumexp_fwd", "logsumexp_bwd", "cross_entropy_fwd", "cross_entropy_bwd",
-       "cross_entropy_loss_fwd", "cross_entropy", "linear_fwd", "linear_bwd", "gated_fwd",
+       "cross_entropy_loss_fwd", "cross_entropy", "linear_fwd", "linear_bwd",
+       "linear_preact_bwd", "gated_fwd",
        "gated_bwd")
 
 

@@ -9,6 +9,8 @@ Ops (csrc/registration.cpp), `activation` being "none" or a row of the activatio
     linear_fwd(input, weight, bias, activation, p0, p1, save_preact) -> (out, preact)
     linear_bwd(grad_out, input, weight, saved, activation, p0, p1, output_mask)
         -> (grad_input, grad_weight, grad_bias)
+    linear_preact_bwd(grad_out, saved, activation, p0, p1, want_bias) -> (grad_preact, grad_bias)
+        linear_bwd's first pass alone (an activation, not "none")
 
 Kernels. CPU: the products are ATen's (at::mm / at::addmm, the BLAS torch's own linear calls);
 ours are the pass after the forward GEMM (z += b, y = act(z), one read of z) and the backward pass
@@ -31,7 +33,11 @@ tensor, `saved`: nothing for "none"; the output for relu, sigmoid and tanh, whos
 it (the next layer usually holds it anyway); the pre-activation z for leaky_relu, gelu, gelu_tanh,
 silu and softplus (never z and the output both). With recompute_preact=True those keep no z:
 backward recomputes it with one more GEMM (a third more FLOPs for the layer's fwd+bwd), which saves
-M x N elements per layer for as long as the graph lives.
+M x N elements per layer for as long as the graph lives. When the input came back from
+saved-tensor hooks (checkpointing rebuilds it, save_on_cpu copies it back) backward drops it as
+soon as the weight gradient is taken, before the input gradient is allocated, so the two are never
+alive together: the same kernels in another order (linear_preact_bwd, linear_bwd for the weight,
+a product for the input), the same bits.
 """
 
 from __future__ import annotations
@@ -42,7 +48,13 @@ import torch.nn.functional as TF
 from . import _ops
 from ._autograd import batch_first, register, save_for_forward
 from ._common import FLOAT_DTYPES
-from .activation import ACTIVATIONS, SAVES_OUTPUT, _dfactor_dsaved, resolve
+from .activation import (
+    ACTIVATIONS,
+    SAVES_OUTPUT,
+    ActivationBackwardFunction,
+    _dfactor_dsaved,
+    resolve,
+)
 
 __all__ = ["linear", "parse_activation"]
 
@@ -174,6 +186,25 @@ def _linear_bwd_fake(grad_output, input, weight, saved, activation, p0, p1, outp
     )
 
 
+@torch.library.register_fake("backprop_ext::linear_preact_bwd")
+def _linear_preact_bwd_fake(grad_output, saved, activation, p0, p1, want_bias):
+    if activation == "none":
+        raise RuntimeError(
+            "linear_preact_bwd: expected an activation (with \"none\" the pre-activation's "
+            "gradient is grad_output itself)")
+    if grad_output.dim() < 1:
+        raise RuntimeError(
+            "linear_preact_bwd: expected grad_output of shape (*, out_features) with at least 1 "
+            "dimension, but got a 0-d tensor")
+    torch._check(
+        grad_output.shape == saved.shape,
+        lambda: f"linear_preact_bwd: expected grad_output and saved to have the same shape, "
+        f"but got {list(grad_output.shape)} and {list(saved.shape)}",
+    )
+    return (grad_output.new_empty(grad_output.shape),
+            grad_output.new_empty(grad_output.shape[-1:] if want_bias else (0,)))
+
+
 # --- autograd
 
 
@@ -210,6 +241,9 @@ class LinearFunction(torch.autograd.Function):
         else:
             saved = preact if ctx.preact_kept else None  # None: recomputed in backward
         ctx.recompute = _keeps_preact(activation) and not ctx.preact_kept
+        # Saved through hooks, the input comes back in backward as a tensor of its own, which
+        # backward can free early (see the module docstring).
+        ctx.input_hooked = torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
         # The bias is kept only to recompute z; it is a parameter, so this costs no memory.
         ctx.save_for_backward(input, weight, bias if ctx.recompute else None, saved)
         save_for_forward(ctx, input, weight, bias, saved)
@@ -217,9 +251,12 @@ class LinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_preact):
-        input, weight, bias, saved = ctx.saved_tensors
         mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 ctx.needs_input_grad[2] and ctx.has_bias)
+        if (grad_out is not None and grad_preact is None and ctx.input_hooked and mask[0]
+                and mask[1] and not torch.is_grad_enabled()):
+            return _input_freeing_backward(ctx, grad_out, mask)
+        input, weight, bias, saved = ctx.saved_tensors
         empty = input.new_empty((0,))
         if ctx.recompute:  # z = x W^T + b once more (differentiable, should a graph be built)
             saved = _ops.linear_fwd(input, weight, bias, "none", 0.0, 0.0, False)[0]
@@ -287,6 +324,32 @@ class LinearFunction(torch.autograd.Function):
         if keep:
             return (out, z), (0, 0)
         return (out, z.new_empty((0,))), (0, None)
+
+
+def _input_freeing_backward(ctx, grad_out, mask) -> tuple:
+    """LinearFunction.backward for grad_input and grad_weight (no double backward): linear_bwd's
+    kernels with the weight gradient first and the input dropped before the input gradient is
+    allocated, so the same bits. The saved tensors are unpacked here, so that no caller's
+    reference keeps the input alive."""
+    input, weight, bias, saved = ctx.saved_tensors
+    if ctx.recompute:
+        saved = _ops.linear_fwd(input, weight, bias, "none", 0.0, 0.0, False)[0]
+    gz, bias_from_act = grad_out, False
+    if ctx.activation != "none":  # gz and the bias gradient in linear_bwd's one pass
+        gz, grad_bias = _ops.linear_preact_bwd(grad_out, saved, ctx.activation, ctx.p0, ctx.p1,
+                                               mask[2])
+        bias_from_act = True
+    del saved
+    _, grad_weight, bias_from_gemm = _ops.linear_bwd(
+        gz, input, weight, input.new_empty((0,)), "none", 0.0, 0.0,
+        (False, True, mask[2] and not bias_from_act))
+    if not bias_from_act:
+        grad_bias = bias_from_gemm
+    shape = input.shape
+    del input
+    gz2d = gz if gz.dim() == 2 else gz.reshape(-1, weight.shape[0])
+    grad_input = gz2d.contiguous().mm(weight).view(shape)
+    return grad_input, grad_weight, grad_bias if mask[2] else None, None, None, None, None
 
 
 class LinearBackwardFunction(torch.autograd.Function):
@@ -414,8 +477,55 @@ class LinearBackwardFunction(torch.autograd.Function):
         return grads, tuple(0 if m else None for m in mask)
 
 
+class LinearPreactBackwardFunction(torch.autograd.Function):
+    """(grad_preact, grad_bias) = linear_preact_bwd(...): activation_bwd's result and its column
+    sums, so its formulas are ActivationBackwardFunction's, applied to the sum of the gradients
+    reaching grad_preact directly and through grad_bias."""
+
+    @staticmethod
+    def forward(grad_out, saved, activation, p0, p1, want_bias):
+        return _ops.linear_preact_bwd(grad_out, saved, activation, p0, p1, want_bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_out, saved, activation, p0, p1, want_bias = inputs
+        ctx.activation, ctx.p0, ctx.p1, ctx.want_bias = activation, p0, p1, want_bias
+        ctx.save_for_backward(grad_out, saved)
+        save_for_forward(ctx, grad_out, saved)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gg_preact, gg_bias):
+        grad_out = ctx.saved_tensors[0]
+        gg = gg_preact
+        if ctx.want_bias and gg_bias is not None:
+            term = gg_bias.expand(grad_out.shape)
+            gg = term if gg is None else gg + term
+        if gg is None:
+            return (None,) * 6
+        return (*ActivationBackwardFunction.backward(ctx, gg.contiguous())[:2], None, None, None,
+                None)
+
+    @staticmethod
+    def jvp(ctx, grad_out_t, saved_t, *_):
+        gz_t = ActivationBackwardFunction.jvp(ctx, grad_out_t, saved_t)
+        n = gz_t.shape[-1]
+        return gz_t, gz_t.reshape(-1, n).sum(0) if ctx.want_bias else gz_t.new_zeros((0,))
+
+    @staticmethod
+    def vmap(info, in_dims, grad_out, saved, activation, p0, p1, want_bias):
+        B = info.batch_size
+        g = batch_first(grad_out, in_dims[0], B).contiguous()
+        s = batch_first(saved, in_dims[1], B).contiguous()
+        gz = _ops.activation_bwd(g, s, activation, p0, p1)
+        if want_bias:
+            return (gz, gz.reshape(B, -1, gz.shape[-1]).sum(1)), (0, 0)
+        return (gz, gz.new_empty((0,))), (0, None)
+
+
 register("linear_fwd", LinearFunction)
 register("linear_bwd", LinearBackwardFunction)
+register("linear_preact_bwd", LinearPreactBackwardFunction)
 
 
 # --- public function

@@ -625,6 +625,12 @@ def op_samples(device="cpu", dtype=torch.float32, requires_grad: bool = True) ->
                             ops.linear_bwd.default,
                             (rand(5, 6), x, w, saved.requires_grad_(requires_grad), activation,
                              p0, p1, list(mask))))
+        if activation != "none":
+            for want_bias in (True, False):
+                samples.append((f"linear_preact_bwd-{activation}-{want_bias}",
+                                ops.linear_preact_bwd.default,
+                                (rand(2, 5, 6), saved.detach().expand(2, 5, 6).clone()
+                                 .requires_grad_(requires_grad), activation, p0, p1, want_bias)))
     for activation, p0, p1 in (("silu", 0.0, 0.0), ("gelu_tanh", 0.0, 0.0), ("relu", 0.0, 0.0)):
         samples += [
             (f"gated_fwd-{activation}", ops.gated_fwd.default,

@@ -12,6 +12,11 @@
 //   linear_fwd(input, weight, bias, activation, p0, p1, save_preact) -> (out, preact)
 //   linear_bwd(grad_out, input, weight, saved, activation, p0, p1, output_mask)
 //       -> (grad_input, grad_weight, grad_bias)
+//   linear_preact_bwd(grad_out, saved, activation, p0, p1, want_bias) -> (grad_preact, grad_bias)
+//       linear_bwd's first pass on its own: with it, a backward can take the weight gradient
+//       (linear_bwd(grad_preact, ..., "none", {false, true, false})), drop the input, and only
+//       then allocate the input gradient (grad_preact @ weight): the same kernels, the same bits,
+//       one tensor of the input's size less at the peak when the input was rebuilt for backward.
 //
 // Under autocast, linear_fwd casts its operands as torch's linear does (to the autocast dtype).
 #include <ATen/autocast_mode.h>
@@ -144,6 +149,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_bwd(
           output_mask[2] ? grad_bias : none()};
 }
 
+std::tuple<at::Tensor, at::Tensor> linear_preact_bwd(const at::Tensor& grad_output,
+                                                     const at::Tensor& saved,
+                                                     c10::string_view activation, double p0,
+                                                     double p1, bool want_bias) {
+  const char* op = "linear_preact_bwd";
+  const auto act = linear_activation_from_name(activation);
+  TORCH_CHECK(act.has_value(), op,
+              ": expected an activation (with \"none\" the pre-activation's gradient is "
+              "grad_output itself)");
+  check_float(op, "grad_output", grad_output);
+  TORCH_CHECK(grad_output.dim() >= 1, op,
+              ": expected grad_output of shape (*, out_features) with at least 1 dimension, but "
+              "got a 0-d tensor");
+  check_same(op, "grad_output", grad_output, "saved", saved);
+  check_same_shape(op, "grad_output", grad_output, "saved", saved);
+  const c10::OptionalDeviceGuard guard(device_of(grad_output));
+  const int64_t n = grad_output.size(-1), m = leading_size(grad_output);
+  const bool flat = grad_output.dim() == 2;
+  const auto as_2d = [&](const at::Tensor& t) {
+    return (flat ? t : t.reshape({m, n})).contiguous();
+  };
+  auto [grad_preact, grad_bias] = bias_act_bwd_stub(grad_output.device().type(), as_2d(grad_output),
+                                                    as_2d(saved), *act, p0, p1, want_bias);
+  if (!flat) grad_preact = grad_preact.view(grad_output.sizes());
+  return {grad_preact, want_bias ? grad_bias : at::empty({0}, grad_output.options())};
+}
+
 template <c10::DeviceType kDevice>
 std::tuple<at::Tensor, at::Tensor> linear_fwd_autocast(const at::Tensor& input,
                                                        const at::Tensor& weight,
@@ -164,6 +196,7 @@ std::tuple<at::Tensor, at::Tensor> linear_fwd_autocast(const at::Tensor& input,
 void register_ops(torch::Library& m) {
   m.impl("linear_fwd", &linear_fwd);
   m.impl("linear_bwd", &linear_bwd);
+  m.impl("linear_preact_bwd", &linear_preact_bwd);
 }
 
 }  // namespace

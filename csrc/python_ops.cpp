@@ -75,6 +75,7 @@ using OT = const OptTensor&;
   X(cross_entropy, false, at::Tensor(T, T, OT, c10::string_view, int64_t, double))      \
   X(linear_fwd, true, Tensor2(T, T, OT, c10::string_view, double, double, bool))        \
   X(linear_bwd, true, Tensor3(T, T, T, T, c10::string_view, double, double, Mask3))     \
+  X(linear_preact_bwd, true, Tensor2(T, T, c10::string_view, double, double, bool))     \
   X(gated_fwd, true, at::Tensor(T, T, c10::string_view, double, double))                \
   X(gated_bwd, true, Tensor2(T, T, T, c10::string_view, double, double))
 

@@ -84,6 +84,11 @@ TORCH_LIBRARY(backprop_ext, m) {
       "linear_bwd(Tensor grad_output, Tensor input, Tensor weight, Tensor saved, "
       "str activation, float p0, float p1, bool[3] output_mask) -> "
       "(Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  // linear_bwd's first pass alone (activation not "none"): grad_preact = grad_output * act'(saved)
+  // and, when want_bias, the bias gradient (empty otherwise).
+  m.def(
+      "linear_preact_bwd(Tensor grad_output, Tensor saved, str activation, float p0, float p1, "
+      "bool want_bias) -> (Tensor grad_preact, Tensor grad_bias)");
 
   // --- gated family: y = f(gate) * up, f a row of the activation table (silu: SwiGLU, gelu or
   // gelu_tanh: GeGLU) with its p0, p1. The backward takes the forward's inputs, not f(gate).

@@ -6,8 +6,9 @@ Audit (ops whose memory accesses depend on data or on arguments):
 * cross_entropy_fwd / cross_entropy_bwd index the logits (and the class weights) with `target`:
   both kernels check every target, on CPU before the row is read (IndexError naming the position,
   as torch raises IndexError) and on CUDA with a device-side assert (no host sync).
-* softmax_bwd, logsumexp_bwd, activation_bwd, linear_bwd take tensors whose shapes must match
-  what forward produced: checked against each other in C++ (tested with mismatched shapes here).
+* softmax_bwd, logsumexp_bwd, activation_bwd, linear_bwd, linear_preact_bwd take tensors whose
+  shapes must match what forward produced: checked against each other in C++ (tested with
+  mismatched shapes here).
 * multi_tensor_scale_ reads one value of total_norm: its size is checked.
 * cross_entropy_bwd_out writes into `out` (linear_cross_entropy's blocks): its shape, device,
   dtype and contiguity are checked; gated_fwd / gated_bwd check that gate, up and the gradient
@@ -125,6 +126,8 @@ SHAPE_CASES = [
      "torch.randn(2, 5), 'gelu', 0., 0., [True, True, True])", "expected grad_output of shape"),
     ("linear_bwd_saved", "ops.linear_bwd(torch.randn(2, 5), torch.randn(2, 4), torch.randn(5, 4), "
      "torch.randn(1, 5), 'gelu', 0., 0., [True, True, True])", "same shape"),
+    ("linear_preact_bwd", "ops.linear_preact_bwd(torch.randn(2, 5), torch.randn(2, 4), 'gelu', "
+     "0., 0., True)", "same shape"),
     ("cross_entropy_bwd_lse", "ops.cross_entropy_bwd(torch.randn(4, 5), torch.zeros(4, "
      "dtype=torch.long), None, torch.zeros(2), torch.ones(4), None, -100)",
      "expected lse of shape (4,)"),
