@@ -180,6 +180,40 @@ def profile_sequential(modules, input: torch.Tensor) -> StepProfile:
     return profile
 
 
+def step_peak_bytes(forward, modules, input: torch.Tensor) -> int:
+    """Peak activation memory of one training step of forward(input) (a function running
+    `modules`): the forward, the sum of its output and the backward, each parameter's gradient
+    dropped as it is made. On CUDA the allocator's peak above what was allocated before, elsewhere
+    cpu_peak_bytes(). Leaves no trace: the RNG, the modules' buffers and .grad, and the caller's
+    graph (the input is detached) are as they were."""
+    modules = list(modules)
+    device = input.device
+    buffers = [(b, b.detach().clone()) for m in modules for b in m.buffers()]
+    input = input.detach().requires_grad_(input.requires_grad)
+
+    def step():
+        x = forward(input)
+        if isinstance(x, torch.Tensor) and x.requires_grad:
+            x = x.sum()  # the output goes, as in a training step
+            _backward_without_gradients(x, modules)
+
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type), torch.enable_grad():
+        if device.type == "cuda":
+            _sync(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            step()
+            _sync(device)
+            peak = torch.cuda.max_memory_allocated(device) - base
+        else:
+            peak = cpu_peak_bytes(step)
+    with torch.no_grad():
+        for b, saved in buffers:
+            b.copy_(saved)
+    return peak
+
+
 def step_clock(device) -> tuple:
     """(clock, its name) for timing work on `device`. With one CPU thread every op of a step runs
     on the calling thread (autograd runs CPU backward there too), so that thread's CPU time

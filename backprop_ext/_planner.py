@@ -26,6 +26,10 @@ A rebuilt output is counted as rebuilt only when its source is saved within the 
 slightly). The unit is what the plain step's peak is measured in: the allocator's bytes on CUDA,
 the CPU allocator's bytes (AllocatorPeak) elsewhere; a fraction is of that peak.
 
+Measurement: the model is exact only as far as backward's working set resembles the plain
+step's; choose_measured runs the chosen plan once, corrects the model by its error and chooses
+again, so the plan returned is one whose peak was measured within the budget.
+
 Search: dynamic programming over cut points, keeping at each point the plans not dominated in
 (bytes kept so far, peak so far, recompute so far); every plan is reachable, so the choice is
 the exact optimum of the model.
@@ -51,6 +55,7 @@ class CheckpointPlan:
     forward_s: the plain forward's measured time (recompute_s / forward_s: the share re-run).
     budget_bytes: the budget asked for (None when the plan was given, not chosen).
     unit: "CPU allocator bytes" (AllocatorPeak) or "CUDA allocator bytes".
+    measured_bytes: the plan's peak measured on one step (choose_measured), or None.
     """
 
     segments: list
@@ -60,12 +65,15 @@ class CheckpointPlan:
     forward_s: float | None = None
     budget_bytes: int | None = None
     unit: str = ""
+    measured_bytes: int | None = None
 
     @property
     def fits(self) -> bool | None:
-        if self.budget_bytes is None or self.predicted_bytes is None:
+        """Within the budget: measured, when it was, else predicted."""
+        nbytes = self.measured_bytes if self.measured_bytes is not None else self.predicted_bytes
+        if self.budget_bytes is None or nbytes is None:
             return None
-        return self.predicted_bytes <= self.budget_bytes
+        return nbytes <= self.budget_bytes
 
     def __str__(self) -> str:
         lines = [f"{'modules':<12}level"]
@@ -75,6 +83,9 @@ class CheckpointPlan:
             lines.append(f"predicted activation memory: {self.predicted_bytes / mib:.2f} MiB "
                          f"({self.predicted_bytes / self.plain_bytes:.2f}x plain, "
                          f"{self.plain_bytes / mib:.2f} MiB; {self.unit})")
+            if self.measured_bytes is not None:
+                lines.append(f"measured activation memory: {self.measured_bytes / mib:.2f} MiB "
+                             f"({self.measured_bytes / self.plain_bytes:.2f}x plain)")
             lines.append(f"predicted recompute: {1e3 * self.recompute_s:.3f} ms a step "
                          f"({self.recompute_s / self.forward_s:.2f}x the forward, "
                          f"{1e3 * self.forward_s:.3f} ms)")
@@ -162,6 +173,8 @@ def choose(profile: StepProfile, budget_bytes: int, levels=LEVELS) -> Checkpoint
         for kept, peak, seconds, segs in fronts[i]:
             for k in range(i + 1, n + 1):
                 for level in levels:
+                    if segs and segs[-1][2] == level and level in ("none", "selective"):
+                        continue  # runs as one segment with the previous: enumerated as such
                     keeps, needs, cost = costs(i, k, level)
                     _insert(fronts[k], (kept + keeps, max(peak, kept + needs), seconds + cost,
                                         segs + ((i, k, level),)))
@@ -173,6 +186,33 @@ def choose(profile: StepProfile, budget_bytes: int, levels=LEVELS) -> Checkpoint
         best = min(finals, key=lambda f: (f[0], f[1], len(f[2])))
     return CheckpointPlan(_merge(best[2]), best[0], best[1], plain_bytes(profile),
                           sum(profile.forward_s), budget_bytes, unit(profile))
+
+
+def choose_measured(profile: StepProfile, budget_bytes: int, measure, levels=LEVELS,
+                    tries: int = 3) -> CheckpointPlan:
+    """choose(), checked and corrected by measurement. The chosen plan is run once
+    (measure(segments) -> its peak bytes); its error against the prediction is taken to be the
+    model's on every plan of this stack, and the choice is made again with the budget corrected
+    by it, until a plan repeats or `tries` plans were measured. Returns the measured plan that
+    fits with the least predicted recompute or, when none does, the one measured smallest."""
+    measured: dict = {}
+    plan = choose(profile, budget_bytes, levels)
+    for _ in range(tries):
+        key = tuple(plan.segments)
+        if key in measured:
+            break
+        plan.measured_bytes = measure(plan.segments)
+        measured[key] = plan
+        error = plan.measured_bytes - plan.predicted_bytes
+        plan = choose(profile, budget_bytes - error, levels)
+    plans = list(measured.values())
+    fitting = [p for p in plans if p.measured_bytes <= budget_bytes]
+    if fitting:
+        best = min(fitting, key=lambda p: (p.recompute_s, p.measured_bytes))
+    else:
+        best = min(plans, key=lambda p: (p.measured_bytes, p.recompute_s))
+    best.budget_bytes = budget_bytes
+    return best
 
 
 def _insert(front: list, plan: tuple) -> None:

@@ -67,7 +67,7 @@ import torch.autograd.forward_ad as fwAD
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from . import _planner
-from ._memory import StepProfile, profile_sequential
+from ._memory import StepProfile, profile_sequential, step_peak_bytes
 from ._planner import CheckpointPlan
 from ._recompute import rebuild_scope
 
@@ -400,7 +400,11 @@ class CheckpointedSequential(torch.nn.Sequential):
                 budget = self.memory_budget
                 if isinstance(budget, float):
                     budget = int(budget * _planner.plain_bytes(self._profile))
-                self._plan = _planner.choose(self._profile, budget)
+                if input is None:
+                    self._plan = _planner.choose(self._profile, budget)
+                else:
+                    self._plan = _planner.choose_measured(
+                        self._profile, budget, functools.partial(self._step_peak, input))
                 if not self._plan.fits:
                     warnings.warn("backprop_ext.CheckpointedSequential: no plan fits "
                                   f"memory_budget={self.memory_budget!r}; running the one with "
@@ -409,6 +413,14 @@ class CheckpointedSequential(torch.nn.Sequential):
         if self._profile is not None:
             return _planner.describe(self._profile, self._segments())
         return CheckpointPlan(self._segments())
+
+    def _step_peak(self, input, segments) -> int:
+        """One step's measured peak under the plan `segments` (for choose_measured)."""
+        chosen, self._plan = self._plan, CheckpointPlan(list(segments))
+        try:
+            return step_peak_bytes(self, list(self), input)
+        finally:
+            self._plan = chosen
 
     def forward(self, input):
         if self.memory_budget is not None and self._plan is None and torch.is_grad_enabled():

@@ -14,7 +14,7 @@ import torch
 
 from . import nn as bnn
 from . import utils as BU
-from ._memory import LiveTensorMemory
+from ._memory import cpu_peak_bytes
 
 
 def load_digits(device: str):
@@ -82,9 +82,7 @@ def activation_memory(model: torch.nn.Sequential, x, y) -> dict[str, int]:
             torch.cuda.synchronize()
             peaks[name] = torch.cuda.max_memory_allocated() - base
         else:
-            with LiveTensorMemory() as mem:
-                loss_fn(m(x), y).backward()
-            peaks[name] = mem.peak
+            peaks[name] = cpu_peak_bytes(lambda m=m: loss_fn(m(x), y).backward())
     model.zero_grad(set_to_none=True)
     return peaks
 

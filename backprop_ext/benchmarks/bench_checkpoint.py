@@ -14,9 +14,10 @@ CheckpointedSequential(policy=..., segments=...) for every policy and several se
 CheckpointedSequential(memory_budget=f) for several fractions (planned on the first step,
 outside the timing).
 
-Peak activation memory of the step: on GPU torch.cuda.max_memory_allocated() above what was
-allocated before the step; on CPU the peak of the bytes held by tensors the step's ops created
-(backprop_ext._memory.LiveTensorMemory). Parameters, their gradients and the input excluded.
+Peak activation memory of the step: the allocator's peak above what was allocated before the
+step, on GPU torch.cuda.max_memory_allocated(), on CPU backprop_ext._memory.cpu_peak_bytes()
+(AllocatorPeak: buffers inside kernels included). Parameters, their gradients and the input
+excluded (allocated before).
 Time: every variant is timed in each of several rounds, in turn (median of a few steps each);
 its ratio to plain is the median over rounds of (its time / plain's time in that round), so a
 noisy neighbour slows both sides of each ratio alike. On a CPU with one thread
@@ -40,7 +41,7 @@ OPS = ("ckpt_mlp", "ckpt_mlp_fused")
 DEFAULT_MLP = {"cpu": dict(depth=16, batch=1024, width=512, dtype="float32"),
                "cuda": dict(depth=16, batch=8192, width=4096, dtype="bfloat16")}
 SEGMENTS = (2, 4, 8)  # in blocks
-BUDGETS = (0.45, 0.3, 0.15)  # fractions of the plain step's activation memory
+BUDGETS = (0.5, 0.35, 0.25)  # of the plain step's peak: the 2x and 4x, and one between
 
 
 def _blocks(cfg, fused: bool, device, dtype) -> list[torch.nn.Module]:

@@ -10,8 +10,8 @@ gradients required, our forward computes them (the backward only scales them by 
 gradient), so the backward alone measures nothing comparable.
 
 Memory, for the fwd+bwd step, ours and torch's, above what existed before it (x, W, target):
-    peak MB      the step's peak: on CUDA torch.cuda.max_memory_allocated(), on CPU the peak of
-                 the bytes held by tensors the step created (backprop_ext._memory.LiveTensorMemory).
+    peak MB      the step's peak: the allocator's, on CUDA torch.cuda.max_memory_allocated(), on
+                 CPU backprop_ext._memory.cpu_peak_bytes() (AllocatorPeak).
                  It includes the gradients the step returns (x's and W's: the same on both sides).
     grad_bytes   (JSON/CSV) those gradients' bytes: peak - grad_bytes is the memory beyond them.
 
