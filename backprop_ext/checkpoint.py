@@ -323,12 +323,13 @@ class CheckpointedSequential(torch.nn.Sequential):
     policy: "full" (default), "full+selective", "selective" or "none" (see
         backprop_ext.checkpoint), or a torch selective-checkpoint policy, for every segment.
     memory_budget: instead of segments and policy, a budget for the step's activation memory:
-        bytes (an int), or a fraction of the plain step's (a float in (0, 1]). The first forward
-        in grad mode (or plan(input)) measures one plain forward of its input, module by module
-        (on CUDA also a backward, for the allocator's peak), and chooses the segments and each
-        one's level with the least predicted recompute that fits (backprop_ext._planner); plan()
-        returns the choice and its predictions. It is chosen once: call plan(input, remeasure=
-        True) when the input's size changes.
+        bytes (an int), or a fraction of the plain step's peak (a float in (0, 1]). The first
+        forward in grad mode (or plan(input)) measures one plain step on its input (each module's
+        forward, and the step's peak as the allocator counts it), chooses the segments and each
+        one's level with the least predicted recompute that fits, and checks the choice on a
+        measured step, correcting the model and choosing again if need be
+        (backprop_ext._planner); plan() returns the choice, its predictions and its measured
+        peak. It is chosen once: call plan(input, remeasure=True) when the input's size changes.
     """
 
     def __init__(self, *args, segments: int | None = None, policy: Policy = "full",
@@ -408,7 +409,7 @@ class CheckpointedSequential(torch.nn.Sequential):
                 if not self._plan.fits:
                     warnings.warn("backprop_ext.CheckpointedSequential: no plan fits "
                                   f"memory_budget={self.memory_budget!r}; running the one with "
-                                  f"the least predicted memory:\n{self._plan}", stacklevel=2)
+                                  f"the least memory found:\n{self._plan}", stacklevel=2)
             return self._plan
         if self._profile is not None:
             return _planner.describe(self._profile, self._segments())
