@@ -55,14 +55,21 @@ class AllocationMeter final : public profiler::ProfilerStateBase {
   std::atomic<int64_t> peak_{0};
 };
 
+// The thread's profiler state, if any (ProfilerStateBase's own accessor is named differently
+// across torch versions; this is what it reads).
+c10::DebugInfoBase* thread_profiler_state() {
+  return c10::ThreadLocalDebugInfo::get(c10::DebugInfoKind::PROFILER_STATE);
+}
+
 // _allocation_meter_start(): starts a meter on this thread. RuntimeError when a profiler (torch's
 // or another meter) is already active on it: there is one profiler state per thread.
 PyObject* start(PyObject* /*module*/, PyObject* /*args*/) {
   HANDLE_TH_ERRORS
-  TORCH_CHECK(profiler::ProfilerStateBase::getTLS() == nullptr,
+  TORCH_CHECK(thread_profiler_state() == nullptr,
               "backprop_ext: cannot meter the CPU allocator while a profiler is active on this "
               "thread");
-  profiler::ProfilerStateBase::push(std::make_shared<AllocationMeter>());
+  c10::ThreadLocalDebugInfo::_push(c10::DebugInfoKind::PROFILER_STATE,
+                                   std::make_shared<AllocationMeter>());
   Py_RETURN_NONE;
   END_HANDLE_TH_ERRORS
 }
@@ -71,9 +78,9 @@ PyObject* start(PyObject* /*module*/, PyObject* /*args*/) {
 // still held, both relative to the start.
 PyObject* stop(PyObject* /*module*/, PyObject* /*args*/) {
   HANDLE_TH_ERRORS
-  TORCH_CHECK(dynamic_cast<AllocationMeter*>(profiler::ProfilerStateBase::getTLS()) != nullptr,
+  TORCH_CHECK(dynamic_cast<AllocationMeter*>(thread_profiler_state()) != nullptr,
               "backprop_ext: no allocation meter is active on this thread");
-  const auto state = profiler::ProfilerStateBase::pop(/*global=*/false);
+  const auto state = c10::ThreadLocalDebugInfo::_pop(c10::DebugInfoKind::PROFILER_STATE);
   const auto* meter = static_cast<const AllocationMeter*>(state.get());
   return Py_BuildValue("(LL)", static_cast<long long>(meter->peak()),
                        static_cast<long long>(meter->live()));
