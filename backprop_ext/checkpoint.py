@@ -419,7 +419,7 @@ class CheckpointedSequential(torch.nn.Sequential):
         """One step's measured peak under the plan `segments` (for choose_measured)."""
         chosen, self._plan = self._plan, CheckpointPlan(list(segments))
         try:
-            return step_peak_bytes(self, list(self), input)
+            return step_peak_bytes(self.forward, list(self), input)  # not our own hooks again
         finally:
             self._plan = chosen
 
