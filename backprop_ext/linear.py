@@ -251,8 +251,8 @@ class LinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_preact):
-        mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-                ctx.needs_input_grad[2] and ctx.has_bias)
+        mask = _wanted(ctx, (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                             ctx.needs_input_grad[2] and ctx.has_bias))
         if (grad_out is not None and grad_preact is None and ctx.input_hooked and mask[0]
                 and mask[1] and not torch.is_grad_enabled()):
             return _input_freeing_backward(ctx, grad_out, mask)
@@ -324,6 +324,31 @@ class LinearFunction(torch.autograd.Function):
         if keep:
             return (out, z), (0, 0)
         return (out, z.new_empty((0,))), (0, None)
+
+
+def _wanted(ctx, mask: tuple) -> tuple:
+    """mask less the gradients this backward pass will not use. torch.autograd.grad(out, inputs)
+    runs only the paths to `inputs` and tells torch's own nodes so (its matrix product then skips
+    the weight gradient's GEMM); a Function's needs_input_grad does not, so ask the engine whether
+    it will run the node each gradient goes to. Edges: input, weight, then bias when given (a
+    Function's edges are its tensor arguments)."""
+    if not (mask[1] or mask[2]) or torch._C._current_graph_task_id() == -1 or (
+            torch.compiler.is_compiling()):
+        return mask
+    edges = ctx.next_functions
+    return tuple(m and _runs(edges[i][0]) for i, m in enumerate(mask))
+
+
+def _runs(node) -> bool:
+    """Whether the current backward pass runs `node` (or captures the gradient sent to it)."""
+    if node is None:
+        return False
+    try:
+        return torch._C._will_engine_execute_node(node)
+    except RuntimeError:
+        # torch raises for a leaf's AccumulateGrad that autograd.grad captures (one of its
+        # `inputs`), rather than answer: its gradient is wanted.
+        return True
 
 
 def _input_freeing_backward(ctx, grad_out, mask) -> tuple:

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 from torch.autograd import gradcheck, gradgradcheck
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import backprop_ext
 import backprop_ext.functional as BF
@@ -391,6 +392,49 @@ def test_backward_drops_a_rebuilt_input_before_the_input_gradient():
     ours, torchs = peak(bnn.Linear), peak(torch.nn.Linear)
     assert ours <= (8 + 1 + 1 + 0.5) * act
     assert torchs - ours >= 0.75 * act
+
+
+class _LinearBwdMasks(TorchDispatchMode):
+    """Records the output_mask of every linear_bwd call."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.backprop_ext.linear_bwd.default:
+            self.masks.append(tuple(args[-1]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_backward_computes_only_the_gradients_the_pass_uses(activation):
+    # autograd.grad(out, inputs) runs only the paths to `inputs`: as torch's own matrix product,
+    # the layer then skips the GEMMs of the gradients nobody receives; .backward() takes all.
+    x = torch.randn(6, 5, requires_grad=True)
+    lin = bnn.Linear(5, 4, activation=activation)
+    h = x * 2  # an intermediate: its gradient is captured, not accumulated
+    out = lin(h).sum()
+    expected = torch.autograd.grad(
+        (TF.gelu(TF.linear(h, lin.weight, lin.bias)) if activation else
+         TF.linear(h, lin.weight, lin.bias)).sum(), [x, h, lin.weight, lin.bias],
+        retain_graph=True)
+    cases = [([x], (True, False, False)), ([h], (True, False, False)),
+             ([lin.weight], (False, True, False)), ([lin.bias], (False, False, True)),
+             ([lin.weight, x], (True, True, False))]
+    for inputs, mask in cases:
+        with _LinearBwdMasks() as rec:
+            grads = torch.autograd.grad(out, inputs, retain_graph=True)
+        assert rec.masks == [mask], inputs
+        for g, t in zip(grads, inputs):
+            ref = expected[[id(a) for a in (x, h, lin.weight, lin.bias)].index(id(t))]
+            torch.testing.assert_close(g, ref)
+    with _LinearBwdMasks() as rec:
+        out.backward(inputs=[lin.weight])
+    assert rec.masks == [(False, True, False)] and x.grad is None and lin.bias.grad is None
+    with _LinearBwdMasks() as rec:
+        lin(h).sum().backward()
+    assert rec.masks == [(True, True, True)]
 
 
 def test_no_grad_keeps_no_preact():
