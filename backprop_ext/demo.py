@@ -65,8 +65,9 @@ def train(model, x, y, epochs: int, batch: int, loss_fn, clip, seed: int = 0, pr
 
 
 def activation_memory(model: torch.nn.Sequential, x, y) -> dict[str, int]:
-    """Peak bytes of tensors created during one forward + backward (parameters and data excluded):
-    the model as it is, and its layers in a CheckpointedSequential under each recompute policy."""
+    """Peak bytes the allocator holds during one forward + backward above what it held before
+    (parameters and data excluded): the model as it is, and its layers in a CheckpointedSequential
+    under each recompute policy."""
     variants = {"plain": model}
     for policy in ("selective", "full", "full+selective"):
         variants[f"checkpointed ({policy})"] = bnn.CheckpointedSequential(*model, policy=policy)
