@@ -8,6 +8,7 @@
 //                                                   activation_table.h's `reads`)
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/csrc/autograd/variable.h>
@@ -53,6 +54,16 @@ at::Tensor activation_bwd(const at::Tensor& grad_output, const at::Tensor& saved
   check_same_shape("activation_bwd", "grad_output", grad_output, "saved", saved);
   const Activation act = activation_from_name(activation);
   const c10::OptionalDeviceGuard guard(device_of(grad_output));
+  if (is_broadcast_value(grad_output)) {
+    // Not copied out to a dense gradient (one more tensor at the step's peak): the value is
+    // written where the result goes and the kernel reads it there, each element before writing
+    // it. torch's own backward reads a broadcast gradient in place too.
+    // Contiguous, as the general path lays out a broadcast operand's result (elementwise.h).
+    const at::Tensor s = saved.contiguous();
+    at::Tensor grad_input = at::empty(s.sizes(), s.options()).copy_(grad_output);
+    activation_bwd_stub(s.device().type(), grad_input, s, grad_input, act, p0, p1);
+    return grad_input;
+  }
   const auto [g, s] = as_flat(grad_output, saved);
   at::Tensor grad_input = at::empty_like(g);
   if (g.numel() > 0) activation_bwd_stub(g.device().type(), g, s, grad_input, act, p0, p1);

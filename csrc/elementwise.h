@@ -35,4 +35,14 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> as_flat(const at::Tensor& 
   return {a.contiguous(), b.contiguous(), c.contiguous()};
 }
 
+// One value broadcast over all of t's elements (every dimension of size > 1 has stride 0): the
+// gradient sum() and mean() send back.
+inline bool is_broadcast_value(const at::Tensor& t) {
+  if (t.numel() <= 1) return false;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) > 1 && t.stride(d) != 0) return false;
+  }
+  return true;
+}
+
 }  // namespace backprop_ext

@@ -9,6 +9,7 @@ from torch.autograd import gradcheck, gradgradcheck
 import backprop_ext
 import backprop_ext.functional as BF
 import backprop_ext.nn as bnn
+from backprop_ext._memory import AllocatorPeak
 from backprop_ext.activation import (
     _SECOND_DERIVATIVES,
     ACTIVATIONS,
@@ -190,6 +191,33 @@ def test_large_input_crosses_thread_chunks(device):
     x = torch.randn(2**20 + 3, device=device)
     for case in ACTIVATION_CASES:
         torch.testing.assert_close(case.ours(x), case.torch(x), rtol=2e-6, atol=2e-6)
+
+
+def test_broadcast_gradient_is_read_in_place(device, dtype):
+    # sum() and mean() send back one value broadcast over the output: the backward reads it where
+    # the result goes (one tensor, the result, at the peak), with the bits of the dense gradient.
+    ops = torch.ops.backprop_ext
+    saved = torch.randn(33, 65, device=device, dtype=dtype)
+    for grad in (torch.tensor(0.75, device=device, dtype=dtype).expand(33, 65),
+                 torch.full((1, 65), 2.0, device=device, dtype=dtype).expand(33, 65)[:, :1]
+                 .expand(33, 65)):
+        for name in ACTIVATIONS:
+            dense = ops.activation_bwd(grad.contiguous(), saved, name, 0.1, 1.5)
+            out = ops.activation_bwd(grad, saved, name, 0.1, 1.5)
+            assert torch.equal(out, dense) and out.is_contiguous(), name
+    transposed = saved.t().contiguous().t()
+    out = ops.activation_bwd(grad, transposed, "gelu", 0.0, 0.0)
+    assert torch.equal(out, ops.activation_bwd(grad.contiguous(), transposed, "gelu", 0.0, 0.0))
+    if device == "cpu":
+        with AllocatorPeak() as mem:
+            out = ops.activation_bwd(grad, saved, "silu", 0.0, 0.0)
+        assert mem.peak == out.untyped_storage().nbytes()
+    x = torch.randn(33, 65, device=device, dtype=dtype, requires_grad=True)
+    (ours,) = torch.autograd.grad(BF.gelu(x).mean(), x)
+    (ref,) = torch.autograd.grad(TF.gelu(x).mean(), x)
+    x64 = x.detach().double().requires_grad_()
+    (ref64,) = torch.autograd.grad(TF.gelu(x64).mean(), x64)
+    assert_matches(ours, ref, ref64)
 
 
 @pytest.mark.parametrize("name", INPLACE_FUNCTIONS)

@@ -643,12 +643,12 @@ def test_budget_plans_fit_and_match_measurements():
             assert {level for *_, level in plan.segments} & {"full", "full+selective"}
         _assert_identical(_run(seq, x), expected)
         # The measurement is the step's, and the model is close to it: it takes backward's
-        # working set to be the plain step's, which torch's Linear exceeds by a weight gradient
-        # and small buffers (it holds a rebuilt input while making the input gradient;
-        # bnn.Linear frees it first).
+        # working set to be the plain step's, which torch's Linear exceeds under selective by up
+        # to a rebuilt input and a weight gradient (it holds the input while making the input
+        # gradient; bnn.Linear frees it first): what the measured check is there for.
         peaks[budget] = _allocator_peak(seq, x)
         assert peaks[budget] == plan.measured_bytes
-        assert abs(peaks[budget] - plan.predicted_bytes) <= act // 2
+        assert abs(peaks[budget] - plan.predicted_bytes) <= act + act // 4
     assert peaks[0.4] < peaks[0.5] < peaks[0.65] < peaks[1.0]
 
 
