@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "elementwise.h"
 #include "linear.h"
 
 namespace backprop_ext {
@@ -127,11 +128,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_bwd(
     return flat ? t : t.reshape({rows, cols});
   };
   const at::Tensor g = as_2d(grad_output, m, n).contiguous();
+  // A broadcast gradient (sum()'s, mean()'s) was just copied out to g, which is then ours to
+  // overwrite with the pre-activation's gradient: one (M, N) tensor less.
+  const bool g_is_ours = is_broadcast_value(grad_output);
 
   at::Tensor grad_preact = g, grad_bias;
   if (act.has_value()) {
-    std::tie(grad_preact, grad_bias) =
-        bias_act_bwd_stub(device, g, as_2d(saved, m, n).contiguous(), *act, p0, p1, output_mask[2]);
+    std::tie(grad_preact, grad_bias) = bias_act_bwd_stub(device, g, as_2d(saved, m, n).contiguous(),
+                                                         *act, p0, p1, output_mask[2], g_is_ours);
   }
   at::Tensor grad_input, grad_weight;
   if (output_mask[0]) {
@@ -170,8 +174,10 @@ std::tuple<at::Tensor, at::Tensor> linear_preact_bwd(const at::Tensor& grad_outp
   const auto as_2d = [&](const at::Tensor& t) {
     return (flat ? t : t.reshape({m, n})).contiguous();
   };
-  auto [grad_preact, grad_bias] = bias_act_bwd_stub(grad_output.device().type(), as_2d(grad_output),
-                                                    as_2d(saved), *act, p0, p1, want_bias);
+  // A broadcast gradient is copied out by as_2d: that copy then takes grad_preact (as linear_bwd).
+  auto [grad_preact, grad_bias] =
+      bias_act_bwd_stub(grad_output.device().type(), as_2d(grad_output), as_2d(saved), *act, p0, p1,
+                        want_bias, is_broadcast_value(grad_output));
   if (!flat) grad_preact = grad_preact.view(grad_output.sizes());
   return {grad_preact, want_bias ? grad_bias : at::empty({0}, grad_output.options())};
 }

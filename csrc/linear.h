@@ -35,11 +35,13 @@ using linear_fwd_fn = void (*)(const at::Tensor& x, const at::Tensor& weight,
                                const at::Tensor& bias, std::optional<Activation> act, double p0,
                                double p1, at::Tensor& z, at::Tensor& y);
 // gz = g act'(s) over contiguous (M, N) g and s, and, when want_bias, gb = sum_rows gz (N,) in a
-// fixed order (the same bits whatever the thread count); gb undefined otherwise.
+// fixed order (the same bits whatever the thread count); gb undefined otherwise. With into_g, gz
+// is written over g (the caller's own copy: each element is read before it is written) and
+// returned as gz.
 using bias_act_bwd_fn = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor& g,
                                                                const at::Tensor& s, Activation act,
-                                                               double p0, double p1,
-                                                               bool want_bias);
+                                                               double p0, double p1, bool want_bias,
+                                                               bool into_g);
 // gW = gz^T x (N, K); when want_bias and the device computes it in the same pass, also
 // gb = sum_rows gz (undefined otherwise: the op sums it).
 using weight_grad_fn = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor& gz,

@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import backprop_ext
 import backprop_ext.functional as BF
 import backprop_ext.nn as bnn
-from backprop_ext._memory import cpu_peak_bytes
+from backprop_ext._memory import AllocatorPeak, cpu_peak_bytes
 from backprop_ext.linear import parse_activation
 from backprop_ext.testing import LINEAR_CASES, LinearCase, assert_matches, jvp_of_gradient
 
@@ -369,6 +369,27 @@ def test_backward_through_hooks_frees_the_input_first_same_bits(activation, reco
     for a, b in zip(hooked, plain):
         assert torch.equal(a, b)
     assert unpacked and all(r() is None for r in unpacked)  # nothing holds them after backward
+
+
+@pytest.mark.parametrize("activation", ["gelu_tanh", "relu", "silu"])
+def test_broadcast_gradient_becomes_the_preactivation_gradient(activation):
+    # sum() sends back one value broadcast over the output: the fused backward copies it out once
+    # and writes the pre-activation's gradient over that copy (the same bits as from a dense
+    # gradient; one (M, N) buffer, not two).
+    ops = torch.ops.backprop_ext
+    x, w, z = torch.randn(2, 32, 16), torch.randn(24, 16), torch.randn(2, 32, 24)
+    g = torch.tensor(0.5).expand(2, 32, 24)
+    for mask in ([True, True, True], [False, True, True], [True, False, False]):
+        ours = ops.linear_bwd(g, x, w, z, activation, 0.0, 0.0, mask)
+        dense = ops.linear_bwd(g.contiguous(), x, w, z, activation, 0.0, 0.0, mask)
+        assert all(torch.equal(a, b) for a, b in zip(ours, dense))
+    for want_bias in (True, False):
+        ours = ops.linear_preact_bwd(g, z, activation, 0.0, 0.0, want_bias)
+        dense = ops.linear_preact_bwd(g.contiguous(), z, activation, 0.0, 0.0, want_bias)
+        assert all(torch.equal(a, b) for a, b in zip(ours, dense))
+    with AllocatorPeak() as mem:
+        gz, _ = ops.linear_preact_bwd(g, z, activation, 0.0, 0.0, False)
+    assert mem.peak == gz.untyped_storage().nbytes()
 
 
 def test_backward_drops_a_rebuilt_input_before_the_input_gradient():

@@ -56,9 +56,9 @@ void bias_act_fwd(at::Tensor& z, at::Tensor& y, const at::Tensor& bias, Activati
 // which is then summed in a fixed order.
 std::tuple<at::Tensor, at::Tensor> bias_act_bwd_cpu(const at::Tensor& g, const at::Tensor& s,
                                                     Activation act, double p0, double p1,
-                                                    bool want_bias) {
+                                                    bool want_bias, bool into_g) {
   const int64_t m = g.size(0), n = g.size(1);
-  at::Tensor gz = at::empty({m, n}, g.options());
+  at::Tensor gz = into_g ? g : at::empty({m, n}, g.options());
   const auto opmath = at::toOpMathType(g.scalar_type());
   if (m == 0 || n == 0) {
     return {gz, want_bias ? at::zeros({n}, g.options()) : at::Tensor()};

@@ -125,9 +125,10 @@ __global__ void sum_partials_kernel(const at::opmath_type<scalar_t>* __restrict_
 // gz = g act'(s), and gb = sum_rows gz when want_bias; g and s contiguous (m, n).
 std::tuple<at::Tensor, at::Tensor> bias_act_bwd_cuda(const at::Tensor& g, const at::Tensor& s,
                                                      Activation act, double p0, double p1,
-                                                     bool want_bias) {
+                                                     bool want_bias, bool into_g) {
   const int64_t m = g.size(0), n = g.size(1);
-  at::Tensor gz = at::empty({m, n}, g.options());
+  // In place: every element of g is loaded by the thread that stores its gz, before the store.
+  at::Tensor gz = into_g ? g : at::empty({m, n}, g.options());
   if (!want_bias) {
     BACKPROP_EXT_DISPATCH_FLOATS(g.scalar_type(), "linear_bwd", [&] {
       using T = at::opmath_type<scalar_t>;
