@@ -25,7 +25,9 @@ Three measures:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import time
 import weakref
 
@@ -158,26 +160,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def _leaving_no_trace(modules, device: torch.device):
+    """A measured step must leave no trace: the modules' buffers (batch-norm statistics) and the
+    RNG (dropout) are as they were before it."""
+    buffers = [(b, b.detach().clone()) for m in modules for b in m.buffers()]
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        yield
+    with torch.no_grad():
+        for b, saved in buffers:
+            b.copy_(saved)
+
+
 def profile_sequential(modules, input: torch.Tensor) -> StepProfile:
     """Runs `modules` in order on `input` plainly (twice: the first run warms up) and measures
     what each saves, creates and costs (see StepProfile). The graph is discarded; parameters'
     .grad, the modules' buffers and the RNG state are left as they were; on CUDA the peak-memory
     statistics are reset (torch.cuda.reset_peak_memory_stats)."""
     modules = list(modules)
-    device = input.device
-    # The step must leave no trace: buffers (batch-norm statistics) and the RNG (dropout) as
-    # they were before it.
-    buffers = [(b, b.detach().clone()) for m in modules for b in m.buffers()]
-    devices = [device] if device.type == "cuda" else []
-    # Detached: the step's backward (CUDA) must stop at the input, not run on into the caller's
-    # graph.
+    # Detached: the step's backward must stop at the input, not run on into the caller's graph.
     input = input.detach().requires_grad_(input.requires_grad)
-    with torch.random.fork_rng(devices=devices, device_type=device.type):
-        profile = _profile(modules, input, device)
-    with torch.no_grad():
-        for b, saved in buffers:
-            b.copy_(saved)
-    return profile
+    with _leaving_no_trace(modules, input.device):
+        return _profile(modules, input, input.device)
 
 
 def step_peak_bytes(forward, modules, input: torch.Tensor) -> int:
@@ -188,7 +193,6 @@ def step_peak_bytes(forward, modules, input: torch.Tensor) -> int:
     graph (the input is detached) are as they were."""
     modules = list(modules)
     device = input.device
-    buffers = [(b, b.detach().clone()) for m in modules for b in m.buffers()]
     input = input.detach().requires_grad_(input.requires_grad)
 
     def step():
@@ -197,21 +201,21 @@ def step_peak_bytes(forward, modules, input: torch.Tensor) -> int:
             x = x.sum()  # the output goes, as in a training step
             _backward_without_gradients(x, modules)
 
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=device.type), torch.enable_grad():
-        if device.type == "cuda":
-            _sync(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            step()
-            _sync(device)
-            peak = torch.cuda.max_memory_allocated(device) - base
-        else:
-            peak = cpu_peak_bytes(step)
-    with torch.no_grad():
-        for b, saved in buffers:
-            b.copy_(saved)
-    return peak
+    with _leaving_no_trace(modules, device), torch.enable_grad():
+        if device.type != "cuda":
+            return cpu_peak_bytes(step)
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+
+
+def _run(modules, x):
+    for m in modules:
+        x = m(x)
+    return x
 
 
 def step_clock(device) -> tuple:
@@ -292,17 +296,7 @@ def _profile(modules, input, device) -> StepProfile:
         peak = max(forward_peak, torch.cuda.max_memory_allocated(device) - base)
     else:  # one more plain step, metered (not timed)
         del x
-
-        def step():
-            x = input
-            for m in modules:
-                x = m(x)
-            if isinstance(x, torch.Tensor) and x.requires_grad:
-                x = x.sum()
-                _backward_without_gradients(x, modules)
-
-        with torch.enable_grad():
-            peak = cpu_peak_bytes(step)
+        peak = step_peak_bytes(functools.partial(_run, modules), modules, input)
     return StepProfile(records=records, rebuild_s=rebuild_s, output_bytes=output_bytes,
                        forward_s=forward_s, saved_bytes=sum(r.nbytes for r in records),
                        peak_bytes=peak, device=str(device))
