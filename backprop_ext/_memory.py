@@ -91,15 +91,21 @@ class AllocatorPeak:
 
 
 def cpu_peak_bytes(step) -> int:
-    """Peak CPU memory that step() allocates above what existed before: AllocatorPeak's, or
-    LiveTensorMemory's while a profiler is active (which sees no kernel's internal buffers)."""
-    if torch.autograd.profiler._is_profiler_enabled:
-        with LiveTensorMemory() as mem:
+    """Peak CPU memory that step() allocates above what existed before: AllocatorPeak's, or,
+    where the thread's profiler state is taken (torch's profiler, or a meter already running
+    around this call), LiveTensorMemory's (which sees no kernel's internal buffers)."""
+    meter = AllocatorPeak()
+    try:
+        meter.__enter__()
+    except RuntimeError:
+        with LiveTensorMemory() as live:
             step()
-        return mem.peak
-    with AllocatorPeak() as mem:
+        return live.peak
+    try:
         step()
-    return mem.peak
+    finally:
+        meter.__exit__()
+    return meter.peak
 
 
 class SavedTensorBytes(torch.autograd.graph.saved_tensors_hooks):
@@ -143,7 +149,7 @@ class StepProfile:
     saved_bytes: bytes saved for backward by the plain step.
     peak_bytes: the plain forward + backward's peak activation memory, what the budget is a
         fraction of: on CUDA torch.cuda.max_memory_allocated() above what was allocated before,
-        elsewhere LiveTensorMemory's peak (both without the parameters' gradients).
+        elsewhere cpu_peak_bytes() (both without the parameters' gradients).
     """
 
     records: list
@@ -166,11 +172,13 @@ def _leaving_no_trace(modules, device: torch.device):
     RNG (dropout) are as they were before it."""
     buffers = [(b, b.detach().clone()) for m in modules for b in m.buffers()]
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=device.type):
-        yield
-    with torch.no_grad():
-        for b, saved in buffers:
-            b.copy_(saved)
+    try:
+        with torch.random.fork_rng(devices=devices, device_type=device.type):
+            yield
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
 
 
 def profile_sequential(modules, input: torch.Tensor) -> StepProfile:

@@ -476,6 +476,11 @@ def test_cpu_peak_bytes_under_a_profiler_counts_live_tensors():
             AllocatorPeak().__enter__()
         assert cpu_peak_bytes(lambda: torch.ones(1 << 10) + 1) == 8 << 10
     assert not torch.autograd.profiler._is_profiler_enabled
+    # Nor can two meters share the thread: one around a step that meters itself (a budgeted
+    # stack planning on its first forward) leaves the inner one to count live tensors.
+    inner = []
+    outer = cpu_peak_bytes(lambda: inner.append(cpu_peak_bytes(lambda: torch.ones(1 << 10) + 1)))
+    assert inner == [8 << 10] and outer >= 8 << 10
 
 
 def test_live_tensor_memory_counts_new_storages_only():
