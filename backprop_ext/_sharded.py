@@ -64,6 +64,7 @@ class MeshGroup:
 
     mesh: object  # DeviceMesh
     dtensors: list = dataclasses.field(default_factory=list)
+    placements: list = dataclasses.field(default_factory=list)  # each DTensor's, one object each
     dims: list[int] = dataclasses.field(default_factory=list)  # mesh dimensions to reduce over
     counts: list[bool] = dataclasses.field(default_factory=list)  # whether a local part counts
 
@@ -88,14 +89,20 @@ class Split:
 
 
 def split(tensors: list[torch.Tensor]) -> Split | None:
-    """Takes `tensors` apart by placement, or returns None when none is a DTensor."""
+    """Takes `tensors` apart by placement, or returns None when none is a DTensor.
+
+    Runs for every gradient of every clipping call, so it reads each DTensor's spec once (the
+    public properties are Python) and hashes its placements once (Shard's hash is Python too):
+    equal placements share one object from then on, and the mesh is looked up only when it
+    changes from the previous tensor's."""
     if all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors):
         return None
     cls = _dtensor_type()
     if cls is None or not any(isinstance(t, cls) for t in tensors):
         return None
     plain, groups, other, locals_ = [], {}, [], []
-    reducible: dict[tuple, bool] = {}  # per placements tuple: most tensors share a few
+    known: dict[tuple, tuple] = {}  # placements -> (that object, reducible); most share a few
+    mesh = group = None
     for t in tensors:
         if not isinstance(t, cls):
             plain.append(t)
@@ -104,41 +111,43 @@ def split(tensors: list[torch.Tensor]) -> Split | None:
         # The local tensor itself (what to_local() returns without autograd), read directly:
         # to_local() costs ~2 us a call, a tenth of clipping hundreds of gradients.
         locals_.append(t._local_tensor)
-        placements = t.placements
-        ok = reducible.get(placements)
-        if ok is None:
-            ok = reducible[placements] = all(pl.is_replicate() or _splits(pl) for pl in placements)
-        if not ok:
+        spec = t._spec
+        entry = known.get(spec.placements)
+        if entry is None:
+            placements = spec.placements
+            entry = known[placements] = (
+                placements, all(pl.is_replicate() or _splits(pl) for pl in placements))
+        placements, reducible = entry
+        if not reducible:
             other.append(t)
             continue
-        mesh = t.device_mesh
-        group = groups.get(mesh)
-        if group is None:
-            group = groups[mesh] = MeshGroup(mesh)
+        if spec.mesh is not mesh:
+            mesh = spec.mesh
+            group = groups.get(mesh)
+            if group is None:
+                group = groups[mesh] = MeshGroup(mesh)
         group.dtensors.append(t)
+        group.placements.append(placements)
     for group in groups.values():
-        group.dims, group.counts = _contributions(group.mesh, group.dtensors)
+        group.dims, group.counts = _contributions(group.mesh, group.placements)
     return Split(plain, groups, other, locals_)
 
 
-def _contributions(mesh, dtensors) -> tuple[list[int], list[bool]]:
-    """(mesh dimensions to reduce over, whether each tensor's local part counts on this rank).
+def _contributions(mesh, placements: list[tuple]) -> tuple[list[int], list[bool]]:
+    """(mesh dimensions to reduce over, whether each tensor's local part counts on this rank),
+    from each tensor's placements (equal ones one object, as split() leaves them).
 
     The dimensions are those some tensor is split over; a tensor replicated over one of them counts
     only at its coordinate 0 there, so that the sum over the mesh sees each element once.
     """
-    dims = sorted({d for t in dtensors for d, pl in enumerate(t.placements) if _splits(pl)})
+    distinct = {id(pl): pl for pl in placements}.values()
+    dims = sorted({d for pls in distinct for d, pl in enumerate(pls) if _splits(pl)})
     coordinate = mesh.get_coordinate()
     if coordinate is None:  # this rank is not in the mesh: it holds nothing of these tensors
-        return [], [False] * len(dtensors)
-    counts, known = [], {}
-    for t in dtensors:
-        placements = t.placements
-        c = known.get(placements)
-        if c is None:
-            c = known[placements] = all(coordinate[d] == 0 or _splits(placements[d]) for d in dims)
-        counts.append(c)
-    return dims, counts
+        return [], [False] * len(placements)
+    counts_of = {id(pls): all(coordinate[d] == 0 or _splits(pls[d]) for d in dims)
+                 for pls in distinct}
+    return dims, [counts_of[id(pls)] for pls in placements]
 
 
 def all_ranks_norms(local_norms: torch.Tensor, mesh, dims: list[int], p: float) -> torch.Tensor:

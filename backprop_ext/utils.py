@@ -102,21 +102,27 @@ def _kernels_on(device: torch.device) -> bool:
     return device.type in ("cpu", "meta") or (device.type == "cuda" and CUDA_BUILT)
 
 
-def _takes(t: torch.Tensor) -> bool:
-    """Whether our kernels take t: a plain dense float64/32/16/bfloat16 tensor."""
-    return (type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided
-            and t.dtype in FLOAT_DTYPES)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def _partition(tensors: list[torch.Tensor]):
     """(device, tensors for our kernels, tensors for torch's path) per device, in first-seen
-    order. torch's path takes what our kernels cannot: other devices, complex dtypes, sparse
-    layouts, tensor subclasses."""
-    groups: dict[torch.device, tuple[list, list]] = {}
+    order. Our kernels take plain dense float64/32/16/bfloat16 tensors on their devices; torch's
+    path the rest: other devices, complex dtypes, sparse layouts, tensor subclasses.
+
+    Called for every gradient of every clipping call, so written for speed: each device is
+    judged once (device.type alone costs 0.2 us), each tensor by four attribute reads."""
+    groups: dict[torch.device, tuple[bool, list, list]] = {}
+    strided = torch.strided
     for t in tensors:
-        ours, rest = groups.setdefault(t.device, ([], []))
-        (ours if _kernels_on(t.device) and _takes(t) else rest).append(t)
-    return [(device, ours, rest) for device, (ours, rest) in groups.items()]
+        device = t.device
+        group = groups.get(device)
+        if group is None:
+            group = groups[device] = (_kernels_on(device), [], [])
+        runs, ours, rest = group
+        takes = runs and type(t) in _PLAIN and t.dtype in FLOAT_DTYPES and t.layout == strided
+        (ours if takes else rest).append(t)
+    return [(device, ours, rest) for device, (_, ours, rest) in groups.items()]
 
 
 def _torch_foreach(tensors: list[torch.Tensor], device: torch.device, foreach) -> bool:
@@ -130,14 +136,15 @@ def _torch_foreach(tensors: list[torch.Tensor], device: torch.device, foreach) -
     return False
 
 
-def _real_dtype(t: torch.Tensor) -> torch.dtype:
-    return t.dtype.to_real() if t.dtype.is_complex else t.dtype
+def _real_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype.to_real() if dtype.is_complex else dtype
 
 
 def _torch_norm_dtype(tensors: list[torch.Tensor]) -> torch.dtype:
     """The dtype torch.nn.utils.get_total_norm returns: its per-tensor norms, in each tensor's
     dtype, stacked (which promotes)."""
-    return functools.reduce(torch.promote_types, (_real_dtype(t) for t in tensors))
+    dtypes = {t.dtype for t in tensors}  # promotion is associative and commutative
+    return functools.reduce(torch.promote_types, (_real_dtype(d) for d in dtypes))
 
 
 # --- the norm

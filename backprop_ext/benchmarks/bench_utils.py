@@ -24,8 +24,8 @@ OPS = ("clip_grad_norm_", "clip_grad_norm_unclipped", "get_total_norm", "clip_gr
 DEFAULT_CLIP = {"cpu": (200, 1 << 24), "cuda": (288, 1_210_000_000)}  # tensors, elements
 DEFAULT_DTYPES = {"cpu": ["float32"], "cuda": ["float32"]}
 # Ideal passes over the gradients per call.
-PASSES = {"clip_grad_norm_": 3, "clip_grad_norm_unclipped": 1, "get_total_norm": 1,
-          "clip_grad_value_": 2}
+PASSES = {"clip_grad_norm_": 3, "clip_grad_norm_floor": 3, "clip_grad_norm_unclipped": 1,
+          "get_total_norm": 1, "clip_grad_value_": 2}
 
 
 # --- clipping
