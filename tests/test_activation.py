@@ -395,6 +395,32 @@ def test_cuda_misaligned_pointers_take_the_scalar_path(offset):
     torch.testing.assert_close(xo.grad, xt.grad)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_cuda_lengths_about_the_tile(dtype, offset):
+    # Lengths about the CUDA elementwise loop's boundaries (a 16-byte pack of 2, 4 or 8 elements,
+    # a thread's 8 elements, a block's tile of 1024 elements, a last tile partly full), from an
+    # aligned start and from a misaligned one (element by element), forward, backward, in place.
+    gen = torch.Generator().manual_seed(5)
+    for n in (1, 3, 8, 9, 1023, 1024, 1025, 2056, 5 * 1024 + 13):
+        x = (torch.randn(n + offset, generator=gen, dtype=torch.float64) * 3).to("cuda", dtype)
+        g = torch.randn(n + offset, generator=gen, dtype=torch.float64).to("cuda", dtype)
+        x, g = x[offset:], g[offset:]
+        assert (x.data_ptr() % 16 == 0) == (offset == 0)
+        for name in ("relu", "silu", "gelu"):
+            xo, xt = x.detach().requires_grad_(), x.detach().requires_grad_()
+            yo, yt = getattr(BF, name)(xo), getattr(TF, name)(xt)
+            torch.testing.assert_close(yo, yt)
+            torch.testing.assert_close(torch.autograd.grad(yo, xo, g)[0],
+                                       torch.autograd.grad(yt, xt, g)[0])
+            if name != "gelu":  # in place, on a view with the same offset
+                view = torch.empty(n + offset, device="cuda", dtype=dtype)[offset:]
+                view.copy_(x)
+                getattr(BF, name)(view, inplace=True)
+                torch.testing.assert_close(view, yt)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_output_layout_follows_dense_input(device):
     x = torch.randn(4, 6, device=device).t()

@@ -38,7 +38,8 @@ def _inputs(shape, device, dtype, scale=3.0):
 
 
 def _parity(ours, theirs, gate, up):
-    leaves = [[t.detach().clone().requires_grad_() for t in (gate, up)] for _ in range(2)]
+    # Leaves on the inputs' own storage (no copy): a view's offset (alignment) reaches the kernels.
+    leaves = [[t.detach().requires_grad_() for t in (gate, up)] for _ in range(2)]
     ref = [t.detach().double().requires_grad_() for t in (gate, up)]
     outs = [ours(*leaves[0]), theirs(*leaves[1]), theirs(*ref)]
     assert outs[0].dtype == gate.dtype and outs[0].shape == outs[2].shape
@@ -220,7 +221,23 @@ def test_rejects_mixed_devices():
 @pytest.mark.parametrize("offset", [1, 3])
 def test_cuda_misaligned_pointers(offset):
     base_g, base_u = _inputs((4099,), "cuda", torch.bfloat16)
-    _parity(BF.swiglu, lambda a, b: TF.silu(a) * b, base_g[offset:], base_u[offset:])
+    gate, up = base_g[offset:], base_u[offset:]
+    assert gate.data_ptr() % 16 and up.data_ptr() % 16  # the element-by-element path
+    _parity(BF.swiglu, lambda a, b: TF.silu(a) * b, gate, up)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_cuda_lengths_about_the_tile(dtype, offset):
+    # Lengths about the CUDA elementwise loop's boundaries (a 16-byte pack of 2, 4 or 8 elements,
+    # a thread's 8 elements, a block's tile of 1024 elements, a last tile partly full), from an
+    # aligned start and from a misaligned one; the backward writes two outputs.
+    for n in (1, 3, 8, 9, 1023, 1024, 1025, 2056, 5 * 1024 + 13):
+        base_g, base_u = _inputs((n + offset,), "cuda", dtype)
+        _parity(BF.swiglu, lambda a, b: TF.silu(a) * b, base_g[offset:], base_u[offset:])
+        _parity(lambda a, b: BF.geglu(a, b, approximate="tanh"),
+                lambda a, b: TF.gelu(a, approximate="tanh") * b, base_g[offset:], base_u[offset:])
 
 
 # --- GatedMLP
