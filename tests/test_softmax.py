@@ -63,6 +63,22 @@ def test_softmax_long_rows(log, dtype, device):
     _parity(lambda t: ours(t, -1), lambda t: theirs(t, -1), x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax_row_lengths_about_the_kernel_switches(log, dtype, device):
+    # On CUDA rows of up to 1024 elements are a warp's (1, 2, 4, ... 16-byte packs a lane),
+    # longer ones a block's, and lengths that are no whole number of packs go element by element.
+    # Five rows: not a whole number of a block's rows. Then -inf entries and a row of -inf.
+    ours, theirs = (BF.log_softmax, TF.log_softmax) if log else (BF.softmax, TF.softmax)
+    for D in (1, 7, 31, 32, 33, 128, 129, 256, 257, 512, 513, 1023, 1024, 1025, 2048, 2052):
+        x = _rand((5, D), device, dtype, scale=4.0)
+        _parity(lambda t: ours(t, -1), lambda t: theirs(t, -1), x)
+        x[1, ::3] = float("-inf")
+        x[3] = float("-inf")
+        r = compare(ours(x, -1), theirs(x, -1), theirs(x.double(), -1))
+        assert r.ok, f"D={D}: {r.message}"
+
+
 def test_softmax_dtype_argument(device):
     x = _rand((4, 9), device, torch.float16)
     for fn_o, fn_t in ((BF.softmax, TF.softmax), (BF.log_softmax, TF.log_softmax)):
