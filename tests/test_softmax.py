@@ -79,6 +79,16 @@ def test_softmax_row_lengths_about_the_kernel_switches(log, dtype, device):
         assert r.ok, f"D={D}: {r.message}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_logsumexp_last_dim_lengths(dtype, device):
+    # The CUDA backward over the last dim walks all rows as one elementwise pass (tiles of 1024
+    # elements, 16-byte packs when a row is a whole number of them): lengths about those.
+    for rows, D in ((1, 1), (5, 7), (3, 8), (129, 8), (1, 1023), (1, 1024), (1, 1025),
+                    (3, 1024), (5, 1032), (2, 2049)):
+        x = _rand((rows, D), device, dtype, scale=4.0)
+        _parity(lambda t: BF.logsumexp(t, -1), lambda t: torch.logsumexp(t, -1), x)
+
+
 def test_softmax_dtype_argument(device):
     x = _rand((4, 9), device, torch.float16)
     for fn_o, fn_t in ((BF.softmax, TF.softmax), (BF.log_softmax, TF.log_softmax)):
