@@ -6,6 +6,7 @@
 //   activation_fwd_(x, name, p0, p1)                x = f(x), in place
 //   activation_bwd(grad_y, saved, name, p0, p1)     grad_y * f'(saved), saved = y or x (see
 //                                                   activation_table.h's `reads`)
+#include <ATen/autocast_mode.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
@@ -85,6 +86,18 @@ void activation_fwd_inplace_or_view(c10::DispatchKeySet keys, at::Tensor& self,
   torch::autograd::impl::bump_version(self);
 }
 
+// Under CUDA autocast, the dtype torch's own activation runs in (cuda_autocast_in_float32).
+at::Tensor activation_fwd_autocast_cuda(const at::Tensor& self, c10::string_view activation,
+                                        double p0, double p1) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("backprop_ext::activation_fwd", "")
+                             .typed<decltype(activation_fwd)>();
+  const bool fp32 = cuda_autocast_in_float32(activation_from_name(activation));
+  return op.call(fp32 ? at::autocast::cached_cast(at::kFloat, self, c10::DeviceType::CUDA) : self,
+                 activation, p0, p1);
+}
+
 void register_ops(torch::Library& m) {
   m.impl("activation_fwd", &activation_fwd);
   m.impl("activation_fwd_", &activation_fwd_);
@@ -94,6 +107,10 @@ void register_ops(torch::Library& m) {
 }  // namespace
 
 BACKPROP_EXT_REGISTER_OPS_FOR_EVERY_DEVICE(register_ops)
+
+TORCH_LIBRARY_IMPL(backprop_ext, AutocastCUDA, m) {
+  m.impl("activation_fwd", &activation_fwd_autocast_cuda);
+}
 
 TORCH_LIBRARY_IMPL(backprop_ext, ADInplaceOrView, m) {
   m.impl("activation_fwd_", TORCH_FN(activation_fwd_inplace_or_view));

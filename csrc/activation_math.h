@@ -40,6 +40,13 @@ inline Activation activation_from_name(c10::string_view name) {
 #undef BACKPROP_EXT_NAME
 }
 
+// Where torch's CUDA autocast runs the activation in float32 (and returns float32): softplus is
+// on its float32 list (ATen/autocast_mode.h, AT_FORALL_FP32); every other activation runs in its
+// input's dtype, and CPU autocast casts none.
+constexpr bool cuda_autocast_in_float32(Activation a) {
+  return a == Activation::kSoftplus;
+}
+
 // True where the backward reads the forward's output rather than its input.
 constexpr bool activation_saves_output(Activation a) {
   switch (a) {

@@ -194,9 +194,23 @@ std::tuple<at::Tensor, at::Tensor> linear_fwd_autocast(const at::Tensor& input,
                              .findSchemaOrThrow("backprop_ext::linear_fwd", "")
                              .typed<decltype(linear_fwd)>();
   const auto dtype = at::autocast::get_autocast_dtype(kDevice);
-  return op.call(at::autocast::cached_cast(dtype, input, kDevice),
-                 at::autocast::cached_cast(dtype, weight, kDevice),
-                 at::autocast::cached_cast(dtype, bias, kDevice), activation, p0, p1, save_preact);
+  const at::Tensor x = at::autocast::cached_cast(dtype, input, kDevice);
+  const at::Tensor w = at::autocast::cached_cast(dtype, weight, kDevice);
+  const std::optional<at::Tensor> b = at::autocast::cached_cast(dtype, bias, kDevice);
+  const auto act = linear_activation_from_name(activation);
+  if (kDevice == c10::DeviceType::CUDA && act.has_value() && cuda_autocast_in_float32(*act)) {
+    // As torch's act(F.linear(x)): the GEMM in the autocast dtype, the activation in float32
+    // (a float32 result), two ops (each with its own autograd) instead of the fused one.
+    static const auto act_op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("backprop_ext::activation_fwd", "")
+            .typed<at::Tensor(const at::Tensor&, c10::string_view, double, double)>();
+    const at::Tensor z = std::get<0>(op.call(x, w, b, "none", 0.0, 0.0, false));
+    const at::Tensor y =
+        act_op.call(at::autocast::cached_cast(at::kFloat, z, kDevice), activation, p0, p1);
+    return {y, save_preact ? z : at::empty({0}, z.options())};
+  }
+  return op.call(x, w, b, activation, p0, p1, save_preact);
 }
 
 void register_ops(torch::Library& m) {

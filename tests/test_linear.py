@@ -280,7 +280,9 @@ def _autocast_matches_torch(device, dtype):
         with torch.autocast(device, dtype=dtype):
             y_ours = case.ours(x, lin.weight, lin.bias)
             y_torch = case.torch(x, lin.weight, lin.bias)
-        assert y_ours.dtype == y_torch.dtype == dtype
+        # The autocast dtype; float32 where torch's autocast runs the activation in float32
+        # (softplus under CUDA autocast).
+        assert y_ours.dtype == y_torch.dtype and y_torch.dtype in (dtype, torch.float32)
         y_ref = case.torch(*cast)  # the autocast inputs, in float64
         assert_matches(y_ours, y_torch, y_ref)
         g_ours = torch.autograd.grad(y_ours.float().sum(), lin.parameters())
@@ -291,6 +293,35 @@ def _autocast_matches_torch(device, dtype):
             assert_matches(a, t, r.float())
     with torch.autocast(device, dtype=dtype):  # float64 is left alone, as torch does
         assert BF.linear(x.double(), lin.weight.double()).dtype == torch.float64
+
+
+def test_cuda_autocast_dtypes_on_fake_tensors():
+    # The dtypes under CUDA autocast, checked on any machine: fake CUDA tensors carry devices and
+    # dtypes through the ops without a GPU (no kernel runs; no backward either: the engine would
+    # need the device). torch runs softplus in float32 there (a float32 result) and every other
+    # activation in the autocast dtype; ours follows, alone and fused into linear.
+    # test_autocast_cuda_matches_torch checks values and gradients on a GPU.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    enabled, autocast_dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    with FakeTensorMode():
+        x = torch.empty(4, 8, device="cuda")
+        w, b = torch.empty(6, 8, device="cuda"), torch.empty(6, device="cuda")
+        torch.set_autocast_enabled("cuda", True)
+        torch.set_autocast_dtype("cuda", torch.float16)
+        try:
+            dtypes = {}
+            for case in LINEAR_CASES:
+                y_ours, y_torch = case.ours(x, w, b), case.torch(x, w, b)
+                assert y_ours.dtype == y_torch.dtype, case.label
+                dtypes[case.label] = y_ours.dtype
+                if case.act is not None:
+                    z = TF.linear(x, w, b)
+                    assert case.act.ours(z).dtype == case.act.torch(z).dtype, case.act.label
+        finally:
+            torch.set_autocast_enabled("cuda", enabled)
+            torch.set_autocast_dtype("cuda", autocast_dtype)
+    assert dtypes["linear+softplus"] == torch.float32 and dtypes["linear"] == torch.float16
 
 
 def test_autocast_cpu_matches_torch():
