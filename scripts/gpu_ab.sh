@@ -5,7 +5,8 @@
 # variant's branch in a worktree with its own GPU_BUILD_CACHE, copy its .so under an ignored path,
 # e.g. build/ab/B.so, and name that path in the run's carry too).
 #
-# Usage: bash scripts/gpu_ab.sh PATH/TO/B.so [bench families, default: activation gated linear]
+# Usage: bash scripts/gpu_ab.sh PATH/TO/B.so [bench families, default: activation gated linear
+#        softmax utils]
 # Runs B's GPU tests of those families, then the benchmarks A, B, A, B (alternating, so that a
 # drift of the machine falls on both), and prints per row the median time of each and B / A.
 # Logs and JSON under $OUT. The tree's extension is A again when the script ends.
@@ -17,7 +18,7 @@ export PYTHONUNBUFFERED=1
 so=backprop_ext/_C.cpython-312-x86_64-linux-gnu.so
 b_so=${1:?usage: gpu_ab.sh PATH/TO/B.so [families...]}
 shift
-families=${*:-activation gated linear}
+families=${*:-activation gated linear softmax utils}
 work=$(mktemp -d)
 cp "$so" "$work/A.so"
 cp "$b_so" "$work/B.so"
