@@ -4,6 +4,8 @@
 //
 //   gated_fwd(gate, up, name, p0, p1) -> y                    y = f(gate) * up
 //   gated_bwd(grad, gate, up, name, p0, p1) -> (grad_gate, grad_up)
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
@@ -53,6 +55,23 @@ std::tuple<at::Tensor, at::Tensor> gated_bwd(const at::Tensor& grad, const at::T
   return {grad_gate, grad_up};
 }
 
+// Under CUDA autocast, as torch's f(gate) * up: where torch runs f in float32
+// (cuda_autocast_in_float32), f's result is float32 and the product promotes to float32, so both
+// inputs are cast; otherwise neither (f and the product run in the inputs' dtype).
+at::Tensor gated_fwd_autocast_cuda(const at::Tensor& gate, const at::Tensor& up,
+                                   c10::string_view activation, double p0, double p1) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("backprop_ext::gated_fwd", "")
+                             .typed<decltype(gated_fwd)>();
+  if (!cuda_autocast_in_float32(activation_from_name(activation))) {
+    return op.call(gate, up, activation, p0, p1);
+  }
+  constexpr auto kCuda = c10::DeviceType::CUDA;
+  return op.call(at::autocast::cached_cast(at::kFloat, gate, kCuda),
+                 at::autocast::cached_cast(at::kFloat, up, kCuda), activation, p0, p1);
+}
+
 void register_ops(torch::Library& m) {
   m.impl("gated_fwd", &gated_fwd);
   m.impl("gated_bwd", &gated_bwd);
@@ -61,5 +80,9 @@ void register_ops(torch::Library& m) {
 }  // namespace
 
 BACKPROP_EXT_REGISTER_OPS_FOR_EVERY_DEVICE(register_ops)
+
+TORCH_LIBRARY_IMPL(backprop_ext, AutocastCUDA, m) {
+  m.impl("gated_fwd", &gated_fwd_autocast_cuda);
+}
 
 }  // namespace backprop_ext

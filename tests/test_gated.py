@@ -211,6 +211,29 @@ def test_rejects_bad_input():
         ops.gated_bwd(g, g, u.double(), "silu")
 
 
+def test_cuda_autocast_dtypes_on_fake_tensors():
+    # As test_linear's: under CUDA autocast torch's f(gate) * up is float32 where torch runs f in
+    # float32 (softplus: its product promotes) and in the inputs' dtype otherwise; ours the same.
+    # Fake CUDA tensors carry the dtypes through the dispatcher without a GPU.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    enabled, autocast_dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    with FakeTensorMode():
+        g, u = torch.empty(4, 8, device="cuda").half(), torch.empty(4, 8, device="cuda").half()
+        torch.set_autocast_enabled("cuda", True)
+        torch.set_autocast_dtype("cuda", torch.float16)
+        try:
+            dtypes = {}
+            for name in ACTIVATIONS:
+                ours, theirs = _ours_and_torch(name)
+                dtypes[name] = ours(g, u).dtype
+                assert dtypes[name] == theirs(g, u).dtype, name
+        finally:
+            torch.set_autocast_enabled("cuda", enabled)
+            torch.set_autocast_dtype("cuda", autocast_dtype)
+    assert dtypes["softplus"] == torch.float32 and dtypes["silu"] == torch.float16
+
+
 @pytest.mark.cuda
 def test_rejects_mixed_devices():
     with pytest.raises(RuntimeError, match="same device"):
