@@ -9,7 +9,13 @@ from torch.autograd import gradcheck, gradgradcheck
 import backprop_ext.functional as BF
 import backprop_ext.nn as bnn
 from backprop_ext.activation import ACTIVATIONS, SPECS
-from backprop_ext.testing import ActivationCase, activation_case, assert_matches, jvp_of_gradient
+from backprop_ext.testing import (
+    ActivationCase,
+    activation_case,
+    assert_matches,
+    fake_cuda_autocast,
+    jvp_of_gradient,
+)
 
 ops = torch.ops.backprop_ext
 
@@ -214,23 +220,14 @@ def test_rejects_bad_input():
 def test_cuda_autocast_dtypes_on_fake_tensors():
     # As test_linear's: under CUDA autocast torch's f(gate) * up is float32 where torch runs f in
     # float32 (softplus: its product promotes) and in the inputs' dtype otherwise; ours the same.
-    # Fake CUDA tensors carry the dtypes through the dispatcher without a GPU.
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    enabled, autocast_dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
-    with FakeTensorMode():
+    # Checked on any machine (testing.fake_cuda_autocast).
+    dtypes = {}
+    with fake_cuda_autocast(torch.float16):
         g, u = torch.empty(4, 8, device="cuda").half(), torch.empty(4, 8, device="cuda").half()
-        torch.set_autocast_enabled("cuda", True)
-        torch.set_autocast_dtype("cuda", torch.float16)
-        try:
-            dtypes = {}
-            for name in ACTIVATIONS:
-                ours, theirs = _ours_and_torch(name)
-                dtypes[name] = ours(g, u).dtype
-                assert dtypes[name] == theirs(g, u).dtype, name
-        finally:
-            torch.set_autocast_enabled("cuda", enabled)
-            torch.set_autocast_dtype("cuda", autocast_dtype)
+        for name in ACTIVATIONS:
+            ours, theirs = _ours_and_torch(name)
+            dtypes[name] = ours(g, u).dtype
+            assert dtypes[name] == theirs(g, u).dtype, name
     assert dtypes["softplus"] == torch.float32 and dtypes["silu"] == torch.float16
 
 

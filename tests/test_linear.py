@@ -17,7 +17,13 @@ import backprop_ext.functional as BF
 import backprop_ext.nn as bnn
 from backprop_ext._memory import AllocatorPeak, cpu_peak_bytes
 from backprop_ext.linear import parse_activation
-from backprop_ext.testing import LINEAR_CASES, LinearCase, assert_matches, jvp_of_gradient
+from backprop_ext.testing import (
+    LINEAR_CASES,
+    LinearCase,
+    assert_matches,
+    fake_cuda_autocast,
+    jvp_of_gradient,
+)
 
 CASES = [pytest.param(c, id=c.label) for c in LINEAR_CASES]
 ops = torch.ops.backprop_ext
@@ -296,31 +302,21 @@ def _autocast_matches_torch(device, dtype):
 
 
 def test_cuda_autocast_dtypes_on_fake_tensors():
-    # The dtypes under CUDA autocast, checked on any machine: fake CUDA tensors carry devices and
-    # dtypes through the ops without a GPU (no kernel runs; no backward either: the engine would
-    # need the device). torch runs softplus in float32 there (a float32 result) and every other
-    # activation in the autocast dtype; ours follows, alone and fused into linear.
+    # The dtypes under CUDA autocast, checked on any machine (testing.fake_cuda_autocast). torch
+    # runs softplus in float32 there (a float32 result) and every other activation in the
+    # autocast dtype; ours follows, alone and fused into linear.
     # test_autocast_cuda_matches_torch checks values and gradients on a GPU.
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    enabled, autocast_dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
-    with FakeTensorMode():
+    dtypes = {}
+    with fake_cuda_autocast(torch.float16):
         x = torch.empty(4, 8, device="cuda")
         w, b = torch.empty(6, 8, device="cuda"), torch.empty(6, device="cuda")
-        torch.set_autocast_enabled("cuda", True)
-        torch.set_autocast_dtype("cuda", torch.float16)
-        try:
-            dtypes = {}
-            for case in LINEAR_CASES:
-                y_ours, y_torch = case.ours(x, w, b), case.torch(x, w, b)
-                assert y_ours.dtype == y_torch.dtype, case.label
-                dtypes[case.label] = y_ours.dtype
-                if case.act is not None:
-                    z = TF.linear(x, w, b)
-                    assert case.act.ours(z).dtype == case.act.torch(z).dtype, case.act.label
-        finally:
-            torch.set_autocast_enabled("cuda", enabled)
-            torch.set_autocast_dtype("cuda", autocast_dtype)
+        for case in LINEAR_CASES:
+            y_ours, y_torch = case.ours(x, w, b), case.torch(x, w, b)
+            assert y_ours.dtype == y_torch.dtype, case.label
+            dtypes[case.label] = y_ours.dtype
+            if case.act is not None:
+                z = TF.linear(x, w, b)
+                assert case.act.ours(z).dtype == case.act.torch(z).dtype, case.act.label
     assert dtypes["linear+softplus"] == torch.float32 and dtypes["linear"] == torch.float16
 
 
