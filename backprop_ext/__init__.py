@@ -15,25 +15,13 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken instal
         "`python setup.py build_ext --inplace`) using the same torch you import."
     ) from e
 
-from . import (
-    _common,
-    activation,
-    checkpoint,
-    functional,
-    gated,
-    linear,
-    linear_cross_entropy,
-    multi_tensor,
-    nn,
-    softmax,
-    utils,
-)
+from . import checkpoint, functional, nn, ops, utils
+from .ops import dtypes as _dtypes
 
 __version__ = "0.1.0"
-__all__ = ["activation", "checkpoint", "functional", "gated", "linear", "linear_cross_entropy",
-           "multi_tensor", "nn", "softmax", "utils", "cuda_built"]
+__all__ = ["checkpoint", "functional", "nn", "ops", "utils", "cuda_built"]
 
 
 def cuda_built() -> bool:
     """True when the CUDA kernels were compiled into this build."""
-    return _common.CUDA_BUILT
+    return _dtypes.CUDA_BUILT

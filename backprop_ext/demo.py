@@ -14,7 +14,7 @@ import torch
 
 from . import nn as bnn
 from . import utils as BU
-from ._memory import cpu_peak_bytes
+from .checkpoint.memory import cpu_peak_bytes
 
 
 def load_digits(device: str):

@@ -9,8 +9,8 @@ from torch.autograd import gradcheck, gradgradcheck
 import backprop_ext
 import backprop_ext.functional as BF
 import backprop_ext.nn as bnn
-from backprop_ext._memory import AllocatorPeak
-from backprop_ext.activation import (
+from backprop_ext.checkpoint.memory import AllocatorPeak
+from backprop_ext.ops.activation import (
     _SECOND_DERIVATIVES,
     ACTIVATIONS,
     FUNCTION_ROWS,
@@ -30,7 +30,7 @@ CASES = [pytest.param(c, id=c.label) for c in ACTIVATION_CASES]
 INPLACE_FUNCTIONS = [f for f, rows in FUNCTION_ROWS.items() if rows[0].inplace]
 
 
-# --- the activation table (csrc/activation_table.h) and what is derived from it
+# --- the activation table (csrc/ops/activation_table.h) and what is derived from it
 
 
 def test_every_piece_agrees_with_the_table():
@@ -72,7 +72,7 @@ def test_every_piece_agrees_with_the_table():
         assert issubclass(ours, theirs)
         assert bnn.convert(theirs()).__class__ is ours
     # The cases the tests and `check` run cover every row.
-    covered = {backprop_ext.activation.resolve(c.name, (), dict(c.kwargs))[0].name
+    covered = {backprop_ext.ops.activation.resolve(c.name, (), dict(c.kwargs))[0].name
                for c in ACTIVATION_CASES}
     assert covered == set(ACTIVATIONS)
 

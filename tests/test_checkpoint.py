@@ -14,10 +14,12 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import backprop_ext.checkpoint as ckpt_module
+import backprop_ext.checkpoint.api as ckpt_module
 import backprop_ext.nn as bnn
-from backprop_ext import _planner, _recompute
-from backprop_ext._memory import (
+from backprop_ext.checkpoint import checkpoint, selective_policy
+from backprop_ext.checkpoint import planner as _planner
+from backprop_ext.checkpoint import recompute as _recompute
+from backprop_ext.checkpoint.memory import (
     AllocatorPeak,
     LiveTensorMemory,
     SavedTensorBytes,
@@ -25,9 +27,8 @@ from backprop_ext._memory import (
     cpu_peak_bytes,
     profile_sequential,
 )
-from backprop_ext._recompute import SavedRecord
-from backprop_ext.checkpoint import checkpoint, selective_policy
-from backprop_ext.linear import parse_activation
+from backprop_ext.checkpoint.recompute import SavedRecord
+from backprop_ext.ops.linear import parse_activation
 
 POLICIES = ["full", "selective", "full+selective"]
 
@@ -713,7 +714,7 @@ def test_budget_in_bytes_errors_and_repr():
 def test_profiling_leaves_no_trace():
     # Batch-norm statistics, the RNG (dropout), parameters' .grad and the caller's graph upstream
     # of the input are as they were; the metered backward drops each gradient as it comes.
-    from backprop_ext._memory import _backward_without_gradients
+    from backprop_ext.checkpoint.memory import _backward_without_gradients
 
     mods = [torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.5), bnn.GELU(),
             torch.nn.Linear(8, 8)]

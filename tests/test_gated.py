@@ -8,7 +8,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import backprop_ext.functional as BF
 import backprop_ext.nn as bnn
-from backprop_ext.activation import ACTIVATIONS, SPECS
+from backprop_ext.ops.activation import ACTIVATIONS, SPECS
 from backprop_ext.testing import (
     ActivationCase,
     activation_case,

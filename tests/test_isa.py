@@ -12,6 +12,7 @@ import torch
 
 import backprop_ext.testing as testing
 from backprop_ext.testing import ISAS, isas_of_this_cpu, run_on_each_isa
+from backprop_ext.testing import isa as isa_module
 
 
 def test_every_cpu_isa_build_matches_torch():
@@ -26,7 +27,7 @@ def test_the_self_check_reports_a_wrong_kernel(monkeypatch):
     relu = next(c for c in testing.CASES if c.label == "relu")
     planted = SimpleNamespace(label="planted", ours=lambda x: relu.ours(x) * 1.01,
                               torch=relu.torch, make=relu.make)
-    monkeypatch.setattr(testing, "CASES", (relu, planted))
+    monkeypatch.setattr(isa_module, "CASES", (relu, planted))
     bad = testing.isa_self_check(dtypes=(torch.float32,))
     assert any(line.startswith("planted float32 out") for line in bad), bad
     assert not any(line.startswith("relu ") for line in bad), bad

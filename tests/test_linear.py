@@ -15,8 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import backprop_ext
 import backprop_ext.functional as BF
 import backprop_ext.nn as bnn
-from backprop_ext._memory import AllocatorPeak, cpu_peak_bytes
-from backprop_ext.linear import parse_activation
+from backprop_ext.checkpoint.memory import AllocatorPeak, cpu_peak_bytes
+from backprop_ext.ops.linear import parse_activation
 from backprop_ext.testing import (
     LINEAR_CASES,
     LinearCase,
@@ -361,7 +361,7 @@ def test_saves_only_what_backward_needs(activation, recompute, kept):
     grads = torch.autograd.grad(out, [x, lin.weight, lin.bias], g)
     z = TF.linear(x, lin.weight, lin.bias)
     name, p0, p1 = parse_activation(activation)
-    ref = z if name == "none" else backprop_ext.activation.activation(z, name, p0, p1)
+    ref = z if name == "none" else backprop_ext.ops.activation.activation(z, name, p0, p1)
     refs = torch.autograd.grad(ref, [x, lin.weight, lin.bias], g)
     for a, r in zip(grads, refs):
         torch.testing.assert_close(a, r)
@@ -792,6 +792,6 @@ def test_fused_output_is_the_activation_of_the_kept_preactivation(name, dtype):
     x = torch.randn(9, 21, dtype=torch.float64).to(dtype)
     w = (torch.randn(37, 21, dtype=torch.float64) / 5).to(dtype)
     b = torch.randn(37, dtype=torch.float64).to(dtype)
-    p0, p1 = backprop_ext.activation.SPECS[name].floats({})
+    p0, p1 = backprop_ext.ops.activation.SPECS[name].floats({})
     y, z = ops.linear_fwd(x, w, b, name, p0, p1, True)
     assert torch.equal(y, ops.activation_fwd(z, name, p0, p1))

@@ -11,8 +11,8 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import backprop_ext.functional as BF
 import backprop_ext.nn as bnn
-from backprop_ext._memory import LiveTensorMemory
-from backprop_ext.linear_cross_entropy import default_chunk_size
+from backprop_ext.checkpoint.memory import LiveTensorMemory
+from backprop_ext.ops.linear_cross_entropy import default_chunk_size
 from backprop_ext.testing import LINEAR_CROSS_ENTROPY_CASES, assert_parity
 
 CASES = [pytest.param(c, id=c.label) for c in LINEAR_CROSS_ENTROPY_CASES]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..activation import ACTIVATIONS
+from ..ops.activation import ACTIVATIONS
 from ..testing import activation_case
 from .common import Row, measure
 

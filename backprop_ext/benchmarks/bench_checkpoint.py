@@ -15,7 +15,7 @@ CheckpointedSequential(memory_budget=f) for several fractions (planned on the fi
 outside the timing).
 
 Peak activation memory of the step: the allocator's peak above what was allocated before the
-step, on GPU torch.cuda.max_memory_allocated(), on CPU backprop_ext._memory.cpu_peak_bytes()
+step, on GPU torch.cuda.max_memory_allocated(), on CPU checkpoint.memory.cpu_peak_bytes()
 (AllocatorPeak: buffers inside kernels included). Parameters, their gradients and the input
 excluded (allocated before).
 Time: every variant is timed in each of several rounds, in turn (median of a few steps each);
@@ -32,7 +32,7 @@ import statistics
 import torch
 
 from .. import nn as bnn
-from .._memory import step_clock
+from ..checkpoint.memory import step_clock
 from .common import Row, peak_bytes, sync
 
 FAMILY = "checkpoint"

@@ -11,7 +11,7 @@ gradient), so the backward alone measures nothing comparable.
 
 Memory, for the fwd+bwd step, ours and torch's, above what existed before it (x, W, target):
     peak MB      the step's peak: the allocator's, on CUDA torch.cuda.max_memory_allocated(), on
-                 CPU backprop_ext._memory.cpu_peak_bytes() (AllocatorPeak).
+                 CPU backprop_ext.checkpoint.memory.cpu_peak_bytes() (AllocatorPeak).
                  It includes the gradients the step returns (x's and W's: the same on both sides).
     grad_bytes   (JSON/CSV) those gradients' bytes: peak - grad_bytes is the memory beyond them.
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as TF
 
 from .. import functional as BF
-from ..linear_cross_entropy import default_chunk_size
+from ..ops.linear_cross_entropy import default_chunk_size
 from .common import Row, measure, peak_bytes, time_ms
 
 FAMILY = "linear_cross_entropy"

@@ -37,7 +37,7 @@ import torch.nn.functional as TF
 
 from .. import functional as BF
 from .. import nn as bnn
-from ..activation import ACTIVATIONS
+from ..ops.activation import ACTIVATIONS
 from ..testing import REFERENCES, activation_case
 from .common import Row, sync
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from .._memory import cpu_peak_bytes
+from ..checkpoint.memory import cpu_peak_bytes
 
 
 @dataclasses.dataclass
@@ -87,7 +87,7 @@ def sync(device: str) -> None:
 
 def peak_bytes(step: Callable[[], object], device: str) -> int:
     """Peak memory of step() above what was allocated before it: the allocator's, on CUDA
-    torch.cuda.max_memory_allocated(), on the CPU backprop_ext._memory.cpu_peak_bytes()."""
+    torch.cuda.max_memory_allocated(), on the CPU checkpoint.memory.cpu_peak_bytes()."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()

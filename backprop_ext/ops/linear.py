@@ -4,7 +4,7 @@ the matrix products' epilogues, forward and backward.
 Reads top to bottom: the `activation` argument, the registered ops' fake kernels, the two autograd
 Functions (the layer, and its backward as a differentiable Function), the public function.
 
-Ops (csrc/registration.cpp), `activation` being "none" or a row of the activation table
+Ops (csrc/ops/schemas.cpp), `activation` being "none" or a row of the activation table
 (activation.ACTIVATIONS) with its two float parameters:
     linear_fwd(input, weight, bias, activation, p0, p1, save_preact) -> (out, preact)
     linear_bwd(grad_out, input, weight, saved, activation, p0, p1, output_mask)
@@ -45,9 +45,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as TF
 
-from . import _ops
-from ._autograd import batch_first, register, save_for_forward
-from ._common import FLOAT_DTYPES
+from . import entry as _ops
 from .activation import (
     ACTIVATIONS,
     SAVES_OUTPUT,
@@ -55,6 +53,8 @@ from .activation import (
     _dfactor_dsaved,
     resolve,
 )
+from .autograd import batch_first, register, save_for_forward
+from .dtypes import FLOAT_DTYPES
 
 __all__ = ["linear", "parse_activation"]
 
@@ -568,7 +568,7 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
     activation: None, an activation's name (a torch.nn.functional name such as "gelu" or
     "leaky_relu", or a row of the activation table such as "gelu_tanh": see
-    backprop_ext.activation.ACTIVATIONS) or a (name, *params) tuple with torch.nn.functional's
+    backprop_ext.ops.activation.ACTIVATIONS) or a (name, *params) tuple with torch.nn.functional's
     parameters in torch's order, e.g. ("leaky_relu", 0.2), ("gelu", "tanh"), ("softplus", 2.0,
     10.0); a dict as the last item names them: ("softplus", {"threshold": 10.0}). See
     parse_activation().

@@ -15,7 +15,7 @@ Recompute levels (`policy`), after flash-attention's FusedMLP(checkpoint_lvl=...
                       but not y = gelu(z) (the next Linear's input), which backward rebuilds from
                       z. One tensor a layer instead of two, for one elementwise pass a layer in
                       backward; no matrix product re-runs, and the region is not re-run at all
-                      (backprop_ext._recompute). Written as two modules or as the fused
+                      (backprop_ext.checkpoint.recompute). Written as two modules or as the fused
                       Linear(..., activation=...), the same. Consecutive selective regions link
                       up, so Checkpoint(block, "selective") on every block saves as much as one
                       region around them all.
@@ -66,10 +66,10 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-from . import _planner
-from ._memory import StepProfile, profile_sequential, step_peak_bytes
-from ._planner import CheckpointPlan
-from ._recompute import rebuild_scope
+from . import planner as _planner
+from .memory import StepProfile, profile_sequential, step_peak_bytes
+from .planner import CheckpointPlan
+from .recompute import rebuild_scope
 
 __all__ = ["Checkpoint", "CheckpointedSequential", "CheckpointPlan", "checkpoint",
            "selective_policy", "POLICIES"]
@@ -328,7 +328,7 @@ class CheckpointedSequential(torch.nn.Sequential):
         forward, and the step's peak as the allocator counts it), chooses the segments and each
         one's level with the least predicted recompute that fits, and checks the choice on a
         measured step, correcting the model and choosing again if need be
-        (backprop_ext._planner); plan() returns the choice, its predictions and its measured
+        (checkpoint.planner); plan() returns the choice, its predictions and its measured
         peak. It is chosen once: call plan(input, remeasure=True) when the input's size changes.
     """
 

@@ -4,10 +4,11 @@ Three measures:
 
 * AllocatorPeak: the peak of the bytes PyTorch's CPU allocator holds above what it held at the
   start, every allocation counted, those that kernels make and free inside themselves included
-  (csrc/allocation_meter.cpp: the allocator's reports to the profiler, without a profiler). The
-  CPU analogue of torch.cuda.max_memory_allocated(); what cpu_peak_bytes() measures, and so the
-  benchmarks and the memory-budget planner on the CPU. Not available while a profiler is active
-  on the thread (there is one profiler state per thread): cpu_peak_bytes() then falls back to
+  (csrc/profiling/allocation_meter.cpp: the allocator's reports to the profiler, without a
+  profiler). The CPU analogue of torch.cuda.max_memory_allocated(); what cpu_peak_bytes()
+  measures, and so the benchmarks and the memory-budget planner on the CPU. Not available while
+  a profiler is active on the thread (there is one profiler state per thread): cpu_peak_bytes()
+  then falls back to
 * LiveTensorMemory: the peak of the bytes held by tensor storages that ops created inside the
   context and that are still alive. A TorchDispatchMode sees every op's outputs (forward,
   recomputation and backward alike, on the calling thread, which is where autograd runs CPU work),
@@ -35,7 +36,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from . import _C
+from .. import _C
 
 
 class LiveTensorMemory(TorchDispatchMode):
@@ -256,7 +257,7 @@ def _backward_without_gradients(loss: torch.Tensor, modules) -> None:
 
 
 def _profile(modules, input, device) -> StepProfile:
-    from ._recompute import Observation, rebuild_scope
+    from .recompute import Observation, rebuild_scope
 
     clock = step_clock(device)[0]
     with torch.enable_grad(), rebuild_scope(Observation()):  # first-call costs out of the timings

@@ -1,7 +1,7 @@
 """The multi-tensor family: norms, scaling and clamping of many tensors in one call, the kernels
 under backprop_ext.utils' gradient clipping and gradient-flow report.
 
-Ops (csrc/registration.cpp; math in csrc/multi_tensor_math.h). Each takes a list of tensors on
+Ops (csrc/ops/schemas.cpp; math in csrc/math/multi_tensor_math.h). Each takes a list of tensors on
 one device (the device of tensors[0]), float64/float32/float16/bfloat16 mixed freely, of any
 shapes and layouts:
     multi_tensor_norm(tensors, p) -> 0-d tensor        ||all tensors as one vector||_p
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._common import FLOAT_DTYPES
+from .dtypes import FLOAT_DTYPES
 
 __all__ = ["norm_dtype", "FLOAT_DTYPES"]
 

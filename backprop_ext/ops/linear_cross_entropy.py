@@ -36,7 +36,7 @@ ceil(N / chunk) roundings where torch's single GEMM has one. Under torch.autocas
 (master) weights, the cast's backward receives the half-precision gradient just as it does
 after torch's F.linear.
 
-Ops used (csrc/registration.cpp): cross_entropy_fwd, cross_entropy_bwd_out (the softmax family).
+Ops used (csrc/ops/schemas.cpp): cross_entropy_fwd, cross_entropy_bwd_out (the softmax family).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as TF
 
-from ._autograd import pick, twin
-from ._common import FLOAT_DTYPES, HALF_DTYPES, opmath_dtype
+from .autograd import pick, twin
+from .dtypes import FLOAT_DTYPES, HALF_DTYPES, opmath_dtype
 
 __all__ = ["linear_cross_entropy", "default_chunk_size"]
 

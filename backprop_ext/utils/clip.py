@@ -1,11 +1,9 @@
-"""Gradient clipping on the fused multi-tensor kernels, with torch.nn.utils' signatures, and the
-gradient-flow report (backprop_ext.diagnostics, re-exported here).
+"""Gradient clipping on the fused multi-tensor kernels, with torch.nn.utils' signatures.
 
     clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None)
     get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=None)
     clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None)
     clip_grad_value_(parameters, clip_value, foreach=None)
-    gradient_flow(model, ...) -> GradientFlowReport
 
 Drop-ins for torch.nn.utils' functions of the same names: same arguments, the same return value
 (dtype and device included), gradients modified in place the same way, and no host sync unless
@@ -32,7 +30,7 @@ Sharded gradients (DTensor: FSDP2's fully_shard, tensor and hybrid parallelism) 
 same kernels on each rank's local parts. The norm is over all ranks: one fused norm of the local
 parts, then one all-reduce of one number (two for the inf norm) per mesh dimension the gradients
 are sharded over (one for FSDP2, however many gradients), asynchronous and without a host sync
-(backprop_ext._sharded says how replicated copies are counted once). The result is a DTensor, as
+(utils.sharded says how replicated copies are counted once). The result is a DTensor, as
 torch's is, replicated over the first gradient's mesh: the same value on every rank. Scaling and
 clamping are local. Where they differ from torch on DTensors: an empty local shard (a rank holding
 no part of a parameter, as FSDP2 leaves when a dimension is smaller than the world) counts as no
@@ -54,13 +52,11 @@ from collections.abc import Iterable
 import torch
 from torch.utils._foreach_utils import _device_has_foreach_support, _has_foreach_support
 
-from . import _sharded
-from ._common import CUDA_BUILT, FLOAT_DTYPES
-from .diagnostics import GradientFlowReport, LayerStats, gradient_flow
-from .multi_tensor import norm_dtype
+from ..ops.dtypes import CUDA_BUILT, FLOAT_DTYPES
+from ..ops.multi_tensor import norm_dtype
+from . import sharded as _sharded
 
-__all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm",
-           "gradient_flow", "GradientFlowReport", "LayerStats"]
+__all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm"]
 
 _TensorOrTensors = torch.Tensor | Iterable[torch.Tensor]
 
@@ -184,7 +180,7 @@ def _sharded_norm(parts: _sharded.Split, p: float, foreach) -> torch.Tensor:
 
     Plain tensors count as they are on this rank (whole, as under DDP). The DTensors of one mesh
     take one fused norm of the local parts this rank counts and one all-reduce per mesh dimension
-    they are sharded over (see backprop_ext._sharded); Partial ones go through torch's DTensor
+    they are sharded over (see backprop_ext.utils.sharded); Partial ones go through torch's DTensor
     norm (a collective each).
     """
     device = parts.locals[0].device

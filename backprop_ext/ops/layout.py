@@ -1,4 +1,4 @@
-"""Python mirror of csrc/elementwise.h, used by the fake kernels so traced shapes and strides
+"""Python mirror of csrc/core/elementwise.h, used by the fake kernels so traced shapes and strides
 match what the real kernels return."""
 
 import torch

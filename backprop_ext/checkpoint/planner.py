@@ -1,6 +1,6 @@
 """Choosing segments and recompute levels for CheckpointedSequential under a memory budget.
 
-From one measured plain step (backprop_ext._memory.profile_sequential: what each module saves for
+From one measured plain step (memory.profile_sequential: what each module saves for
 backward, creates and costs) the planner predicts, for any cut of the modules into contiguous
 segments with a level each, the activation memory at the step's peak and the time recomputation
 adds; it returns the plan that fits the budget with the least recomputation.
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ._memory import StepProfile
+from .memory import StepProfile
 
 LEVELS = ("none", "selective", "full", "full+selective")
 

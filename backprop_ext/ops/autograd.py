@@ -5,7 +5,7 @@ Each Function (ActivationFunction, SoftmaxFunction, LinearFunction, ...) is the 
 of one op: forward calls the op, and setup_context, backward, jvp and vmap are the op's formulas.
 register(op, function) hands them to the op:
 
-- autograd: the op's Autograd kernel (csrc/python_ops.cpp) runs, whenever a call records autograd
+- autograd: the op's Autograd kernel (csrc/python/ops.cpp) runs, whenever a call records autograd
   history, a rule built here from the Function: a single-level autograd.Function whose forward
   computes the op below autograd and calls the Function's setup_context, and whose backward and
   jvp are the Function's. So a raw torch.ops.backprop_ext call, a torch.export program and
@@ -37,7 +37,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.autograd.function import _SingleLevelFunction
 
-from . import _C
+from .. import _C
 
 
 def op_rule(op: str, function: type) -> type:

@@ -1,6 +1,6 @@
 """The activation family: relu, leaky_relu, gelu (erf and tanh), silu, sigmoid, tanh, softplus.
 
-The list of activations is csrc/activation_table.h's, read here through
+The list of activations is csrc/ops/activation_table.h's, read here through
 backprop_ext._C.activation_table(); the Python side is derived from it: the names the ops take,
 which rows save their output, the torch.nn.functional-shaped public functions (generated below
 with torch's signatures), the torch.nn Modules (backprop_ext.nn), linear's `activation` argument
@@ -11,7 +11,7 @@ Reads top to bottom: the table, the registered ops' fake kernels, the second der
 double backward), the two autograd Functions (the formulas of the ops' autograd and vmap, see
 _autograd.py), the public functions.
 
-Ops (csrc/registration.cpp), with `activation` a row name and p0, p1 the row's float parameters
+Ops (csrc/ops/schemas.cpp), with `activation` a row name and p0, p1 the row's float parameters
 in torch's order (leaky_relu: negative_slope; softplus: beta, threshold):
     activation_fwd(x, activation, p0, p1) -> y
     activation_fwd_(x, activation, p0, p1) -> x       (in place)
@@ -20,7 +20,7 @@ where `saved` is y for the rows that save their output (relu, sigmoid and tanh: 
 is a function of the output) and x for the others. Saving y lets in-place forms run under
 autograd without copying x.
 
-A public function is one call of an op (backprop_ext._ops): its argument checks are the op's, in
+A public function is one call of an op (ops.entry): its argument checks are the op's, in
 C++; what is to be differentiated (grad mode, forward mode, functorch) the op's entry point
 decides.
 """
@@ -33,11 +33,12 @@ from collections.abc import Callable
 
 import torch
 
-from . import _C, _ops
-from ._autograd import batch_first, register, save_for_forward
-from ._layout import elementwise_output
+from .. import _C
+from . import entry as _ops
+from .autograd import batch_first, register, save_for_forward
+from .layout import elementwise_output
 
-# --- the table (csrc/activation_table.h)
+# --- the table (csrc/ops/activation_table.h)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +213,7 @@ def _dfactor_dsaved(saved: torch.Tensor, activation: str, p0: float, p1: float):
     except KeyError:
         raise NotImplementedError(
             f"backprop_ext: activation {activation!r} has no second derivative in "
-            "backprop_ext.activation._SECOND_DERIVATIVES") from None
+            "backprop_ext.ops.activation._SECOND_DERIVATIVES") from None
     if second is None:
         return None
     s = saved if saved.dtype == torch.float64 else saved.float()

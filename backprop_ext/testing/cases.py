@@ -1,177 +1,22 @@
-"""The one test harness, shared by the test suite and `python -m backprop_ext check`: the tolerance
-rule, the ours/torch/float64 parity run, the case tables of every family, and the per-ISA runner.
-
-The rule (after flash-attention): run torch's own op on the float64 copy of the inputs as the
-reference; our result in dtype D may differ from it by at most twice what torch's own op in D
-does, plus a floor of a few units in the last place of D (so that exact agreement of torch with
-the reference does not demand exactness of us).
+"""The case tables of every family, and clipping's parity run.
 
 A case is an op as our function and torch's, with a maker of its differentiable inputs:
     case.label, case.ours(*inputs), case.torch(*inputs), case.make(device, dtype, small=False)
 ACTIVATION_CASES, LINEAR_CASES, SOFTMAX_CASES, CROSS_ENTROPY_CASES and
 LINEAR_CROSS_ENTROPY_CASES list them (CASES: all five); clipping, whose "op" updates gradients in
-place, has clip_parity() instead.
+place, has clip_parity() instead. op_samples() lists every registered op with sample arguments.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as TF
 
-DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-
-# Absolute and relative floor per dtype (a few ulps at 1.0).
-FLOOR = {
-    torch.float64: (1e-12, 1e-12),
-    torch.float32: (1e-6, 1e-6),
-    torch.float16: (2e-3, 2e-3),
-    torch.bfloat16: (1.6e-2, 1.6e-2),
-}
-
-
-@contextlib.contextmanager
-def fake_cuda_autocast(dtype: torch.dtype = torch.float16):
-    """CUDA autocast on fake tensors, on any machine: tensors made inside on device "cuda" are fake
-    (devices, dtypes and shapes only; no kernel runs, and no backward, which needs the device), and
-    CUDA autocast is on with `dtype`, as `torch.autocast("cuda")` would set it on a GPU. So the
-    dtypes CUDA autocast gives can be checked without a GPU. Restores autocast's state on exit."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    enabled, previous = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
-    with FakeTensorMode():
-        torch.set_autocast_enabled("cuda", True)
-        torch.set_autocast_dtype("cuda", dtype)
-        try:
-            yield
-        finally:
-            torch.set_autocast_enabled("cuda", enabled)
-            torch.set_autocast_dtype("cuda", previous)
-
-
-def devices() -> list[str]:
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-@dataclasses.dataclass
-class Comparison:
-    ok: bool
-    max_err: float  # ours vs reference
-    torch_err: float  # torch in the same dtype vs reference
-    message: str = ""
-
-
-def compare(ours: torch.Tensor, torch_same_dtype: torch.Tensor,
-            reference: torch.Tensor) -> Comparison:
-    """Checks `ours` against the float64 `reference`, allowing 2x torch's own error plus the floor.
-
-    Where the reference is NaN ours must be NaN; elsewhere ours may be NaN only where torch's own
-    op is NaN too (torch's float32 CPU gelu(inf) is NaN, for one). Infinities must match exactly.
-    """
-    if ours.shape != reference.shape:
-        return Comparison(False, float("inf"), 0.0,
-                          f"shape {tuple(ours.shape)} != {tuple(reference.shape)}")
-    if ours.dtype != torch_same_dtype.dtype:
-        return Comparison(False, float("inf"), 0.0,
-                          f"dtype {ours.dtype} != {torch_same_dtype.dtype}")
-    o, t, r = ours.double().cpu(), torch_same_dtype.double().cpu(), reference.double().cpu()
-    if o.numel() == 0:
-        return Comparison(True, 0.0, 0.0)
-    o_nan, t_nan, r_nan = o.isnan(), t.isnan(), r.isnan()
-    nan_ok = bool((o_nan | ~r_nan).all() and (~o_nan | r_nan | t_nan).all())
-    both = ~o_nan & ~r_nan
-    inf_ok = bool(((o == r) | ~(o.isinf() | r.isinf()) | ~both).all())
-    finite = both & o.isfinite() & r.isfinite()
-    zero = torch.zeros_like(o)
-    err = (o - r).abs().where(finite, zero)
-    t_err = (t - r).abs().where(finite & t.isfinite(), zero)
-    atol, rtol = FLOOR[ours.dtype]
-    allowed = 2 * t_err.max() + atol + rtol * r.abs().where(finite, zero)
-    ok = nan_ok and inf_ok and bool((err <= allowed).all())
-    msg = "" if ok else (
-        f"max err {err.max().item():.3g} (torch {t_err.max().item():.3g}); "
-        f"nan pattern ok={nan_ok}, inf pattern ok={inf_ok}"
-    )
-    return Comparison(ok, err.max().item(), t_err.max().item(), msg)
-
-
-def assert_matches(ours: torch.Tensor, torch_same_dtype: torch.Tensor,
-                   reference: torch.Tensor) -> None:
-    c = compare(ours, torch_same_dtype, reference)
-    assert c.ok, c.message
-
-
-# --- the parity run: ours, torch in the same dtype, torch in float64
-
-
-def parity(ours: Callable, theirs: Callable, inputs, *, grad: torch.Tensor | None = None,
-           backward: bool = True) -> list[tuple[str, Comparison]]:
-    """Runs ours(*inputs) and theirs(*inputs) on detached copies that require grad, and
-    theirs on float64 copies as the reference; compares the outputs, then, with `grad` (drawn
-    at random in float64 when not given) as the output's gradient, the gradient of every input
-    that gets one. Returns [("out", comparison), ("grad 0", ...), ...]. Inputs that are None
-    stay None; non-float inputs (targets) are passed as they are.
-    """
-    def leaves(cast):
-        return [t if t is None or not t.is_floating_point()
-                else cast(t).detach().clone().requires_grad_() for t in inputs]
-
-    sets = [leaves(lambda t: t), leaves(lambda t: t), leaves(lambda t: t.double())]
-    outs = [fn(*args) for fn, args in zip((ours, theirs, theirs), sets)]
-    results = [("out", compare(*outs))]
-    if outs[0].dtype != outs[1].dtype or outs[0].shape != outs[2].shape or not backward:
-        return results
-    if grad is None:
-        grad = torch.randn(outs[2].shape, dtype=torch.float64,
-                           generator=torch.Generator().manual_seed(1))
-    for y in outs:
-        y.backward(grad.to(device=y.device, dtype=y.dtype))
-    for i, (a, t, r) in enumerate(zip(*sets)):
-        if r is not None and r.grad is not None:
-            results.append((f"grad {i}", compare(a.grad, t.grad, r.grad)))
-    return results
-
-
-def assert_parity(ours: Callable, theirs: Callable, inputs, **kwargs) -> None:
-    bad = [f"{what}: {c.message}" for what, c in parity(ours, theirs, inputs, **kwargs) if not c.ok]
-    assert not bad, "; ".join(bad)
-
-
-def jvp_of_gradient(grad_fn: Callable, primals: tuple, tangents: tuple, step: float = 1e-6):
-    """torch.func.jvp(grad_fn, primals, tangents)[1] for grad_fn a gradient (x -> dL/dx) of a
-    float64 function: the Hessian-vector product H t, as a reference for ours.
-
-    Where torch's op has no forward-mode derivative of its backward, by reverse-over-reverse
-    instead (H is symmetric, so the gradient's vector-Jacobian product with t is H t); where it
-    has no derivative of its backward at all (torch's hardsigmoid_backward), by central
-    differences of the gradient along t (exact for piecewise-linear ones, 1e-10 otherwise).
-    """
-    try:
-        return torch.func.jvp(grad_fn, primals, tangents)[1]
-    except NotImplementedError:
-        pass
-    out = grad_fn(*primals)
-    try:
-        _, vjp = torch.func.vjp(grad_fn, *primals)
-        return vjp(tangents if isinstance(out, tuple) else tangents[0])
-    except (NotImplementedError, RuntimeError):
-        pass
-    up = grad_fn(*(p + step * t for p, t in zip(primals, tangents)))
-    down = grad_fn(*(p - step * t for p, t in zip(primals, tangents)))
-    if isinstance(out, tuple):
-        return tuple((u - d) / (2 * step) for u, d in zip(up, down))
-    return (up - down) / (2 * step)
+from .compare import Comparison, compare
 
 
 def _rand(shape, device, dtype, scale=1.0, seed=0) -> torch.Tensor:
@@ -196,7 +41,7 @@ class ActivationCase:
         return f"{self.name}({args})" if args else self.name
 
     def ours(self, x, **extra):
-        from . import functional as BF
+        from .. import functional as BF
 
         return getattr(BF, self.name)(x, **dict(self.kwargs), **extra)
 
@@ -269,7 +114,7 @@ EXTRA_ACTIVATION_PARAMS = {
 def activation_case(name: str, extra: tuple = ()) -> ActivationCase:
     """The activation table's row `name` at torch's defaults (its string parameters as the row
     needs them, where they differ from torch's default), with `extra` parameters."""
-    from .activation import FUNCTION_ROWS, SPECS
+    from ..ops.activation import FUNCTION_ROWS, SPECS
 
     spec = SPECS[name]
     default = dict(FUNCTION_ROWS[spec.function][0].selector)
@@ -279,7 +124,7 @@ def activation_case(name: str, extra: tuple = ()) -> ActivationCase:
 
 def _activation_cases() -> tuple[ActivationCase, ...]:
     """Every row of the activation table at torch's defaults, then the extra parameter sets."""
-    from .activation import ACTIVATIONS
+    from ..ops.activation import ACTIVATIONS
 
     cases = []
     for name in ACTIVATIONS:
@@ -311,7 +156,7 @@ class LinearCase:
         return None if self.act is None else (self.act.name, dict(self.act.kwargs))
 
     def ours(self, x, weight, bias=None, **extra):
-        from . import functional as BF
+        from .. import functional as BF
 
         return BF.linear(x, weight, bias, activation=self.activation, **extra)
 
@@ -343,7 +188,7 @@ class SoftmaxCase:
         return f"{self.name}(dim={self.dim})"
 
     def ours(self, x):
-        from . import functional as BF
+        from .. import functional as BF
 
         return getattr(BF, self.name)(x, self.dim)
 
@@ -385,7 +230,7 @@ class CrossEntropyCase:
         return F.cross_entropy(logits, target, weight=weight, **dict(self.kwargs))
 
     def ours(self, logits):
-        from . import functional as BF
+        from .. import functional as BF
 
         return self._call(BF, logits)
 
@@ -430,7 +275,7 @@ class LinearCrossEntropyCase:
         return target, class_weight
 
     def ours(self, x, weight, bias=None):
-        from . import functional as BF
+        from .. import functional as BF
 
         target, class_weight = self._targets(x, weight)
         return BF.linear_cross_entropy(x, weight, target, bias, class_weight=class_weight,
@@ -466,7 +311,7 @@ CLIP_SIZES = (1, 7, 1023, 70_001)  # one element, odd sizes, past a 65536-elemen
 def clip_parity(device: str, dtype: torch.dtype, norm_type: float) -> list[tuple[str, Comparison]]:
     """backprop_ext.utils.clip_grad_norm_ against torch.nn.utils' on the same gradients, by the
     float64-reference rule: the returned norm, then every clipped gradient."""
-    from . import utils as BU
+    from .. import utils as BU
 
     scale = 1e-3 if dtype == torch.float16 else 1.0  # keep torch's float16 norms finite
     sizes = CLIP_SIZES[:3] if dtype == torch.float16 and norm_type < 1 else CLIP_SIZES
@@ -491,7 +336,7 @@ def clip_parity(device: str, dtype: torch.dtype, norm_type: float) -> list[tuple
 
 def clip_value_matches(device: str, dtype: torch.dtype, clip_value: float = 0.5) -> bool:
     """clip_grad_value_ against torch.nn.utils', bit for bit (a clamp rounds nothing)."""
-    from . import utils as BU
+    from .. import utils as BU
 
     grads = [_rand((n,), device, dtype, seed=i) for i, n in enumerate(CLIP_SIZES)]
     pairs = []
@@ -504,60 +349,6 @@ def clip_value_matches(device: str, dtype: torch.dtype, clip_value: float = 0.5)
     return all(torch.equal(a.grad, b.grad) for a, b in zip(*pairs))
 
 
-# --- every CPU instruction set
-
-ISAS = ("default", "avx2", "avx512")
-
-
-def isas_of_this_cpu() -> list[str]:
-    """The kernel builds this CPU can run (csrc/cpu/*_kernels.cpp are compiled once per ISA)."""
-    cap = torch.backends.cpu.get_cpu_capability()
-    return ["default"] + (["avx2"] if cap in ("AVX2", "AVX512") else []) + (
-        ["avx512"] if cap == "AVX512" else [])
-
-
-def isa_self_check(dtypes=DTYPES) -> list[str]:
-    """Every case of every family in `dtypes` on the CPU, plus clipping: the failures, as text.
-    Run under ATEN_CPU_CAPABILITY=<isa> to test that ISA's build of the kernels."""
-    bad = []
-    for case in CASES:
-        for dtype in dtypes:
-            for what, c in parity(case.ours, case.torch, case.make("cpu", dtype)):
-                if not c.ok:
-                    bad.append(f"{case.label} {dtype_name(dtype)} {what}: {c.message}")
-    for dtype in DTYPES:
-        for p in CLIP_NORM_TYPES:
-            bad += [f"clip_grad_norm_(p={p:g}) {dtype_name(dtype)} {what}: {c.message}"
-                    for what, c in clip_parity("cpu", dtype, p) if not c.ok]
-        if not clip_value_matches("cpu", dtype):
-            bad.append(f"clip_grad_value_ {dtype_name(dtype)}")
-    return bad
-
-
-_ISA_SCRIPT = """
-import torch, backprop_ext
-from backprop_ext.testing import isa_self_check
-bad = isa_self_check()
-print(torch.backends.cpu.get_cpu_capability())
-assert not bad, "\\n".join(bad)
-"""
-
-
-def run_on_each_isa(isas, timeout: float = 600) -> dict[str, tuple[int, str, str]]:
-    """isa_self_check in one child process per ISA, side by side: {isa: (returncode, the
-    capability the child ran with, stderr)}."""
-    procs = {isa: subprocess.Popen([sys.executable, "-c", _ISA_SCRIPT], text=True,
-                                   env=dict(os.environ, ATEN_CPU_CAPABILITY=isa),
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for isa in isas}
-    out = {}
-    for isa, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=timeout)
-        lines = stdout.strip().splitlines()
-        out[isa] = (proc.returncode, lines[-1] if lines else "", stderr)
-    return out
-
-
 # --- every registered op with sample arguments (opcheck, raw-op autograd)
 
 
@@ -566,7 +357,7 @@ def op_samples(device="cpu", dtype=torch.float32, requires_grad: bool = True) ->
     (every activation row, both softmax directions, every cross-entropy reduction, linear with
     and without bias, activation and pre-activation kept, gated units); floating arguments
     require grad when `requires_grad` (the in-place and out= ops' mutated arguments never do)."""
-    from .activation import SPECS
+    from ..ops.activation import SPECS
 
     ops = torch.ops.backprop_ext
     g = torch.Generator().manual_seed(0)

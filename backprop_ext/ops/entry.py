@@ -2,14 +2,14 @@
 
 `_ops.<name>(*args)` is `torch.ops.backprop_ext.<name>.default(*args)`: the same op, the same
 result, autograd, functorch, dispatch-mode and tracing behaviour, arguments positional and all
-given. In eager mode it goes through the op's entry point in backprop_ext._C (csrc/python_ops.cpp),
+given. In eager mode it goes through the op's entry point in backprop_ext._C (csrc/python/ops.cpp),
 which parses the arguments by the op's C++ signature and, when nothing is to be recorded, calls
 the op below autograd without leaving C++: what a call to one of torch's own functions costs.
 Under torch.compile it is the op itself, which Dynamo puts in the graph.
 
 Ops: activation_fwd, activation_fwd_, activation_bwd, softmax_fwd, softmax_bwd, logsumexp_fwd,
 logsumexp_bwd, cross_entropy_fwd, cross_entropy_bwd, cross_entropy_loss_fwd, cross_entropy,
-linear_fwd, linear_bwd, linear_preact_bwd, gated_fwd, gated_bwd (schemas in csrc/registration.cpp).
+linear_fwd, linear_bwd, linear_preact_bwd, gated_fwd, gated_bwd (schemas in csrc/ops/schemas.cpp).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import _C
+from .. import _C
 
 OPS = ("activation_fwd", "activation_fwd_", "activation_bwd", "softmax_fwd", "softmax_bwd",
        "logsumexp_fwd", "logsumexp_bwd", "cross_entropy_fwd", "cross_entropy_bwd",

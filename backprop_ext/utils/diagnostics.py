@@ -10,7 +10,7 @@ All norms come from two calls of the fused per-tensor norm op (one over the grad
 the weights, per device) and one transfer to the host, instead of two reductions and a sync per
 parameter. For sharded models (FSDP2's DTensor parameters) the norms are over all ranks, the same
 report on every rank: the per-tensor norms of the local shards take one all-reduce per mesh
-dimension they are sharded over (backprop_ext._sharded), so gradient_flow is then a collective
+dimension they are sharded over (backprop_ext.utils.sharded), so gradient_flow is then a collective
 that every rank must call.
 """
 
@@ -22,8 +22,8 @@ from collections.abc import Iterable
 
 import torch
 
-from . import _sharded
-from ._common import FLOAT_DTYPES
+from ..ops.dtypes import FLOAT_DTYPES
+from . import sharded as _sharded
 
 __all__ = ["LayerStats", "GradientFlowReport", "gradient_flow"]
 
@@ -178,7 +178,7 @@ def _combine(norms: list[float], p: float) -> float:
 
 def _norms(tensors: list[torch.Tensor], p: float) -> list[float]:
     """||t||_p of each tensor, read back to the host in one transfer per device and per mesh.
-    A DTensor's norm is over all its shards (see backprop_ext._sharded): the norms of all the
+    A DTensor's norm is over all its shards (see backprop_ext.utils.sharded): the norms of all the
     DTensors of a mesh take one all-reduce per mesh dimension they are sharded over."""
     parts = _sharded.split(tensors)
     plain = tensors if parts is None else parts.plain

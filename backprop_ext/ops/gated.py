@@ -10,7 +10,7 @@ Reads top to bottom: the registered ops' fake kernels, the derivatives (one plac
 formula), the two autograd Functions (the unit, and its backward as a differentiable Function for
 double backward), the public functions.
 
-Ops (csrc/registration.cpp), `activation` a row name with its float parameters p0, p1:
+Ops (csrc/ops/schemas.cpp), `activation` a row name with its float parameters p0, p1:
     gated_fwd(gate, up, activation, p0, p1) -> y = f(gate) * up
     gated_bwd(grad, gate, up, activation, p0, p1) -> (grad * up * f'(gate), grad * f(gate))
 """
@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import torch
 
-from . import _ops
-from ._autograd import batch_first, register, save_for_forward
-from ._common import FLOAT_DTYPES
-from ._layout import elementwise_output
+from . import entry as _ops
 from .activation import SAVES_OUTPUT, _dfactor_dsaved
+from .autograd import batch_first, register, save_for_forward
+from .dtypes import FLOAT_DTYPES
+from .layout import elementwise_output
 from .linear import parse_activation
 
 __all__ = ["gated", "swiglu", "geglu"]
