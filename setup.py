@@ -1,12 +1,13 @@
 """Builds backprop_ext._C from csrc/.
 
-* csrc/*.cpp and csrc/cpu/*.cpp are compiled once.
+* csrc/{core,ops,python,profiling}/*.cpp and csrc/cpu/*.cpp are compiled once; every include is
+  written from csrc/ ("core/checks.h", "cpu/parallel.h").
 * csrc/cpu/*_kernels.cpp hold the vectorized CPU loops. Like ATen, they are compiled once per CPU
   instruction set (DEFAULT, AVX2, AVX512 on x86-64) and the best one is picked at run time with
   at::get_cpu_capability(), so one wheel is fast on a new CPU and still runs on an old one.
 * csrc/cuda/*.cu are compiled when a CUDA toolkit and a CUDA build of torch are both present.
 
-* No limited-API (abi3) build: csrc/python_ops.cpp, the ops' Autograd kernels and the Python
+* No limited-API (abi3) build: csrc/python/ops.cpp, the ops' Autograd kernels and the Python
   entry points that make a call cost what torch's own does, use torch's Python bindings
   (torch_python), which live outside Python's stable ABI. (Before them the extension did build
   as abi3; the call overhead they remove was worth more than one wheel for every Python.)
@@ -163,10 +164,16 @@ class BuildExtension(cpp_extension.BuildExtension):
         super().build_extension(ext)
 
 
+# The folders of csrc/ compiled once (csrc/cpu's *_kernels.cpp are compiled once per ISA, and
+# csrc/cuda only with CUDA); every #include is written from csrc/.
+_ROOMS = ("core", "ops", "python", "profiling")
+_INCLUDE = [os.path.join(ROOT, "csrc")]
+
+
 def _extension():
     with_cuda = _want_cuda()
     isas = _cpu_isas()
-    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(
+    sources = sorted(s for room in _ROOMS for s in glob.glob(f"csrc/{room}/*.cpp")) + sorted(
         s for s in glob.glob("csrc/cpu/*.cpp") if not s.endswith("_kernels.cpp")
     )
     cxx = ["-O3", "-fvisibility=hidden", "-Wno-psabi"]
@@ -179,7 +186,8 @@ def _extension():
     cxx += [f"-DBACKPROP_EXT_HAVE_ISA_{isa}" for isa in isas]
     if not with_cuda:
         return cpp_extension.CppExtension(
-            "backprop_ext._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
+            "backprop_ext._C", sources, include_dirs=_INCLUDE, extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
         ), isas
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         # Without a visible GPU torch would compile for every architecture it knows; Ampere and
@@ -192,7 +200,7 @@ def _extension():
     nvcc += [f"--threads={max(1, min(4, os.cpu_count() or 1))}"]
     return cpp_extension.CUDAExtension(
         "backprop_ext._C", sources,
-        include_dirs=_cuda_library_include_dirs(),
+        include_dirs=_INCLUDE + _cuda_library_include_dirs(),
         extra_compile_args={"cxx": cxx + ["-DBACKPROP_EXT_WITH_CUDA"], "nvcc": nvcc},
         extra_link_args=link + _cublaslt_link_args(),
     ), isas

@@ -1,8 +1,8 @@
-// ATen's DispatchStub pattern, in small: each op is written once, in csrc/<family>.cpp (argument
-// checks, layout, allocation, and its registration for every device), and calls a kernel stub for
-// the work itself; the stub jumps to the kernel of the tensors' device, which cpu/<family>.cpp and
-// cuda/<family>.cu register. So the CPU and CUDA files hold kernels only, and a check or a layout
-// rule cannot differ between devices.
+// ATen's DispatchStub pattern, in small: each op is written once, in csrc/ops/<family>.cpp
+// (argument checks, layout, allocation, and its registration for every device), and calls a kernel
+// stub for the work itself; the stub jumps to the kernel of the tensors' device, which
+// cpu/<family>.cpp and cuda/<family>.cu register. So the CPU and CUDA files hold kernels only, and
+// a check or a layout rule cannot differ between devices.
 //
 //   // <family>.h: the kernel's signature and the stub
 //   using activation_fwd_fn = void (*)(const at::Tensor& x, at::Tensor& out, ...);
@@ -24,7 +24,7 @@
 
 // Registers a family's ops, `fn(m)` (its m.impl calls), for the CPU and, in a build with CUDA
 // kernels, the CUDA dispatch key: the ops are device-independent, so one list serves both. Use it
-// at namespace scope in csrc/<family>.cpp, which includes torch/library.h.
+// at namespace scope in csrc/ops/<family>.cpp, which includes torch/library.h.
 #ifdef BACKPROP_EXT_WITH_CUDA
 #define BACKPROP_EXT_REGISTER_OPS_FOR_EVERY_DEVICE(fn) \
   TORCH_LIBRARY_IMPL(backprop_ext, CPU, m) {           \

@@ -1,9 +1,9 @@
 // The activation family's CPU kernels: the thread split over the flat arrays. The vectorized
 // loops are in activation_kernels.cpp, built once per ISA; the best build for this CPU is picked
 // once (isa.h).
-#include "../activation.h"
-#include "activation_kernels.h"
-#include "parallel.h"
+#include "ops/activation.h"
+#include "cpu/activation_kernels.h"
+#include "cpu/parallel.h"
 
 namespace backprop_ext::cpu {
 namespace {

@@ -5,10 +5,10 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
-#include "../dispatch.h"
-#include "activation_kernels.h"
-#include "vec_loops.h"
-#include "vec_math.h"
+#include "core/dispatch.h"
+#include "cpu/activation_kernels.h"
+#include "cpu/vec_loops.h"
+#include "cpu/vec_math.h"
 
 namespace backprop_ext::cpu {
 namespace CPU_CAPABILITY {  // DEFAULT, AVX2 or AVX512: see isa.h

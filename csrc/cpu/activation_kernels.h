@@ -6,8 +6,8 @@
 
 #include <cstdint>
 
-#include "../activation_math.h"
-#include "isa.h"
+#include "cpu/isa.h"
+#include "math/activation_math.h"
 
 namespace backprop_ext::cpu {
 

@@ -1,9 +1,9 @@
 // The gated family's CPU kernels: the thread split over the flat arrays. The vectorized loops
 // are in gated_kernels.cpp, built once per ISA; the best build for this CPU is picked once
 // (isa.h).
-#include "../gated.h"
-#include "gated_kernels.h"
-#include "parallel.h"
+#include "ops/gated.h"
+#include "cpu/gated_kernels.h"
+#include "cpu/parallel.h"
 
 namespace backprop_ext::cpu {
 namespace {

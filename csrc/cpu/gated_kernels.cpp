@@ -10,10 +10,10 @@
 
 #include <utility>
 
-#include "../dispatch.h"
-#include "gated_kernels.h"
-#include "vec_loops.h"
-#include "vec_math.h"
+#include "core/dispatch.h"
+#include "cpu/gated_kernels.h"
+#include "cpu/vec_loops.h"
+#include "cpu/vec_math.h"
 
 namespace backprop_ext::cpu {
 namespace CPU_CAPABILITY {  // DEFAULT, AVX2 or AVX512: see isa.h

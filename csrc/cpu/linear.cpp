@@ -1,6 +1,6 @@
-// The linear family's CPU kernels; the ops around them are csrc/linear.cpp's. The matrix products
-// go through ATen's BLAS (at::mm / at::addmm, the calls torch's own linear makes); the passes BLAS
-// cannot fuse are linear_kernels.cpp's, one per ISA.
+// The linear family's CPU kernels; the ops around them are csrc/ops/linear.cpp's. The matrix
+// products go through ATen's BLAS (at::mm / at::addmm, the calls torch's own linear makes); the
+// passes BLAS cannot fuse are linear_kernels.cpp's, one per ISA.
 //
 //   linear_fwd   no activation:  out = addmm(b, x, W^T)                    (torch's F.linear)
 //                activation:     z = mm(x, W^T), then one pass: z += b, y = act(z)
@@ -22,9 +22,9 @@
 #include <algorithm>
 #include <tuple>
 
-#include "../linear.h"
-#include "linear_kernels.h"
-#include "parallel.h"
+#include "cpu/linear_kernels.h"
+#include "cpu/parallel.h"
+#include "ops/linear.h"
 
 namespace backprop_ext::cpu {
 namespace {

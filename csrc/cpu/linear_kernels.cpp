@@ -15,10 +15,10 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "../dispatch.h"
-#include "linear_kernels.h"
-#include "vec_loops.h"
-#include "vec_math.h"
+#include "core/dispatch.h"
+#include "cpu/linear_kernels.h"
+#include "cpu/vec_loops.h"
+#include "cpu/vec_math.h"
 
 namespace backprop_ext::cpu {
 namespace CPU_CAPABILITY {  // DEFAULT, AVX2 or AVX512: see isa.h

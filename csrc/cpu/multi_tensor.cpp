@@ -1,6 +1,6 @@
 // The multi-tensor family's CPU kernels (gradient clipping): the chunk plan over all tensors and
-// the thread split; the ops around them are csrc/multi_tensor.cpp's. The vectorized loops over one
-// chunk are in multi_tensor_kernels.cpp.
+// the thread split; the ops around them are csrc/ops/multi_tensor.cpp's. The vectorized loops over
+// one chunk are in multi_tensor_kernels.cpp.
 //
 // Every tensor is cut into chunks of kMultiTensorChunk elements; the chunks of all tensors form one
 // work list that at::parallel_for splits across threads, so a few large tensors and many small ones
@@ -11,9 +11,9 @@
 #include <algorithm>
 #include <vector>
 
-#include "../multi_tensor.h"
-#include "multi_tensor_kernels.h"
-#include "parallel.h"
+#include "cpu/multi_tensor_kernels.h"
+#include "cpu/parallel.h"
+#include "ops/multi_tensor.h"
 
 namespace backprop_ext::cpu {
 namespace {

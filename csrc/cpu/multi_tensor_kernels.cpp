@@ -6,9 +6,9 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
-#include "../dispatch.h"
-#include "multi_tensor_kernels.h"
-#include "vec_loops.h"
+#include "core/dispatch.h"
+#include "cpu/multi_tensor_kernels.h"
+#include "cpu/vec_loops.h"
 
 namespace backprop_ext::cpu {
 namespace CPU_CAPABILITY {  // DEFAULT, AVX2 or AVX512: see isa.h

@@ -7,8 +7,8 @@
 
 #include <cstdint>
 
-#include "../multi_tensor_math.h"
-#include "isa.h"
+#include "cpu/isa.h"
+#include "math/multi_tensor_math.h"
 
 namespace backprop_ext::cpu {
 

@@ -1,11 +1,12 @@
 // The softmax family's CPU kernels: the thread split over (outer, D, inner) slices and rows. The
-// loops are in softmax_kernels.cpp, built once per ISA; the ops around them are csrc/softmax.cpp's.
+// loops are in softmax_kernels.cpp, built once per ISA; the ops around them are
+// csrc/ops/softmax.cpp's.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
-#include "../softmax.h"
-#include "parallel.h"
-#include "softmax_kernels.h"
+#include "cpu/parallel.h"
+#include "cpu/softmax_kernels.h"
+#include "ops/softmax.h"
 
 namespace backprop_ext::cpu {
 namespace {

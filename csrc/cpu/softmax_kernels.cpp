@@ -9,10 +9,10 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
-#include "../dispatch.h"
-#include "../softmax_math.h"
-#include "softmax_kernels.h"
-#include "vec_loops.h"
+#include "core/dispatch.h"
+#include "cpu/softmax_kernels.h"
+#include "cpu/vec_loops.h"
+#include "math/softmax_math.h"
 
 namespace backprop_ext::cpu {
 namespace CPU_CAPABILITY {  // DEFAULT, AVX2 or AVX512: see isa.h

@@ -9,7 +9,7 @@
 
 #include <cstdint>
 
-#include "isa.h"
+#include "cpu/isa.h"
 
 namespace backprop_ext::cpu {
 

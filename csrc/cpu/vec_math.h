@@ -12,7 +12,7 @@
 
 #include <type_traits>
 
-#include "../activation_math.h"
+#include "math/activation_math.h"
 
 namespace backprop_ext::cpu {
 namespace CPU_CAPABILITY {  // DEFAULT, AVX2 or AVX512: see isa.h

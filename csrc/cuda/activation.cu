@@ -1,11 +1,11 @@
 // The activation family's CUDA kernels: y = f(x) and dx = dy * f'(saved), one elementwise pass
 // each in opmath precision, 16-byte loads and stores (common.cuh's launchers). The math is
-// activation_math.h's; the ops around them are csrc/activation.cpp's.
+// activation_math.h's; the ops around them are csrc/ops/activation.cpp's.
 #include <ATen/core/Tensor.h>
 
-#include "../activation.h"
-#include "../dispatch.h"
-#include "common.cuh"
+#include "core/dispatch.h"
+#include "cuda/common.cuh"
+#include "ops/activation.h"
 
 namespace backprop_ext::cuda {
 namespace {

@@ -1,12 +1,12 @@
 // The gated family's CUDA kernels: y = f(gate) * up, and (grad_gate, grad_up) from grad, gate and
 // up with f(gate) recomputed; one elementwise pass each in opmath precision, 16-byte loads and
 // stores where every pointer allows. The math is gated.h's (activation_math.h's rows); the ops
-// around them are csrc/gated.cpp's.
+// around them are csrc/ops/gated.cpp's.
 #include <ATen/core/Tensor.h>
 
-#include "../dispatch.h"
-#include "../gated.h"
-#include "common.cuh"
+#include "core/dispatch.h"
+#include "cuda/common.cuh"
+#include "ops/gated.h"
 
 namespace backprop_ext::cuda {
 namespace {

@@ -1,5 +1,5 @@
 // The linear family's CUDA kernels: out = act(x W^T + b) and its backward. The ops around them
-// (checks, the (M, K) view, allocation) are csrc/linear.cpp's.
+// (checks, the (M, K) view, allocation) are csrc/ops/linear.cpp's.
 //
 //   forward   z = x W^T + b          cuBLASLt, the bias added in its BIAS epilogue
 //             y = act(z)             our elementwise kernel (in place on z when z is not kept)
@@ -33,9 +33,9 @@
 #include <string_view>
 #include <tuple>
 
-#include "../dispatch.h"
-#include "../linear.h"
-#include "common.cuh"
+#include "core/dispatch.h"
+#include "cuda/common.cuh"
+#include "ops/linear.h"
 
 namespace backprop_ext::cuda {
 namespace {

@@ -1,5 +1,5 @@
 // The multi-tensor family's CUDA kernels (gradient clipping), on multi_tensor_apply.cuh; the ops
-// around them are csrc/multi_tensor.cpp's:
+// around them are csrc/ops/multi_tensor.cpp's:
 //   norm:  one partial per chunk into a float64 workspace: sum |x|^p (or max |x|) and max |x| in
 //          opmath, block-reduced; a second launch sums again, rescaled by their max, the chunks
 //          whose sum left the safe range (multi_tensor_math.h: "Norms without overflow"), and
@@ -17,10 +17,10 @@
 #include <utility>
 #include <vector>
 
-#include "../dispatch.h"
-#include "../multi_tensor.h"
-#include "common.cuh"
-#include "multi_tensor_apply.cuh"
+#include "core/dispatch.h"
+#include "cuda/common.cuh"
+#include "cuda/multi_tensor_apply.cuh"
+#include "ops/multi_tensor.h"
 
 namespace backprop_ext::cuda {
 namespace {

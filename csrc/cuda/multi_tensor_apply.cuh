@@ -21,8 +21,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "../multi_tensor.h"
-#include "common.cuh"
+#include "cuda/common.cuh"
+#include "ops/multi_tensor.h"
 
 namespace backprop_ext::cuda {
 

@@ -1,5 +1,5 @@
-// The softmax family's CUDA kernels; the ops around them are csrc/softmax.cpp's. Math, epilogues
-// and edge values: softmax_math.h.
+// The softmax family's CUDA kernels; the ops around them are csrc/ops/softmax.cpp's. Math,
+// epilogues and edge values: softmax_math.h.
 //
 // Last dim: one block per row. The first pass reads the row once, keeping per thread the online
 // pair (max m, sum s of exp(x - m)), updated once per 16-byte pack (the pack's own max first, so
@@ -19,10 +19,10 @@
 #include <ATen/ops/sum.h>
 #include <ATen/ops/to.h>
 
-#include "../dispatch.h"
-#include "../softmax.h"
-#include "../softmax_math.h"
-#include "common.cuh"
+#include "core/dispatch.h"
+#include "cuda/common.cuh"
+#include "math/softmax_math.h"
+#include "ops/softmax.h"
 
 namespace backprop_ext::cuda {
 namespace {

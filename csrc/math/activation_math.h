@@ -16,8 +16,8 @@
 
 #include <cstdint>
 
-#include "activation_table.h"
-#include "math.h"
+#include "core/math.h"
+#include "ops/activation_table.h"
 
 namespace backprop_ext {
 

@@ -50,7 +50,7 @@
 #include <limits>
 #include <type_traits>
 
-#include "math.h"
+#include "core/math.h"
 
 namespace backprop_ext {
 

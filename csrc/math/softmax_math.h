@@ -17,7 +17,7 @@
 
 #include <c10/macros/Macros.h>
 
-#include "math.h"
+#include "core/math.h"
 
 namespace backprop_ext {
 

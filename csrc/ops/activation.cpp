@@ -15,9 +15,9 @@
 #include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
-#include "activation.h"
-#include "checks.h"
-#include "elementwise.h"
+#include "core/checks.h"
+#include "core/elementwise.h"
+#include "ops/activation.h"
 
 namespace backprop_ext {
 

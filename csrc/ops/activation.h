@@ -1,4 +1,4 @@
-// The activation family's kernel stubs (see stub.h): csrc/activation.cpp holds the ops, which
+// The activation family's kernel stubs (see stub.h): csrc/ops/activation.cpp holds the ops, which
 // call these; cpu/activation.cpp and cuda/activation.cu register the kernels.
 //
 // Every kernel takes tensors laid out alike (elementwise.h's rule: non-overlapping and dense with
@@ -8,8 +8,8 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "activation_math.h"
-#include "stub.h"
+#include "core/stub.h"
+#include "math/activation_math.h"
 
 namespace backprop_ext {
 

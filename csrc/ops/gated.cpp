@@ -12,9 +12,9 @@
 
 #include <tuple>
 
-#include "checks.h"
-#include "elementwise.h"
-#include "gated.h"
+#include "core/checks.h"
+#include "core/elementwise.h"
+#include "ops/gated.h"
 
 namespace backprop_ext {
 

@@ -1,4 +1,4 @@
-// The gated family's kernel stubs (see stub.h): csrc/gated.cpp holds the ops, which call these;
+// The gated family's kernel stubs (see stub.h): csrc/ops/gated.cpp holds the ops, which call these;
 // cpu/gated.cpp and cuda/gated.cu register the kernels.
 //
 // A gated unit multiplies an activation of one projection by another: y = f(gate) * up, f any row
@@ -13,8 +13,8 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "activation_math.h"
-#include "stub.h"
+#include "core/stub.h"
+#include "math/activation_math.h"
 
 namespace backprop_ext {
 

@@ -32,9 +32,9 @@
 #include <tuple>
 #include <vector>
 
-#include "checks.h"
-#include "elementwise.h"
-#include "linear.h"
+#include "core/checks.h"
+#include "core/elementwise.h"
+#include "ops/linear.h"
 
 namespace backprop_ext {
 

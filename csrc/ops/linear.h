@@ -1,4 +1,4 @@
-// The linear family's kernel stubs (see stub.h): csrc/linear.cpp holds the ops, which check
+// The linear family's kernel stubs (see stub.h): csrc/ops/linear.cpp holds the ops, which check
 // their arguments, flatten the input to (M, K) and allocate, then call these; cpu/linear.cpp and
 // cuda/linear.cu register the kernels.
 //
@@ -11,8 +11,8 @@
 #include <optional>
 #include <tuple>
 
-#include "activation_math.h"
-#include "stub.h"
+#include "core/stub.h"
+#include "math/activation_math.h"
 
 namespace backprop_ext {
 

@@ -17,8 +17,8 @@
 
 #include <vector>
 
-#include "checks.h"
-#include "multi_tensor.h"
+#include "core/checks.h"
+#include "ops/multi_tensor.h"
 
 namespace backprop_ext {
 

@@ -1,5 +1,5 @@
-// The multi-tensor family's kernel stubs (see stub.h): csrc/multi_tensor.cpp holds the ops, which
-// check their arguments, lay the tensors out and call these; cpu/multi_tensor.cpp and
+// The multi-tensor family's kernel stubs (see stub.h): csrc/ops/multi_tensor.cpp holds the ops,
+// which check their arguments, lay the tensors out and call these; cpu/multi_tensor.cpp and
 // cuda/multi_tensor.cu register the kernels. Math: multi_tensor_math.h.
 //
 // A kernel gets the call's tensors, all on one device, float64/float32/float16/bfloat16 mixed,
@@ -13,8 +13,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "multi_tensor_math.h"
-#include "stub.h"
+#include "core/stub.h"
+#include "math/multi_tensor_math.h"
 
 namespace backprop_ext {
 

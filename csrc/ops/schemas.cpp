@@ -1,17 +1,12 @@
-// Every op schema of backprop_ext, in one place, and the Python module the ops load with. The ops
-// are implemented once per family for every device (csrc/<family>.cpp), over per-device kernels
-// (csrc/cpu/, csrc/cuda/); fake kernels for tracing live in backprop_ext/*.py.
+// Every op schema of backprop_ext, in one place: the one source of each op's signature. The ops
+// are implemented once per family for every device (csrc/ops/<family>.cpp), over per-device
+// kernels (csrc/cpu/, csrc/cuda/); fake kernels for tracing live in backprop_ext/ops/*.py.
 //
 // Conventions: forward and backward are separate ops; a backward op takes what its forward saved.
 // Activations are named by string (the names of activation_table.h) with two float parameters
 // p0, p1: the float parameters of the row's torch.nn.functional signature, in order (leaky_relu:
 // p0 = negative_slope; softplus: p0 = beta, p1 = threshold; others: unused).
-#include <Python.h>
 #include <torch/library.h>
-
-#include "activation_math.h"
-#include "allocation_meter.h"
-#include "python_ops.h"
 
 TORCH_LIBRARY(backprop_ext, m) {
   // --- activation family
@@ -96,52 +91,4 @@ TORCH_LIBRARY(backprop_ext, m) {
   m.def(
       "gated_bwd(Tensor grad, Tensor gate, Tensor up, str activation, float p0=0., "
       "float p1=0.) -> (Tensor grad_gate, Tensor grad_up)");
-}
-
-namespace {
-
-using backprop_ext::ActivationReads;
-
-// activation_table() -> ((name, reads_output, signature, module), ...): activation_table.h's
-// rows, for backprop_ext/activation.py to derive the Python side from.
-PyObject* activation_table(PyObject*, PyObject*) {
-#define BACKPROP_EXT_ROW(Enum, name, reads, signature, module)                           \
-  Py_BuildValue("(sOss)", name,                                                          \
-                ActivationReads::reads == ActivationReads::kOutput ? Py_True : Py_False, \
-                signature, module),
-  PyObject* rows[] = {BACKPROP_EXT_ACTIVATIONS(BACKPROP_EXT_ROW)};
-#undef BACKPROP_EXT_ROW
-  const Py_ssize_t n = sizeof(rows) / sizeof(rows[0]);
-  PyObject* table = PyTuple_New(n);
-  for (Py_ssize_t i = 0; i < n; ++i) {
-    if (rows[i] == nullptr || table == nullptr) {
-      for (Py_ssize_t j = i; j < n; ++j) Py_XDECREF(rows[j]);
-      Py_XDECREF(table);
-      return nullptr;
-    }
-    PyTuple_SetItem(table, i, rows[i]);  // steals the reference
-  }
-  return table;
-}
-
-PyMethodDef methods[] = {
-    {"activation_table", activation_table, METH_NOARGS,
-     "The activation table (csrc/activation_table.h): a tuple of (name, reads_output, "
-     "torch.nn.functional signature, torch.nn module) rows."},
-    {nullptr, nullptr, 0, nullptr}};
-
-}  // namespace
-
-// Importing the module runs the registrations above (and the kernels' and ops' own, in the other
-// translation units of this library); it holds activation_table() and the ops' entry points
-// (python_ops.cpp).
-PyMODINIT_FUNC PyInit__C(void) {
-  static PyModuleDef module = {
-      PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods, nullptr, nullptr, nullptr, nullptr};
-  PyObject* m = PyModule_Create(&module);
-  if (m != nullptr &&
-      (backprop_ext::add_python_ops(m) != 0 || backprop_ext::add_allocation_meter(m) != 0)) {
-    Py_CLEAR(m);
-  }
-  return m;
 }

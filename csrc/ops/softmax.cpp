@@ -45,8 +45,8 @@
 #include <tuple>
 #include <vector>
 
-#include "checks.h"
-#include "softmax.h"
+#include "core/checks.h"
+#include "ops/softmax.h"
 
 namespace backprop_ext {
 

@@ -1,5 +1,5 @@
-// The softmax family's shapes and kernel stubs (see stub.h): csrc/softmax.cpp holds the ops, which
-// check their arguments, lay tensors out and allocate, then call these; cpu/softmax.cpp and
+// The softmax family's shapes and kernel stubs (see stub.h): csrc/ops/softmax.cpp holds the ops,
+// which check their arguments, lay tensors out and allocate, then call these; cpu/softmax.cpp and
 // cuda/softmax.cu register the kernels. Math: softmax_math.h.
 //
 // Kernels get contiguous tensors of one float dtype, never empty ones. A reduction over one dim
@@ -11,7 +11,7 @@
 
 #include <cstdint>
 
-#include "stub.h"
+#include "core/stub.h"
 
 namespace backprop_ext {
 

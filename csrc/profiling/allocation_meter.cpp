@@ -9,7 +9,7 @@
 // mode, which sees the tensors ops return, it sees the buffers kernels allocate and free inside
 // themselves. It covers the thread that starts it and the threads that inherit its thread-local
 // state (the autograd engine's); not what the BLAS allocates outside PyTorch's allocator.
-#include "allocation_meter.h"
+#include "profiling/allocation_meter.h"
 
 #include <c10/core/Allocator.h>
 #include <c10/util/ThreadLocalDebugInfo.h>

@@ -1,5 +1,5 @@
-// The CPU allocator's peak between two calls (csrc/allocation_meter.cpp), for measuring activation
-// memory without a GPU: backprop_ext._memory.AllocatorPeak.
+// The CPU allocator's peak between two calls (csrc/profiling/allocation_meter.cpp), for measuring
+// activation memory without a GPU: backprop_ext._memory.AllocatorPeak.
 #pragma once
 
 #include <Python.h>

@@ -23,7 +23,7 @@
 //
 // Composite ops (CompositeImplicitAutograd: their autograd is that of the ops they call) have an
 // entry point but no rule.
-#include "python_ops.h"
+#include "python/ops.h"
 
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -60,7 +60,7 @@ using OptTensor = std::optional<at::Tensor>;
 using T = const at::Tensor&;
 using OT = const OptTensor&;
 
-// X(name, has a Python autograd rule, C++ signature: the schema's in registration.cpp)
+// X(name, has a Python autograd rule, C++ signature: the schema's in csrc/ops/schemas.cpp)
 #define BACKPROP_EXT_PYTHON_OPS(X)                                                      \
   X(activation_fwd, true, at::Tensor(T, c10::string_view, double, double))              \
   X(activation_fwd_, true, void(at::Tensor&, c10::string_view, double, double))         \
