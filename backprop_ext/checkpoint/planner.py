@@ -180,9 +180,11 @@ def describe(profile: StepProfile, segments, budget_bytes: int | None = None) ->
                           sum(profile.forward_s), budget_bytes, unit(profile))
 
 
-def choose(profile: StepProfile, budget_bytes: int, levels=LEVELS) -> CheckpointPlan:
+def choose(profile: StepProfile, budget_bytes: int, levels=LEVELS,
+           max_segment: int | None = None) -> CheckpointPlan:
     """The plan with the least predicted recompute whose predicted peak fits `budget_bytes`, or,
-    when none fits, the one with the least predicted peak."""
+    when none fits, the one with the least predicted peak. max_segment: the longest segment
+    allowed (1: a level per module, for blocks a model calls one by one)."""
     costs = _Costs(profile)
     n = costs.n
     if n == 0:
@@ -192,9 +194,10 @@ def choose(profile: StepProfile, budget_bytes: int, levels=LEVELS) -> Checkpoint
     fronts[0] = [(0, 0, 0.0, ())]
     for i in range(n):
         for kept, peak, seconds, segs in fronts[i]:
-            for k in range(i + 1, n + 1):
+            for k in range(i + 1, n + 1 if max_segment is None else min(n, i + max_segment) + 1):
                 for level in levels:
-                    if segs and segs[-1][2] == level and level in ("none", "selective"):
+                    if (max_segment is None and segs and segs[-1][2] == level
+                            and level in ("none", "selective")):
                         continue  # runs as one segment with the previous: enumerated as such
                     keeps, needs, cost = costs(i, k, level)
                     _insert(fronts[k], (kept + keeps, max(peak, kept + needs), seconds + cost,
@@ -210,14 +213,14 @@ def choose(profile: StepProfile, budget_bytes: int, levels=LEVELS) -> Checkpoint
 
 
 def choose_measured(profile: StepProfile, budget_bytes: int, measure, levels=LEVELS,
-                    tries: int = 3) -> CheckpointPlan:
+                    tries: int = 3, max_segment: int | None = None) -> CheckpointPlan:
     """choose(), checked and corrected by measurement. The chosen plan is run once
     (measure(segments) -> its peak bytes); its error against the prediction is taken to be the
     model's on every plan of this stack, and the choice is made again with the budget corrected
     by it, until a plan repeats or `tries` plans were measured. Returns the measured plan that
     fits with the least predicted recompute or, when none does, the one measured smallest."""
     measured: dict = {}
-    plan = choose(profile, budget_bytes, levels)
+    plan = choose(profile, budget_bytes, levels, max_segment)
     for _ in range(tries):
         key = tuple(plan.segments)
         if key in measured:
@@ -225,7 +228,7 @@ def choose_measured(profile: StepProfile, budget_bytes: int, measure, levels=LEV
         plan.measured_bytes = measure(plan.segments)
         measured[key] = plan
         error = plan.measured_bytes - plan.predicted_bytes
-        plan = choose(profile, budget_bytes - error, levels)
+        plan = choose(profile, budget_bytes - error, levels, max_segment)
     plans = list(measured.values())
     fitting = [p for p in plans if p.measured_bytes <= budget_bytes]
     if fitting:
