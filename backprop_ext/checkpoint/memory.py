@@ -148,9 +148,10 @@ class StepProfile:
         input, or a view of it, passed through).
     forward_s[i]: module i's forward time (what recomputing it costs).
     saved_bytes: bytes saved for backward by the plain step.
-    peak_bytes: the plain forward + backward's peak activation memory, what the budget is a
-        fraction of: on CUDA torch.cuda.max_memory_allocated() above what was allocated before,
-        elsewhere cpu_peak_bytes() (both without the parameters' gradients).
+    peak_bytes: the plain forward + backward's peak memory, what the budget is a fraction of: on
+        CUDA torch.cuda.max_memory_allocated() above what was allocated before, elsewhere
+        cpu_peak_bytes(); the parameters' gradients the step makes included (see step_peak_bytes).
+    grad_bytes[i]: bytes of the gradients module i's parameters get (gradient_bytes()).
     """
 
     records: list
@@ -160,6 +161,7 @@ class StepProfile:
     saved_bytes: int
     peak_bytes: int | None
     device: str
+    grad_bytes: list | None = None
 
 
 def _sync(device: torch.device) -> None:
@@ -195,11 +197,12 @@ def profile_sequential(modules, input: torch.Tensor) -> StepProfile:
 
 
 def step_peak_bytes(forward, modules, input: torch.Tensor) -> int:
-    """Peak activation memory of one training step of forward(input) (a function running
-    `modules`): the forward, the sum of its output and the backward, each parameter's gradient
-    dropped as it is made. On CUDA the allocator's peak above what was allocated before, elsewhere
-    cpu_peak_bytes(). Leaves no trace: the RNG, the modules' buffers and .grad, and the caller's
-    graph (the input is detached) are as they were."""
+    """Peak memory of one training step of forward(input) (a function running `modules`): the
+    forward, the sum of its output and the backward, the parameters' gradients allocated afresh
+    (optimizer.zero_grad() sets them to None) and counted from their module's backward on. On
+    CUDA the allocator's peak above what was allocated before, elsewhere cpu_peak_bytes().
+    Leaves no trace: the RNG, the modules' buffers and .grad, and the caller's graph (the input
+    is detached) are as they were."""
     modules = list(modules)
     device = input.device
     input = input.detach().requires_grad_(input.requires_grad)
@@ -208,7 +211,7 @@ def step_peak_bytes(forward, modules, input: torch.Tensor) -> int:
         x = forward(input)
         if isinstance(x, torch.Tensor) and x.requires_grad:
             x = x.sum()  # the output goes, as in a training step
-            _backward_without_gradients(x, modules)
+            _backward_with_fresh_gradients(x, modules)
 
     with _leaving_no_trace(modules, device), torch.enable_grad():
         if device.type != "cuda":
@@ -236,24 +239,33 @@ def step_clock(device) -> tuple:
     return time.perf_counter, "wall time"
 
 
-def _backward_without_gradients(loss: torch.Tensor, modules) -> None:
+def _backward_with_fresh_gradients(loss: torch.Tensor, modules) -> None:
     """loss.backward() for the sum of the step's output (the caller holds the sum only, so the
-    output is freed as in a training step), each parameter's gradient dropped as soon as it is
-    made (as if it were accumulated into one allocated before the step) and every .grad left as
-    it was."""
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    output is freed as in a training step), with every parameter's gradient made afresh, as in a
+    training loop whose optimizer.zero_grad() sets them to None: the gradients the step allocates
+    count in its peak (they are alive from their module's backward on, and the step's peak is
+    often late in backward where they are). Every .grad is left as it was."""
+    params = list({id(p): p for m in modules for p in m.parameters() if p.requires_grad}.values())
     grads = [p.grad for p in params]
-    handles = []
     for p in params:
         p.grad = None
-        handles.append(p.register_post_accumulate_grad_hook(
-            lambda p: setattr(p, "grad", None)))
     try:
         loss.backward()
     finally:
-        for p, g, h in zip(params, grads, handles):
-            h.remove()
+        for p, g in zip(params, grads):
             p.grad = g
+
+
+def gradient_bytes(modules) -> list:
+    """gradient_bytes(modules)[i]: bytes of the gradients module i's parameters get in backward,
+    each parameter counted once, at the last module that uses it (backward reaches it first)."""
+    out, seen = [0] * len(modules), set()
+    for i in reversed(range(len(modules))):
+        for p in modules[i].parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out[i] += p.numel() * p.element_size()
+    return out
 
 
 def _profile(modules, input, device) -> StepProfile:
@@ -300,7 +312,7 @@ def _profile(modules, input, device) -> StepProfile:
         torch.cuda.reset_peak_memory_stats(device)
         if isinstance(x, torch.Tensor) and x.requires_grad:
             x = x.sum()
-            _backward_without_gradients(x, modules)
+            _backward_with_fresh_gradients(x, modules)
         _sync(device)
         peak = max(forward_peak, torch.cuda.max_memory_allocated(device) - base)
     else:  # one more plain step, metered (not timed)
@@ -308,4 +320,4 @@ def _profile(modules, input, device) -> StepProfile:
         peak = step_peak_bytes(functools.partial(_run, modules), modules, input)
     return StepProfile(records=records, rebuild_s=rebuild_s, output_bytes=output_bytes,
                        forward_s=forward_s, saved_bytes=sum(r.nbytes for r in records),
-                       peak_bytes=peak, device=str(device))
+                       peak_bytes=peak, device=str(device), grad_bytes=gradient_bytes(modules))

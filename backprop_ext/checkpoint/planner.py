@@ -101,9 +101,19 @@ class _Costs:
     def __init__(self, profile: StepProfile):
         self.profile = profile
         self.n = len(profile.forward_s)
-        # Transients on top of what is saved: what the plain step's peak adds to its saved bytes.
-        self.extra = max(0, profile.peak_bytes - profile.saved_bytes)
+        grads = list(profile.grad_bytes or [0] * self.n)
+        # after[m]: bytes of the parameters' gradients alive once module m's backward has run
+        # (its own and those of every module after it: backward made them first).
+        self.after = [0] * (self.n + 1)
+        for m in reversed(range(self.n)):
+            self.after[m] = self.after[m + 1] + grads[m]
         self._cache: dict = {}
+        # Backward's working set on top of what the model counts (the gradients in flight,
+        # weight-gradient temporaries, workspace): what the plain step's measured peak adds to
+        # the model's plain plan.
+        self.extra = 0
+        if self.n:
+            self.extra = max(0, profile.peak_bytes - self(0, self.n, "none")[1])
 
     def __call__(self, i: int, k: int, level: str) -> tuple[int, int, float]:
         key = (i, k, level)
@@ -124,12 +134,23 @@ class _Costs:
         kept = [r for r in saved if not rebuilt(r)]
         rebuild_s = sum(p.rebuild_s.get(id(r), 0.0) for r in saved if rebuilt(r))
         grad_in = p.output_bytes[k - 1] if k < self.n else 0
-        if level in ("none", "selective"):
-            nbytes = sum(r.nbytes for r in kept)
-            return nbytes, nbytes + grad_in, rebuild_s
+        checkpointed = level in ("full", "full+selective")
         # Checkpointed: keeps its input; its recomputation re-creates what its modules create.
-        input_bytes = p.output_bytes[i - 1] if i > 0 else 0
-        needs = input_bytes + sum(r.nbytes for r in kept if r.producer >= i) + grad_in
+        input_bytes = (p.output_bytes[i - 1] if i > 0 else 0) if checkpointed else 0
+        held = [r for r in kept if r.producer >= i] if checkpointed else kept
+        # While backward runs module m of the segment, what the segment keeps is alive until
+        # the first module saving it has run (kept[m - i]: freed after m), and the gradients of
+        # m and every module after it have been made: the segment's peak is the largest sum.
+        freed_after = [0] * (k - i)
+        for r in held:
+            freed_after[min(s for s in r.savers if s in inside) - i] += r.nbytes
+        alive, peak = sum(freed_after), 0
+        for m in reversed(inside):  # for m = k - 1 first: all of it, before any is freed
+            peak = max(peak, alive + self.after[m])
+            alive -= freed_after[m - i]
+        needs = input_bytes + peak + grad_in
+        if not checkpointed:
+            return sum(r.nbytes for r in kept), needs, rebuild_s
         return input_bytes, needs, sum(p.forward_s[i:k]) + rebuild_s
 
     def evaluate(self, segments) -> tuple[int, float]:
@@ -159,9 +180,11 @@ def describe(profile: StepProfile, segments, budget_bytes: int | None = None) ->
                           sum(profile.forward_s), budget_bytes, unit(profile))
 
 
-def choose(profile: StepProfile, budget_bytes: int, levels=LEVELS) -> CheckpointPlan:
+def choose(profile: StepProfile, budget_bytes: int, levels=LEVELS,
+           max_segment: int | None = None) -> CheckpointPlan:
     """The plan with the least predicted recompute whose predicted peak fits `budget_bytes`, or,
-    when none fits, the one with the least predicted peak."""
+    when none fits, the one with the least predicted peak. max_segment: the longest segment
+    allowed (1: a level per module, for blocks a model calls one by one)."""
     costs = _Costs(profile)
     n = costs.n
     if n == 0:
@@ -171,9 +194,10 @@ def choose(profile: StepProfile, budget_bytes: int, levels=LEVELS) -> Checkpoint
     fronts[0] = [(0, 0, 0.0, ())]
     for i in range(n):
         for kept, peak, seconds, segs in fronts[i]:
-            for k in range(i + 1, n + 1):
+            for k in range(i + 1, n + 1 if max_segment is None else min(n, i + max_segment) + 1):
                 for level in levels:
-                    if segs and segs[-1][2] == level and level in ("none", "selective"):
+                    if (max_segment is None and segs and segs[-1][2] == level
+                            and level in ("none", "selective")):
                         continue  # runs as one segment with the previous: enumerated as such
                     keeps, needs, cost = costs(i, k, level)
                     _insert(fronts[k], (kept + keeps, max(peak, kept + needs), seconds + cost,
@@ -189,14 +213,14 @@ def choose(profile: StepProfile, budget_bytes: int, levels=LEVELS) -> Checkpoint
 
 
 def choose_measured(profile: StepProfile, budget_bytes: int, measure, levels=LEVELS,
-                    tries: int = 3) -> CheckpointPlan:
+                    tries: int = 3, max_segment: int | None = None) -> CheckpointPlan:
     """choose(), checked and corrected by measurement. The chosen plan is run once
     (measure(segments) -> its peak bytes); its error against the prediction is taken to be the
     model's on every plan of this stack, and the choice is made again with the budget corrected
     by it, until a plan repeats or `tries` plans were measured. Returns the measured plan that
     fits with the least predicted recompute or, when none does, the one measured smallest."""
     measured: dict = {}
-    plan = choose(profile, budget_bytes, levels)
+    plan = choose(profile, budget_bytes, levels, max_segment)
     for _ in range(tries):
         key = tuple(plan.segments)
         if key in measured:
@@ -204,7 +228,7 @@ def choose_measured(profile: StepProfile, budget_bytes: int, measure, levels=LEV
         plan.measured_bytes = measure(plan.segments)
         measured[key] = plan
         error = plan.measured_bytes - plan.predicted_bytes
-        plan = choose(profile, budget_bytes - error, levels)
+        plan = choose(profile, budget_bytes - error, levels, max_segment)
     plans = list(measured.values())
     fitting = [p for p in plans if p.measured_bytes <= budget_bytes]
     if fitting:

@@ -340,7 +340,8 @@ def _set_child(parents, module, replacement) -> None:
         parent._modules[name] = replacement
 
 
-def convert(model: torch.nn.Module, *, fuse: bool = False, report: bool = False):
+def convert(model: torch.nn.Module, *, fuse: bool = False, report: bool = False,
+            memory_budget: int | float | None = None):
     """Swaps every supported layer in `model` for backprop_ext's, in place, and returns the model
     (with report=True: (model, ConversionReport), whose str() lists what was replaced, fused and
     left alone, and why). Parameters and state_dict keys are unchanged; Parameters are never
@@ -358,6 +359,13 @@ def convert(model: torch.nn.Module, *, fuse: bool = False, report: bool = False)
     and the known MLP classes of transformers and timm (GPT-2, BERT, ViT, timm's Mlp), each
     checked on a probe input; the activation becomes nn.Identity so that indices and state_dict
     keys stay. Modules with hooks are left apart.
+
+    memory_budget: also checkpoint the model's repeated blocks (transformers' decoder layers, any
+    nn.ModuleList of alike blocks) under this budget: bytes (an int), or a fraction in (0, 1] of
+    the blocks' plain step peak (their forward and backward with the gradients they make). Each
+    block is wrapped in a Checkpoint (state_dict keys unchanged) whose level the planner chooses
+    on the first training forward (backprop_ext.checkpoint.blocks); a budget that cannot be met
+    warns and runs the least-memory plan.
 
     Under FSDP2, convert before fully_shard: a sharded unit gets a class of its own, which
     convert leaves alone (said in the report); the plain layers inside it are still converted.
@@ -432,4 +440,11 @@ def convert(model: torch.nn.Module, *, fuse: bool = False, report: bool = False)
             pair = _FUSIBLE_PAIRS.get(_qualname(type(module)))
             if pair is not None:
                 _fuse_pair(module, pair, path, summary)
+
+    # 4. Checkpointing the repeated blocks under a budget.
+    if memory_budget is not None:
+        from ..checkpoint.blocks import checkpoint_blocks
+
+        for path in checkpoint_blocks(model, memory_budget):
+            summary.fused.append((path, f"blocks checkpointed, memory_budget={memory_budget!r}"))
     return (model, summary) if report else model
