@@ -22,6 +22,7 @@ from . import (
     bench_linear_cross_entropy,
     bench_overhead,
     bench_softmax,
+    bench_train,
     bench_utils,
 )
 from .common import copy_bandwidth_gbps, environment, format_table, plot, write_csv, write_json
@@ -29,7 +30,9 @@ from .common import copy_bandwidth_gbps, environment, format_table, plot, write_
 FAMILIES = {"activation": bench_activation, "checkpoint": bench_checkpoint,
             "distributed": bench_distributed, "gated": bench_gated, "linear": bench_linear,
             "linear_cross_entropy": bench_linear_cross_entropy, "overhead": bench_overhead,
-            "softmax": bench_softmax, "utils": bench_utils}
+            "softmax": bench_softmax, "train": bench_train, "utils": bench_utils}
+# Families whose rows get their own plot (module.plot(path, rows)), not the bandwidth bars.
+OWN_PLOTS = (bench_checkpoint, bench_train)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -46,14 +49,23 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="distributed: world sizes (default 2)")
     p.add_argument("--tensors", nargs="*", type=int, default=None,
                    help="distributed: numbers of gradient tensors (default 200 CPU, 288 GPU)")
+    p.add_argument("--models", nargs="*", default=None, choices=bench_train.MODELS,
+                   help="train: the transformers models to train (default: all)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="train: fresh-process runs of each configuration (default 3; --quick 1)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="train: the memory-budget row's fraction of the plain step's peak "
+                   f"(default {bench_train.DEFAULT_BUDGET})")
+    p.add_argument("--quick", action="store_true",
+                   help="train: a tiny configuration that runs in seconds (for tests)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile columns (GPU)")
     p.add_argument("--json", help="write rows and environment as JSON")
     p.add_argument("--csv", help="write rows as CSV")
     p.add_argument("--plot", help="write a PNG of achieved bandwidth (checkpoint family: of "
-                   "memory against time, to this path, or beside it as <name>-checkpoint.png when "
-                   "other families ran too)")
+                   "memory against time; train family: loss curves, memory and time bars; to this "
+                   "path, or beside it as <name>-<family>.png when other families ran too)")
     p.add_argument("--plot-memory", help="write a PNG of linear_cross_entropy's peak memory "
                    "against its chunk size (the chunk_sweep rows)")
     return p
@@ -82,14 +94,16 @@ def main(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(args.csv, rows, copy)
     if args.plot:
-        ckpt = [r for r in rows if r.family == bench_checkpoint.FAMILY]
-        others = [r for r in rows if r.family != bench_checkpoint.FAMILY]
+        own = {m.FAMILY: m for m in OWN_PLOTS}
+        others = [r for r in rows if r.family not in own]
         if others:
             plot(args.plot, others, copy)
-        if ckpt:
+        ran = [f for f in own if any(r.family == f for r in rows)]
+        for family in ran:
             stem, dot, ext = args.plot.rpartition(".")
-            path = f"{stem}-checkpoint.{ext}" if others and dot else args.plot
-            bench_checkpoint.plot(path, ckpt)
+            several = others or len(ran) > 1
+            path = f"{stem}-{family}.{ext}" if several and dot else args.plot
+            own[family].plot(path, [r for r in rows if r.family == family])
     if args.plot_memory and not bench_linear_cross_entropy.plot_memory(args.plot_memory, rows):
         print("# --plot-memory: no chunk_sweep rows were run (--family linear_cross_entropy)")
     return 0
