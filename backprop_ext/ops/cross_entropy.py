@@ -306,7 +306,7 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     weight: (C,), in input's dtype for class indices (any floating dtype for probabilities).
     Returns the loss, a scalar or target's shape for reduction='none': in input's dtype for class
     indices; for probabilities in the promotion of input's, target's and weight's, as torch.
-    One call of the composite op cross_entropy (csrc/softmax.cpp), which checks the arguments.
+    One call of the composite op cross_entropy (csrc/ops/cross_entropy.cpp), which checks the arguments.
     """
     if size_average is not None or reduce is not None:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)

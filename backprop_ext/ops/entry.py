@@ -7,9 +7,9 @@ which parses the arguments by the op's C++ signature and, when nothing is to be 
 the op below autograd without leaving C++: what a call to one of torch's own functions costs.
 Under torch.compile it is the op itself, which Dynamo puts in the graph.
 
-Ops: activation_fwd, activation_fwd_, activation_bwd, softmax_fwd, softmax_bwd, logsumexp_fwd,
-logsumexp_bwd, cross_entropy_fwd, cross_entropy_bwd, cross_entropy_loss_fwd, cross_entropy,
-linear_fwd, linear_bwd, linear_preact_bwd, gated_fwd, gated_bwd (schemas in csrc/ops/schemas.cpp).
+Ops: every op with an entry point, as backprop_ext._C._entry_points() lists them (the table in
+csrc/python/ops.cpp; schemas in csrc/ops/schemas.cpp). tests/test_op_registry.py holds that
+table, the fake kernels and the autograd and vmap rules against the schemas.
 """
 
 from __future__ import annotations
@@ -20,11 +20,9 @@ import torch
 
 from .. import _C
 
-OPS = ("activation_fwd", "activation_fwd_", "activation_bwd", "softmax_fwd", "softmax_bwd",
-       "logsumexp_fwd", "logsumexp_bwd", "cross_entropy_fwd", "cross_entropy_bwd",
-       "cross_entropy_loss_fwd", "cross_entropy", "linear_fwd", "linear_bwd",
-       "linear_preact_bwd", "gated_fwd",
-       "gated_bwd")
+# Derived from the extension, not written out: the ops whose entry point csrc/python/ops.cpp
+# compiles, in its table's order.
+OPS = tuple(_C._entry_points())
 
 
 def _caller(name: str) -> Callable:

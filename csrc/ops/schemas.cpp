@@ -41,9 +41,10 @@ TORCH_LIBRARY(backprop_ext, m) {
   m.def(
       "cross_entropy_bwd_out(Tensor logits, Tensor target, Tensor? weight, Tensor lse, "
       "Tensor grad_nll, Tensor? grad_smooth, int ignore_index, Tensor(a!) out) -> ()");
-  // The rows' loss, reduced as torch's reductions do (see softmax.h, cross_entropy_reduce_fn):
-  // loss (N,) for "none", 0-d for "sum" and "mean"; total = the sum of the rows' target weights,
-  // what "mean" divides by. loss and total in the opmath dtype. Its backward: cross_entropy_bwd.
+  // The rows' loss, reduced as torch's reductions do (see cross_entropy.h,
+  // cross_entropy_reduce_fn): loss (N,) for "none", 0-d for "sum" and "mean"; total = the sum of
+  // the rows' target weights, what "mean" divides by. loss and total in the opmath dtype. Its
+  // backward: cross_entropy_bwd.
   m.def(
       "cross_entropy_loss_fwd(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "
       "float label_smoothing, str reduction) -> (Tensor loss, Tensor lse, Tensor total)");

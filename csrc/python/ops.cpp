@@ -40,6 +40,7 @@
 #include <array>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -477,6 +478,80 @@ PyObject* set_autograd_rule(PyObject* /*module*/, PyObject* const* args, Py_ssiz
   END_HANDLE_TH_ERRORS
 }
 
+// --- the entry points' list, for tests/test_op_registry.py and backprop_ext/ops/entry.py
+
+// An argument's or a return's C++ type in the schema's type names: Tensor, Tensor?, str, float,
+// int, bool, bool[3]; "(a!)" after a tensor the op writes (a non-const reference).
+template <typename A>
+struct FixedLength : std::integral_constant<size_t, 0> {};
+template <typename E, size_t N>
+struct FixedLength<std::array<E, N>> : std::integral_constant<size_t, N> {};
+
+template <typename Arg>
+std::string schema_type() {
+  using A = std::decay_t<Arg>;
+  std::string name = c10::getTypePtrCopy<A>()->str();
+  if constexpr (FixedLength<A>::value > 0) {
+    name = name.substr(0, name.size() - 2) + "[" + std::to_string(FixedLength<A>::value) + "]";
+  }
+  if constexpr (std::is_lvalue_reference_v<Arg> && !std::is_const_v<std::remove_reference_t<Arg>>) {
+    name += "(a!)";
+  }
+  return name;
+}
+
+template <typename R>
+struct ReturnsText {
+  static std::string get() { return schema_type<R>(); }
+};
+template <>
+struct ReturnsText<void> {
+  static std::string get() { return "()"; }
+};
+template <typename... Rs>
+struct ReturnsText<std::tuple<Rs...>> {
+  static std::string get() {
+    std::string out;
+    ((out += (out.empty() ? "" : ", ") + schema_type<Rs>()), ...);
+    return "(" + out + ")";
+  }
+};
+
+// "(Tensor, int, bool) -> Tensor": the argument list the entry point parses, and its returns.
+template <typename Signature>
+struct SignatureText;
+template <typename R, typename... Args>
+struct SignatureText<R(Args...)> {
+  static std::string get() {
+    std::string args;
+    ((args += (args.empty() ? "" : ", ") + schema_type<Args>()), ...);
+    return "(" + args + ") -> " + ReturnsText<R>::get();
+  }
+};
+
+// Built when asked for, not when the library loads (the type singletons are torch's).
+std::string (*const kSignatures[])() = {
+#define BACKPROP_EXT_SIGNATURE(name, rule, sig) &SignatureText<sig>::get,
+    BACKPROP_EXT_PYTHON_OPS(BACKPROP_EXT_SIGNATURE)
+#undef BACKPROP_EXT_SIGNATURE
+};
+
+// _entry_points() -> {op: (signature, takes_rule, rule)}, in the table's order: each entry
+// point's signature (SignatureText), whether its op takes an autograd rule, and the rule set by
+// _set_autograd_rule (None before).
+PyObject* entry_points(PyObject* /*module*/, PyObject* /*unused*/) {
+  HANDLE_TH_ERRORS
+  pybind11::dict out;
+  for (int id = 0; id < kNumOps; ++id) {
+    pybind11::object rule = g_rules[id] != nullptr
+                                ? pybind11::reinterpret_borrow<pybind11::object>(g_rules[id])
+                                : pybind11::none();
+    out[kOpNames[id]] = pybind11::make_tuple(kSignatures[id](), kHasRule[id], rule);
+  }
+  return out.release().ptr();
+  END_HANDLE_TH_ERRORS
+}
+
 #define BACKPROP_EXT_FASTCALL(fn) reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fn))
 
 PyMethodDef kMethods[] = {
@@ -489,9 +564,12 @@ PyMethodDef kMethods[] = {
        "backprop_ext::" #name " with autograd excluded (what a rule's forward computes)"},
     BACKPROP_EXT_PYTHON_OPS(BACKPROP_EXT_METHOD)
 #undef BACKPROP_EXT_METHOD
-        {"_set_autograd_rule", BACKPROP_EXT_FASTCALL(&set_autograd_rule), METH_FASTCALL,
-         "_set_autograd_rule(op_name, rule): the Python callable the op's Autograd kernel runs "
-         "when a call records autograd history"},
+        {"_entry_points", entry_points, METH_NOARGS,
+         "_entry_points() -> {op: (signature, takes_rule, rule)}: the entry points' list (see "
+         "csrc/python/ops.cpp)"},
+    {"_set_autograd_rule", BACKPROP_EXT_FASTCALL(&set_autograd_rule), METH_FASTCALL,
+     "_set_autograd_rule(op_name, rule): the Python callable the op's Autograd kernel runs "
+     "when a call records autograd history"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
