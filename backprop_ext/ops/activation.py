@@ -343,14 +343,15 @@ def activation(input: torch.Tensor, name: str, p0: float = 0.0, p1: float = 0.0,
 
 
 def bad_selector(function: str, values: tuple) -> None:
-    """Raises for string parameters (gelu's approximate) that pick no row of `function`."""
+    """Raises for string parameters (gelu's approximate) that pick no row of `function`: a
+    RuntimeError, as torch's for the same value."""
     rows = FUNCTION_ROWS[function]
     for i, (key, _) in enumerate(rows[0].selector):
         choices = " or ".join(repr(dict(s.selector)[key]) for s in rows)
         if values[i] not in {dict(s.selector)[key] for s in rows}:
-            raise ValueError(f"backprop_ext.{function}: {key} must be {choices}, got "
+            raise RuntimeError(f"backprop_ext.{function}: {key} must be {choices}, got "
                              f"{values[i]!r}")
-    raise ValueError(f"backprop_ext.{function}: no activation computes {values!r}")
+    raise RuntimeError(f"backprop_ext.{function}: no activation computes {values!r}")
 
 
 # The torch.nn.functional-shaped functions themselves (relu, gelu, ...) are written out from the

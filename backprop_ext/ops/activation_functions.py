@@ -119,7 +119,7 @@ def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         raise
 
 
-_SIGMOID_ARGS = (('input', 'Tensor', 'self'))
+_SIGMOID_ARGS = (('input', 'Tensor', 'self'),)
 
 
 def sigmoid(input: torch.Tensor) -> torch.Tensor:
@@ -137,7 +137,7 @@ def sigmoid(input: torch.Tensor) -> torch.Tensor:
         raise
 
 
-_TANH_ARGS = (('input', 'Tensor', 'self'))
+_TANH_ARGS = (('input', 'Tensor', 'self'),)
 
 
 def tanh(input: torch.Tensor) -> torch.Tensor:
@@ -313,7 +313,7 @@ def mish(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         raise
 
 
-_QUICK_GELU_ARGS = (('input', 'Tensor', 'self'))
+_QUICK_GELU_ARGS = (('input', 'Tensor', 'self'),)
 
 
 def quick_gelu(input: torch.Tensor) -> torch.Tensor:

@@ -63,17 +63,23 @@ KINDS = {
     "bool": (lambda v: isinstance(v, bool), "bool"),
     "str": (lambda v: isinstance(v, str), "str"),
     "dtype?": (lambda v: v is None or isinstance(v, torch.dtype), "torch.dtype or None"),
+    "reduction": (lambda v: v in ("none", "mean", "sum"), "'none', 'mean' or 'sum'"),
     "any": (lambda v: True, "anything"),  # anything goes (torch's `if inplace:`), or checked later
 }
 
 # What the ops' messages start with: "<op>: ".
 _OP_PREFIX = re.compile(r"^(\w+): ")
+# ... and another public function's: "backprop_ext.<function>: ".
+_PUBLIC_PREFIX = re.compile(r"^backprop_ext\.(\w+)(?:\(\))?: ")
 
 
 def check_arguments(function: str, args: tuple, values: tuple) -> None:
     """Raises TypeError for the first of `values` that is not of its kind in `args`."""
     for position, ((name, kind, _), value) in enumerate(zip(args, values), start=1):
         check, words = KINDS[kind]
+        if not check(value) and kind == "reduction":  # torch: ValueError, whatever the type
+            raise ValueError(f"backprop_ext.{function}(): {value!r} is not a valid value for "
+                             f"argument '{name}' ({words})")
         if not check(value):
             raise TypeError(f"backprop_ext.{function}(): argument '{name}' (position {position}) "
                             f"must be {words}, not {type(value).__name__}")
@@ -86,6 +92,9 @@ def raise_public(error: BaseException, function: str, args: tuple, values: tuple
         return
     check_arguments(function, args, values)
     message = str(error)
+    inner = _PUBLIC_PREFIX.match(message)
+    if inner is not None and inner.group(1) != function:  # raised by the function it called
+        raise type(error)(f"backprop_ext.{function}: {message[inner.end():]}") from None
     match = _OP_PREFIX.match(message)
     if match is None or not _is_op(match.group(1)):
         return

@@ -69,7 +69,7 @@ def _function_source(function: str, rows) -> str:
     values = ", ".join(["input"] + [a for a, _ in arguments])
     constant = f"_{function.upper()}_ARGS"
     # what each argument is (public name, errors.KINDS kind, the op's name for it): for messages
-    lines = _lines(f"{constant} = (", args_spec, ")")
+    lines = _lines(f"{constant} = (", args_spec, ",)" if len(args_spec) == 1 else ")")
     if len(rows) > 1:
         table = [f"({', '.join(repr(v) for _, v in spec.selector)},): {spec.name!r}"
                  for spec in rows]
