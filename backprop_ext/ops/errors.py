@@ -78,8 +78,8 @@ def check_arguments(function: str, args: tuple, values: tuple) -> None:
     for position, ((name, kind, _), value) in enumerate(zip(args, values), start=1):
         check, words = KINDS[kind]
         if not check(value) and kind == "reduction":  # torch: ValueError, whatever the type
-            raise ValueError(f"backprop_ext.{function}(): {value!r} is not a valid value for "
-                             f"argument '{name}' ({words})")
+            raise ValueError(f"backprop_ext.{function}(): argument '{name}' (position "
+                             f"{position}): {name} must be one of {words}, got {value!r}")
         if not check(value):
             raise TypeError(f"backprop_ext.{function}(): argument '{name}' (position {position}) "
                             f"must be {words}, not {type(value).__name__}")
