@@ -33,6 +33,29 @@ INPLACE_FUNCTIONS = [f for f, rows in FUNCTION_ROWS.items() if rows[0].inplace]
 # --- the activation table (csrc/ops/activation_table.h) and what is derived from it
 
 
+def test_generated_source_is_current():
+    # The public functions and Modules are written out from the table (ops/generate.py).
+    from backprop_ext.ops.generate import COMMAND, stale
+
+    assert not stale(), f"out of date with the activation table: {stale()}; run `{COMMAND}`"
+
+
+def test_public_functions_and_modules_are_source():
+    import inspect
+
+    for name in FUNCTION_ROWS:
+        fn = getattr(BF, name)
+        assert f"def {name}(" in inspect.getsource(fn), name
+        assert fn.__doc__ and "torch.nn.functional" in fn.__doc__
+        # the table row's signature, torch's (gelu and softplus are builtins without one)
+        params = inspect.signature(fn).parameters
+        assert [(p, v.default) for p, v in params.items()][1:] == list(
+            FUNCTION_ROWS[name][0].arguments), name
+    for name, cls in bnn.ACTIVATION_MODULES.items():
+        assert f"class {name}(" in inspect.getsource(cls), name
+        assert getattr(bnn, name) is cls
+
+
 def test_every_piece_agrees_with_the_table():
     table = backprop_ext._C.activation_table()
     assert ACTIVATIONS == tuple(row[0] for row in table)
@@ -352,8 +375,8 @@ def test_convert_swaps_layers_and_keeps_state():
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
 def test_rejects_non_float_dtypes(dtype):
     x = torch.ones(3, dtype=dtype)
-    # The op's own check, in C++: the public function adds nothing around the op.
-    with pytest.raises(RuntimeError, match="activation_fwd: expected self to be a float64, "
+    # The op's own check, in C++, reported under the public function's name and argument.
+    with pytest.raises(RuntimeError, match="backprop_ext.gelu: expected input to be a float64, "
                                            "float32, float16 or bfloat16 tensor, but got"):
         BF.gelu(x)
     with pytest.raises(RuntimeError,
@@ -363,12 +386,16 @@ def test_rejects_non_float_dtypes(dtype):
 
 def test_rejects_bad_arguments():
     x = torch.randn(3)
-    with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh', got 'fast'"):
-        BF.gelu(x, approximate="fast")
+    with pytest.raises(RuntimeError, match="approximate must be 'none' or 'tanh', got 'fast'"):
+        BF.gelu(x, approximate="fast")  # torch's class for it
     with pytest.raises(RuntimeError, match="unknown activation 'swish'"):
         torch.ops.backprop_ext.activation_fwd(x, "swish")
-    with pytest.raises(TypeError, match="activation_fwd: expected self to be a Tensor, got list"):
+    with pytest.raises(TypeError, match=r"backprop_ext.relu\(\): argument 'input' \(position 1\) "
+                                        "must be Tensor, not list"):
         BF.relu([1.0, 2.0])
+    with pytest.raises(TypeError, match=r"backprop_ext.leaky_relu\(\): argument 'negative_slope' "
+                                        r"\(position 2\) must be Number, not str"):
+        BF.leaky_relu(x, "a")
     with pytest.raises(RuntimeError, match="same shape.*\\[3\\] and \\[4\\]"):
         torch.ops.backprop_ext.activation_bwd(x, torch.randn(4), "relu")
     with pytest.raises(RuntimeError, match="same dtype"):

@@ -199,9 +199,10 @@ def test_rejects_bad_input():
     g, u = torch.randn(3), torch.randn(3)
     with pytest.raises(TypeError, match="expected gate and up of dtype float64, float32"):
         BF.swiglu(g.long(), u)  # torch would promote to float: silu of a long raises
-    with pytest.raises(RuntimeError, match="gated_fwd: expected gate to be a float64, float32"):
+    with pytest.raises(RuntimeError, match="swiglu: expected gate to be a float64, float32"):
         BF.swiglu(g.long(), u.long())
-    with pytest.raises(TypeError, match="expected gate and up to be Tensors, got list"):
+    with pytest.raises(TypeError, match=r"swiglu\(\): argument 'gate' \(position 1\) must be "
+                                        "Tensor, not list"):
         BF.swiglu([1.0], u)
     with pytest.raises(ValueError, match="activation must be a name"):
         BF.gated(g, u, None)

@@ -13,8 +13,19 @@ import itertools
 import torch
 
 from ..ops import activation as _activation
-from .modules import (
+from .activations import (
     ACTIVATION_MODULES,
+    GELU,
+    Hardsigmoid,
+    Hardswish,
+    Mish,
+    QuickGELU,
+    ReLU6,
+    Sigmoid,
+    SiLU,
+    Tanh,
+)
+from .modules import (
     Conv1D,
     CrossEntropyLoss,
     GatedMLP,
@@ -22,9 +33,6 @@ from .modules import (
     LogSoftmax,
     Softmax,
 )
-
-globals().update(ACTIVATION_MODULES)  # GELU, SiLU, ...: the table's Modules, by name
-
 
 # --- convert(): the conversion table
 #
@@ -67,7 +75,7 @@ def _leave(reason: str):
 
 def _hardtanh(module):
     if module.min_val == 0.0 and module.max_val == 6.0:
-        module.__class__ = ReLU6  # noqa: F821 - generated from the activation table
+        module.__class__ = ReLU6
         return module
     return f"Hardtanh({module.min_val}, {module.max_val}): no activation row computes it"
 
@@ -88,37 +96,37 @@ _CONVERSIONS: dict = {
     _qualname(torch.nn.CrossEntropyLoss): _rebadge(CrossEntropyLoss),
     _qualname(torch.nn.Linear): _rebadge(Linear),
     # transformers: the classes ACT2FN builds, by what each forward computes.
-    _TF_ACT + "GELUActivation": _new(lambda m: GELU(), "GELU()"),  # noqa: F821
-    _TF_ACT + "GELUTanh": _new(lambda m: GELU("tanh"), "GELU('tanh')"),  # noqa: F821
-    _TF_ACT + "PytorchGELUTanh": _new(lambda m: GELU("tanh"), "GELU('tanh')"),  # noqa: F821
-    _TF_ACT + "NewGELUActivation": _new(lambda m: GELU("tanh"), "GELU('tanh')"),  # noqa: F821
+    _TF_ACT + "GELUActivation": _new(lambda m: GELU(), "GELU()"),
+    _TF_ACT + "GELUTanh": _new(lambda m: GELU("tanh"), "GELU('tanh')"),
+    _TF_ACT + "PytorchGELUTanh": _new(lambda m: GELU("tanh"), "GELU('tanh')"),
+    _TF_ACT + "NewGELUActivation": _new(lambda m: GELU("tanh"), "GELU('tanh')"),
     # 0.5 x (1 + tanh(0.7978845608 x (1 + 0.044715 x^2))): the tanh GELU; its constant is
     # sqrt(2 / pi) to 10 digits (the same float32, 4e-12 relative in float64).
-    _TF_ACT + "FastGELUActivation": _new(lambda m: GELU("tanh"), "GELU('tanh')"),  # noqa: F821
-    _TF_ACT + "AccurateGELUActivation": _new(lambda m: GELU("tanh"), "GELU('tanh')"),  # noqa: F821
-    _TF_ACT + "QuickGELUActivation": _new(lambda m: QuickGELU(), "QuickGELU()"),  # noqa: F821
-    _TF_ACT + "SiLUActivation": _new(lambda m: SiLU(), "SiLU()"),  # noqa: F821
-    _TF_ACT + "MishActivation": _new(lambda m: Mish(), "Mish()"),  # noqa: F821
+    _TF_ACT + "FastGELUActivation": _new(lambda m: GELU("tanh"), "GELU('tanh')"),
+    _TF_ACT + "AccurateGELUActivation": _new(lambda m: GELU("tanh"), "GELU('tanh')"),
+    _TF_ACT + "QuickGELUActivation": _new(lambda m: QuickGELU(), "QuickGELU()"),
+    _TF_ACT + "SiLUActivation": _new(lambda m: SiLU(), "SiLU()"),
+    _TF_ACT + "MishActivation": _new(lambda m: Mish(), "Mish()"),
     _TF_ACT + "ClippedGELUActivation": _leave("clip(gelu(x), min, max): no row computes it"),
     _TF_ACT + "LaplaceActivation": _leave("an erf-based approximation no row computes"),
     _TF_ACT + "ReLUSquaredActivation": _leave("relu(x)^2: no row computes it"),
     _TF_ACT + "LinearActivation": _leave("the identity: nothing to compute"),
     # timm (its `inplace` arguments are kept where ours has an in-place form).
-    _TIMM_ACT + "GELU": _new(lambda m: GELU(), "GELU()"),  # noqa: F821
-    _TIMM_ACT + "GELUTanh": _new(lambda m: GELU("tanh"), "GELU('tanh')"),  # noqa: F821
-    _TIMM_ACT + "QuickGELU": _new(lambda m: QuickGELU(), "QuickGELU()"),  # noqa: F821
-    _TIMM_ACT + "Swish": _new(lambda m: SiLU(m.inplace), "SiLU(inplace)"),  # noqa: F821
-    _TIMM_ACT + "Mish": _new(lambda m: Mish(), "Mish()"),  # noqa: F821
-    _TIMM_ACT + "HardSwish": _new(lambda m: Hardswish(m.inplace), "Hardswish(inplace)"),  # noqa: F821
-    _TIMM_ACT + "HardSigmoid": _new(lambda m: Hardsigmoid(m.inplace),  # noqa: F821
+    _TIMM_ACT + "GELU": _new(lambda m: GELU(), "GELU()"),
+    _TIMM_ACT + "GELUTanh": _new(lambda m: GELU("tanh"), "GELU('tanh')"),
+    _TIMM_ACT + "QuickGELU": _new(lambda m: QuickGELU(), "QuickGELU()"),
+    _TIMM_ACT + "Swish": _new(lambda m: SiLU(m.inplace), "SiLU(inplace)"),
+    _TIMM_ACT + "Mish": _new(lambda m: Mish(), "Mish()"),
+    _TIMM_ACT + "HardSwish": _new(lambda m: Hardswish(m.inplace), "Hardswish(inplace)"),
+    _TIMM_ACT + "HardSigmoid": _new(lambda m: Hardsigmoid(m.inplace),
                                     "Hardsigmoid(inplace)"),
-    _TIMM_ACT + "Sigmoid": _new(lambda m: _NO_INPLACE if m.inplace else Sigmoid(),  # noqa: F821
+    _TIMM_ACT + "Sigmoid": _new(lambda m: _NO_INPLACE if m.inplace else Sigmoid(),
                                 "Sigmoid() (inplace=False)"),
-    _TIMM_ACT + "Tanh": _new(lambda m: _NO_INPLACE if m.inplace else Tanh(),  # noqa: F821
+    _TIMM_ACT + "Tanh": _new(lambda m: _NO_INPLACE if m.inplace else Tanh(),
                              "Tanh() (inplace=False)"),
     _TIMM_ACT + "HardMish": _leave("hard mish: no row computes it"),
-    _TIMM_ME + "SwishMe": _new(lambda m: SiLU(), "SiLU()"),  # noqa: F821
-    _TIMM_ME + "MishMe": _new(lambda m: Mish(), "Mish()"),  # noqa: F821
+    _TIMM_ME + "SwishMe": _new(lambda m: SiLU(), "SiLU()"),
+    _TIMM_ME + "MishMe": _new(lambda m: Mish(), "Mish()"),
     _TIMM_ME + "HardSwishMe": _leave("its gradient at x = -3 and 3 differs from hardswish's"),
     _TIMM_ME + "HardSigmoidMe": _leave("its gradient at x = -3 and 3 differs from hardsigmoid's"),
     # GPT-2's linear layer, weight (in, out): re-badged onto our linear, same Parameters.

@@ -10,55 +10,13 @@ from __future__ import annotations
 import torch
 
 from .. import functional as F
-from ..ops import activation as _activation
 from ..ops.linear import parse_activation
 
-# --- activations: one Module per torch.nn class of the activation table, generated from it
+# The activation Modules (ReLU, GELU, ...) are written out from the activation table in
+# nn/activations.py.
 
-
-def _make_module(module: str, rows: tuple) -> type:
-    """torch.nn.<module>'s subclass whose forward runs our functional with the module's
-    attributes (named like the functional's parameters), generated as source so that a call
-    costs what a hand-written forward costs. For a row torch.nn has no Module for (quick_gelu),
-    a torch.nn.Module taking the functional's parameters as keyword arguments instead."""
-    base = getattr(torch.nn, module, None)
-    function = rows[0].function
-    if any(r.function != function for r in rows):
-        raise RuntimeError(f"activation table: torch.nn.{module} computes more than one function")
-    arguments = rows[0].arguments
-    args = "".join(f", self.{a}" for a, _ in arguments)
-    source = f"def forward(self, input):\n    return _fn(input{args})\n"
-    if base is None:
-        params = "".join(f", {a}={v!r}" for a, v in arguments)
-        source += (f"def __init__(self{params}):\n    torch.nn.Module.__init__(self)\n"
-                   + "".join(f"    self.{a} = {a}\n" for a, _ in arguments))
-        source += ("def extra_repr(self):\n    return " + (
-            " + ', '.join([" + ", ".join(f"f'{a}={{self.{a}!r}}'" for a, _ in arguments) + "])"
-            if arguments else "''") + "\n")
-    scope = {"_fn": getattr(F, function), "torch": torch}
-    exec(source, scope)
-    body = {name: scope[name] for name in ("forward", "__init__", "extra_repr") if name in scope}
-    for name, fn in body.items():
-        fn.__qualname__ = f"{module}.{name}"
-    if base is None:
-        doc = (f"{rows[0].signature} as a Module, on backprop_ext's kernels (torch.nn has none).")
-    else:
-        doc = (f"torch.nn.{module} on backprop_ext's kernels (backprop_ext.functional.{function}): "
-               "same constructor, attributes, repr and state_dict.")
-    return type(module, (base or torch.nn.Module,), {**body, "__module__": __name__,
-                                                     "__doc__": doc})
-
-
-ACTIVATION_MODULES: dict[str, type] = {}
-for _spec in _activation.SPECS.values():
-    if _spec.module not in ACTIVATION_MODULES:
-        ACTIVATION_MODULES[_spec.module] = _make_module(
-            _spec.module, tuple(r for r in _activation.SPECS.values() if r.module == _spec.module))
-del _spec
-globals().update(ACTIVATION_MODULES)
-
-__all__ = [*ACTIVATION_MODULES, "Linear", "Softmax", "LogSoftmax", "CrossEntropyLoss",
-           "LinearCrossEntropy", "Conv1D", "GatedMLP"]
+__all__ = ["Linear", "Softmax", "LogSoftmax", "CrossEntropyLoss", "LinearCrossEntropy", "Conv1D",
+           "GatedMLP"]
 
 
 class Softmax(torch.nn.Softmax):

@@ -2,14 +2,15 @@
 
 The list of activations is csrc/ops/activation_table.h's, read here through
 backprop_ext._C.activation_table(); the Python side is derived from it: the names the ops take,
-which rows save their output, the torch.nn.functional-shaped public functions (generated below
-with torch's signatures), the torch.nn Modules (backprop_ext.nn), linear's `activation` argument
-and the test cases (backprop_ext.testing). Adding an activation adds its row and its math there
-and its second derivative here (_SECOND_DERIVATIVES), nothing else.
+which rows save their output, linear's `activation` argument and the test cases
+(backprop_ext.testing); and, written out as source by `python -m backprop_ext.ops.generate`, the
+torch.nn.functional-shaped public functions (ops/activation_functions.py, torch's signatures)
+and the torch.nn Modules (nn/activations.py). Adding an activation adds its row and its math
+there and its second derivative here (_SECOND_DERIVATIVES), then reruns the generator.
 
 Reads top to bottom: the table, the registered ops' fake kernels, the second derivatives (for
 double backward), the two autograd Functions (the formulas of the ops' autograd and vmap, see
-_autograd.py), the public functions.
+autograd.py), the generic public function activation().
 
 Ops (csrc/ops/schemas.cpp), with `activation` a row name and p0, p1 the row's float parameters
 in torch's order (leaky_relu: negative_slope; softplus: beta, threshold):
@@ -341,63 +342,20 @@ def activation(input: torch.Tensor, name: str, p0: float = 0.0, p1: float = 0.0,
     return _ops.activation_fwd(input, name, p0, p1)
 
 
-def _bad_selector(function: str, values: tuple) -> None:
+def bad_selector(function: str, values: tuple) -> None:
+    """Raises for string parameters (gelu's approximate) that pick no row of `function`: a
+    RuntimeError, as torch's for the same value."""
     rows = FUNCTION_ROWS[function]
     for i, (key, _) in enumerate(rows[0].selector):
         choices = " or ".join(repr(dict(s.selector)[key]) for s in rows)
         if values[i] not in {dict(s.selector)[key] for s in rows}:
-            raise ValueError(f"backprop_ext.{function}: {key} must be {choices}, got "
+            raise RuntimeError(f"backprop_ext.{function}: {key} must be {choices}, got "
                              f"{values[i]!r}")
-    raise ValueError(f"backprop_ext.{function}: no activation computes {values!r}")
+    raise RuntimeError(f"backprop_ext.{function}: no activation computes {values!r}")
 
 
-def _make_function(function: str, rows: tuple[ActivationSpec, ...]) -> Callable:
-    """torch.nn.functional.<function>, with torch's signature, on our kernels.
+# The torch.nn.functional-shaped functions themselves (relu, gelu, ...) are written out from the
+# table in ops/activation_functions.py, and the Modules in nn/activations.py, by ops/generate.py.
 
-    Generated as source (as dataclasses generate __init__) so that a call costs what a
-    hand-written wrapper costs: no argument binding at run time.
-    """
-    first = rows[0]
-    signature = ", ".join(["input"] + [f"{a}={v!r}" for a, v in first.arguments])
-    p0, p1 = (*first.params, "0.0", "0.0")[:2]
-    if len(rows) == 1:
-        name = repr(first.name)
-        pick_row = ""
-    else:
-        keys = ", ".join(a for a, _ in first.selector) + ","
-        pick_row = (f"    name = _rows.get(({keys}))\n"
-                    f"    if name is None:\n"
-                    f"        _bad_selector({function!r}, ({keys}))\n")
-        name = "name"
-    call = f"{{}}(input, {name}, {p0}, {p1})"
-    inplace = (f"    if inplace:\n        {call.format('_ops.activation_fwd_')}\n"
-               f"        return input\n") if first.inplace else ""
-    # The op call written out (not through _ops): under torch.compile the op itself, which Dynamo
-    # puts in the graph; in eager mode its entry point in _C.
-    source = (f"def {function}({signature}):\n{pick_row}{inplace}"
-              f"    if _is_compiling():\n        return {call.format('_op')}\n"
-              f"    return {call.format('_fast')}\n")
-    scope = {"_ops": _ops, "_bad_selector": _bad_selector, "_op": _activation_fwd_op,
-             "_fast": _C.activation_fwd, "_is_compiling": torch.compiler.is_compiling,
-             "_rows": {tuple(v for _, v in spec.selector): spec.name for spec in rows}}
-    exec(source, scope)
-    fn = scope[function]
-    fn.__module__ = __name__
-    fn.__qualname__ = function
-    variants = "; ".join(spec.signature for spec in rows)
-    fn.__doc__ = (
-        f"Same as torch.nn.functional.{function} ({variants}), on backprop_ext's kernels.\n\n"
-        "input: any shape, float64/float32/float16/bfloat16, CPU or CUDA; returns a tensor of its "
-        "shape and dtype" + (" (input itself, modified, when inplace=True)" if first.inplace
-                             else "") + ". Differentiable to any order; forward-mode AD too.")
-    return fn
-
-
-_activation_fwd_op = torch.ops.backprop_ext.activation_fwd.default
-
-FUNCTIONS: dict[str, Callable] = {
-    function: _make_function(function, rows) for function, rows in FUNCTION_ROWS.items()
-}
-globals().update(FUNCTIONS)
-
-__all__ = [*FUNCTIONS, "activation", "resolve", "ACTIVATIONS", "SAVES_OUTPUT", "SPECS"]
+__all__ = ["activation", "resolve", "bad_selector", "ACTIVATIONS", "SAVES_OUTPUT", "SPECS",
+           "FUNCTION_ROWS", "ActivationSpec", "ActivationFunction", "ActivationBackwardFunction"]

@@ -32,6 +32,7 @@ import torch
 from . import entry as _ops
 from .autograd import batch_first, per_sample, register, save_for_forward
 from .dtypes import opmath_dtype
+from .errors import raise_public
 
 __all__ = ["cross_entropy"]
 
@@ -295,6 +296,12 @@ def _cross_entropy_bwd_out_vmap(info, in_dims, logits, target, weight, lse, grad
 torch.library.register_vmap("backprop_ext::cross_entropy_bwd_out", _cross_entropy_bwd_out_vmap)
 
 
+_CROSS_ENTROPY_ARGS = (
+    ("input", "Tensor", None), ("target", "Tensor", None), ("weight", "Tensor?", None),
+    ("size_average", "any", None), ("ignore_index", "int", None), ("reduce", "any", None),
+    ("reduction", "reduction", None), ("label_smoothing", "float", None))
+
+
 def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
                   size_average=None, ignore_index: int = -100, reduce=None,
                   reduction: str = "mean", label_smoothing: float = 0.0) -> torch.Tensor:
@@ -308,6 +315,13 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     indices; for probabilities in the promotion of input's, target's and weight's, as torch.
     One call of the composite op cross_entropy (csrc/ops/cross_entropy.cpp), which checks the arguments.
     """
-    if size_average is not None or reduce is not None:
-        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
-    return _ops.cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing)
+    try:
+        if size_average is not None or reduce is not None:
+            reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
+        return _ops.cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing)
+    except Exception as error:
+        raise_public(error, "cross_entropy", _CROSS_ENTROPY_ARGS, (
+            input, target, weight, size_average, ignore_index, reduce, reduction,
+            label_smoothing))
+        raise
+

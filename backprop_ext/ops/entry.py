@@ -40,6 +40,21 @@ def _caller(name: str) -> Callable:
     return call
 
 
-globals().update({name: _caller(name) for name in OPS})
+activation_fwd = _caller("activation_fwd")
+activation_fwd_ = _caller("activation_fwd_")
+activation_bwd = _caller("activation_bwd")
+softmax_fwd = _caller("softmax_fwd")
+softmax_bwd = _caller("softmax_bwd")
+logsumexp_fwd = _caller("logsumexp_fwd")
+logsumexp_bwd = _caller("logsumexp_bwd")
+cross_entropy_fwd = _caller("cross_entropy_fwd")
+cross_entropy_bwd = _caller("cross_entropy_bwd")
+cross_entropy_loss_fwd = _caller("cross_entropy_loss_fwd")
+cross_entropy = _caller("cross_entropy")
+linear_fwd = _caller("linear_fwd")
+linear_bwd = _caller("linear_bwd")
+linear_preact_bwd = _caller("linear_preact_bwd")
+gated_fwd = _caller("gated_fwd")
+gated_bwd = _caller("gated_bwd")
 
 __all__ = list(OPS)

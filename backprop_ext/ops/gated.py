@@ -23,6 +23,7 @@ from . import entry as _ops
 from .activation import SAVES_OUTPUT, _dfactor_dsaved
 from .autograd import batch_first, register, save_for_forward
 from .dtypes import FLOAT_DTYPES
+from .errors import raise_public
 from .layout import elementwise_output
 from .linear import parse_activation
 
@@ -181,6 +182,9 @@ register("gated_bwd", GatedBackwardFunction)
 # --- public functions
 
 
+_GATED_ARGS = (("gate", "Tensor", None), ("up", "Tensor", None), ("activation", "any", None))
+
+
 def gated(gate: torch.Tensor, up: torch.Tensor, activation="silu") -> torch.Tensor:
     """f(gate) * up, f the activation: one pass forward, one backward producing both gradients,
     keeping gate and up for backward (not f(gate)). Differentiable to any order; forward-mode AD.
@@ -191,16 +195,20 @@ def gated(gate: torch.Tensor, up: torch.Tensor, activation="silu") -> torch.Tens
     ("gelu", "tanh") (GeGLU), ("leaky_relu", 0.2), ... Returns the product, in the broadcast
     shape and the promoted dtype.
     """
-    if activation is None:
-        raise ValueError("backprop_ext.gated: activation must be a name or (name, *params), "
-                         "not None")
     try:
-        row = _PARSED[activation]
-    except KeyError:
-        row = _PARSED[activation] = parse_activation(activation)
-    except TypeError:  # unhashable (a dict of parameters): parsed on every call
-        row = parse_activation(activation)
-    return _gated(gate, up, *row)
+        if activation is None:
+            raise ValueError("backprop_ext.gated: activation must be a name or (name, *params), "
+                             "not None")
+        try:
+            row = _PARSED[activation]
+        except KeyError:
+            row = _PARSED[activation] = parse_activation(activation)
+        except TypeError:  # unhashable (a dict of parameters): parsed on every call
+            row = parse_activation(activation)
+        return _gated(gate, up, *row)
+    except Exception as error:
+        raise_public(error, "gated", _GATED_ARGS, (gate, up, activation))
+        raise
 
 
 # activation argument -> (row, p0, p1): parsing a string costs more than a tiny call.
@@ -227,12 +235,27 @@ def _gated(gate, up, row: str, p0: float, p1: float) -> torch.Tensor:
     return _ops.gated_fwd(gate, up, row, p0, p1)
 
 
+_SWIGLU_ARGS = (("gate", "Tensor", None), ("up", "Tensor", None))
+
+
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up (SwiGLU: Llama, Mistral, Qwen2 MLPs), fused; see gated()."""
-    return _gated(gate, up, "silu", 0.0, 0.0)
+    try:
+        return _gated(gate, up, "silu", 0.0, 0.0)
+    except Exception as error:
+        raise_public(error, "swiglu", _SWIGLU_ARGS, (gate, up))
+        raise
+
+
+_GEGLU_ARGS = (("gate", "Tensor", None), ("up", "Tensor", None), ("approximate", "str", None))
 
 
 def geglu(gate: torch.Tensor, up: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """gelu(gate, approximate=approximate) * up (GeGLU: Gemma's MLP takes approximate="tanh"),
     fused; see gated()."""
-    return gated(gate, up, ("gelu", approximate))
+    try:
+        return gated(gate, up, ("gelu", approximate))
+    except Exception as error:
+        raise_public(error, "geglu", _GEGLU_ARGS, (gate, up, approximate))
+        raise
+

@@ -55,6 +55,7 @@ from .activation import (
 )
 from .autograd import batch_first, register, save_for_forward
 from .dtypes import FLOAT_DTYPES
+from .errors import raise_public
 
 __all__ = ["linear", "parse_activation"]
 
@@ -556,6 +557,10 @@ register("linear_preact_bwd", LinearPreactBackwardFunction)
 # --- public function
 
 
+_LINEAR_ARGS = (("input", "Tensor", None), ("weight", "Tensor", None), ("bias", "Tensor?", None),
+                ("activation", "any", None), ("recompute_preact", "any", None))
+
+
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
            activation=None, recompute_preact: bool = False) -> torch.Tensor:
     """act(input @ weight.T + bias), forward and backward fused; with activation=None the same as
@@ -578,9 +583,17 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     there (one more GEMM): saves an (*, out_features) tensor per layer. No effect for the others,
     which keep nothing beyond the output.
     """
-    name, p0, p1 = _parsed_activation(activation)
-    # Keep the pre-activation when backward will read it; the rule recomputes it if a gradient
-    # turns out to be needed after all, so this decides speed, not results.
-    save_preact = name in _KEEPS_PREACT and not recompute_preact and torch.is_grad_enabled() and (
-        input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
-    return _ops.linear_fwd(input, weight, bias, name, p0, p1, save_preact)[0]
+    try:
+        name, p0, p1 = _parsed_activation(activation)
+        # Keep the pre-activation when backward will read it; the rule recomputes it if a gradient
+        # turns out to be needed after all, so this decides speed, not results.
+        save_preact = (name in _KEEPS_PREACT and not recompute_preact
+                       and torch.is_grad_enabled()
+                       and (input.requires_grad or weight.requires_grad
+                            or (bias is not None and bias.requires_grad)))
+        return _ops.linear_fwd(input, weight, bias, name, p0, p1, save_preact)[0]
+    except Exception as error:
+        raise_public(error, "linear", _LINEAR_ARGS,
+                     (input, weight, bias, activation, recompute_preact))
+        raise
+

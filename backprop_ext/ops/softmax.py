@@ -22,6 +22,7 @@ import torch
 from . import entry as _ops
 from .autograd import batch_first, batched_dim, register, save_for_forward
 from .dtypes import FLOAT_DTYPES
+from .errors import raise_public
 
 __all__ = ["softmax", "log_softmax", "logsumexp"]
 
@@ -256,68 +257,91 @@ def _implicit_dim(name: str, ndim: int, stacklevel: int) -> int:
     return 0 if ndim in (0, 1, 3) else 1
 
 
+_SOFTMAX_ARGS = (("input", "Tensor", "self"), ("dim", "int?", None), ("_stacklevel", "any", None),
+                 ("dtype", "dtype?", None))
+
+
 def softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3,
             dtype: torch.dtype | None = None) -> torch.Tensor:
     """exp(x) / sum(exp(x)) along `dim`, max-subtracted. Same as torch.nn.functional.softmax.
 
     input: any shape, float64/float32/float16/bfloat16 (cast to `dtype` first when given).
     """
-    if type(dim) is not int:
-        dim = (_implicit_dim("softmax", input.dim(), _stacklevel) if dim is None
-               else _dim_int("softmax", dim))
-    if dtype is not None:
-        input = _cast("softmax", input, dtype)
-    return _ops.softmax_fwd(input, dim, False)
+    try:
+        if type(dim) is not int:
+            dim = (_implicit_dim("softmax", input.dim(), _stacklevel) if dim is None
+                   else _dim_int("softmax", dim))
+        if dtype is not None:
+            input = _cast("softmax", input, dtype)
+        return _ops.softmax_fwd(input, dim, False)
+    except Exception as error:
+        raise_public(error, "softmax", _SOFTMAX_ARGS, (input, dim, _stacklevel, dtype))
+        raise
+
+
+_LOG_SOFTMAX_ARGS = _SOFTMAX_ARGS
 
 
 def log_softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """x - logsumexp(x) along `dim`. Same as torch.nn.functional.log_softmax."""
-    if type(dim) is not int:
-        dim = (_implicit_dim("log_softmax", input.dim(), _stacklevel) if dim is None
-               else _dim_int("log_softmax", dim))
-    if dtype is not None:
-        input = _cast("log_softmax", input, dtype)
-    return _ops.softmax_fwd(input, dim, True)
+    try:
+        if type(dim) is not int:
+            dim = (_implicit_dim("log_softmax", input.dim(), _stacklevel) if dim is None
+                   else _dim_int("log_softmax", dim))
+        if dtype is not None:
+            input = _cast("log_softmax", input, dtype)
+        return _ops.softmax_fwd(input, dim, True)
+    except Exception as error:
+        raise_public(error, "log_softmax", _LOG_SOFTMAX_ARGS, (input, dim, _stacklevel, dtype))
+        raise
+
+
+_LOGSUMEXP_ARGS = (("input", "Tensor", "self"), ("dim", "dims", None), ("keepdim", "bool", None))
 
 
 def logsumexp(input: torch.Tensor, dim: int | Sequence[int], keepdim: bool = False) -> torch.Tensor:
     """log(sum(exp(input))) over `dim` (an int or a tuple of ints; empty: every dim), computed
     stably. Same as torch.logsumexp. input: float64/float32/float16/bfloat16, any shape."""
-    ndim = input.dim()
-    if type(dim) is int and -ndim <= dim < ndim:  # the common case, checked
-        out = _ops.logsumexp_fwd(input, dim)
-        return out if keepdim else out.squeeze(dim)
     try:
-        dims = [_dim_int("logsumexp", d)
-                for d in (dim if isinstance(dim, (tuple, list)) else [dim])]
-    except TypeError:
-        raise TypeError("backprop_ext.logsumexp: dim must be an int or a tuple of ints, got "
-                        f"{type(dim).__name__} {dim!r}") from None
-    size = max(ndim, 1)  # a 0-d tensor has the one dim 0 (or -1)
-    wrapped = []
-    for d in dims:
-        if not -size <= d < size:
-            raise IndexError(
-                f"backprop_ext.logsumexp: dim {d} is out of range for a tensor of {ndim} "
-                f"dimensions (shape {tuple(input.shape)})")
-        if d % size in wrapped:  # torch's exception type and words
-            raise RuntimeError(f"backprop_ext.logsumexp: dim {d % size} appears multiple times "
-                               "in the list of dims")
-        wrapped.append(d % size)
-    if ndim == 0:
-        return _ops.logsumexp_fwd(input, 0)
-    wrapped = wrapped or list(range(ndim))
-    if len(wrapped) == 1:
-        out = _ops.logsumexp_fwd(input, wrapped[0])
-        return out if keepdim else out.squeeze(wrapped[0])
-    # Several dims: move them to the end, flatten them into one, reduce that. The flattened size
-    # is given, not -1: with an empty dim among the kept ones -1 would be ambiguous.
-    kept = [d for d in range(ndim) if d not in wrapped]
-    moved = input.permute(kept + sorted(wrapped))
-    flat = moved.reshape([input.shape[d] for d in kept]
-                         + [math.prod(input.shape[d] for d in wrapped)])
-    out = _ops.logsumexp_fwd(flat, -1).squeeze(-1)
-    if keepdim:
-        out = out.reshape([1 if d in wrapped else input.shape[d] for d in range(ndim)])
-    return out
+        ndim = input.dim()
+        if type(dim) is int and -ndim <= dim < ndim:  # the common case, checked
+            out = _ops.logsumexp_fwd(input, dim)
+            return out if keepdim else out.squeeze(dim)
+        try:
+            dims = [_dim_int("logsumexp", d)
+                    for d in (dim if isinstance(dim, (tuple, list)) else [dim])]
+        except TypeError:
+            raise TypeError("backprop_ext.logsumexp: dim must be an int or a tuple of ints, got "
+                            f"{type(dim).__name__} {dim!r}") from None
+        size = max(ndim, 1)  # a 0-d tensor has the one dim 0 (or -1)
+        wrapped = []
+        for d in dims:
+            if not -size <= d < size:
+                raise IndexError(
+                    f"backprop_ext.logsumexp: dim {d} is out of range for a tensor of {ndim} "
+                    f"dimensions (shape {tuple(input.shape)})")
+            if d % size in wrapped:  # torch's exception type and words
+                raise RuntimeError(f"backprop_ext.logsumexp: dim {d % size} appears multiple times "
+                                   "in the list of dims")
+            wrapped.append(d % size)
+        if ndim == 0:
+            return _ops.logsumexp_fwd(input, 0)
+        wrapped = wrapped or list(range(ndim))
+        if len(wrapped) == 1:
+            out = _ops.logsumexp_fwd(input, wrapped[0])
+            return out if keepdim else out.squeeze(wrapped[0])
+        # Several dims: move them to the end, flatten them into one, reduce that. The flattened size
+        # is given, not -1: with an empty dim among the kept ones -1 would be ambiguous.
+        kept = [d for d in range(ndim) if d not in wrapped]
+        moved = input.permute(kept + sorted(wrapped))
+        flat = moved.reshape([input.shape[d] for d in kept]
+                             + [math.prod(input.shape[d] for d in wrapped)])
+        out = _ops.logsumexp_fwd(flat, -1).squeeze(-1)
+        if keepdim:
+            out = out.reshape([1 if d in wrapped else input.shape[d] for d in range(ndim)])
+        return out
+    except Exception as error:
+        raise_public(error, "logsumexp", _LOGSUMEXP_ARGS, (input, dim, keepdim))
+        raise
+
