@@ -13,6 +13,7 @@ from .modules import (
     GatedMLP,
     Linear,
     LinearCrossEntropy,
+    LinearCrossEntropyLoss,
     LogSoftmax,
     Softmax,
 )
@@ -20,5 +21,5 @@ from .modules import (
 globals().update(ACTIVATION_MODULES)
 
 __all__ = [*ACTIVATION_MODULES, "Linear", "Softmax", "LogSoftmax", "CrossEntropyLoss",
-           "LinearCrossEntropy", "Conv1D", "GatedMLP", "convert", "register_conversion",
-           "ConversionReport", "Checkpoint", "CheckpointedSequential"]
+           "LinearCrossEntropy", "LinearCrossEntropyLoss", "Conv1D", "GatedMLP", "convert",
+           "register_conversion", "ConversionReport", "Checkpoint", "CheckpointedSequential"]

@@ -19,6 +19,7 @@ from .modules import (
     CrossEntropyLoss,
     GatedMLP,
     Linear,
+    LinearCrossEntropyLoss,
     LogSoftmax,
     Softmax,
 )
@@ -121,6 +122,8 @@ _CONVERSIONS: dict = {
     _TIMM_ME + "MishMe": _new(lambda m: Mish(), "Mish()"),  # noqa: F821
     _TIMM_ME + "HardSwishMe": _leave("its gradient at x = -3 and 3 differs from hardswish's"),
     _TIMM_ME + "HardSigmoidMe": _leave("its gradient at x = -3 and 3 differs from hardsigmoid's"),
+    **({_qualname(torch.nn.LinearCrossEntropyLoss): _rebadge(LinearCrossEntropyLoss)}
+       if hasattr(torch.nn, "LinearCrossEntropyLoss") else {}),  # torch >= 2.14
     # GPT-2's linear layer, weight (in, out): re-badged onto our linear, same Parameters.
     "transformers.pytorch_utils.Conv1D": _rebadge(Conv1D),
 }
