@@ -133,3 +133,58 @@ def test_bad_targets_get_the_ops_errors():
         ours(input_ids=ids, labels=labels.int())
     # the model still works after the failed call
     ours(input_ids=ids, labels=labels).loss.backward()
+
+
+# --- FSDP2 (lm_head its own unit) and DDP worlds on gloo equal one process
+
+
+def _one_process_grads(ids, labels):
+    torch.manual_seed(0)
+    model = bnn.convert(_llama().train())
+    model(input_ids=ids, labels=labels).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _distributed_scenario(rank, world_size, device, kind, out_path):
+    import torch.distributed as dist
+
+    ids, labels = _batch(4, 8)
+    torch.manual_seed(0)
+    model = bnn.convert(_llama().train())
+    share = slice(rank * 2, rank * 2 + 2)
+    n = (labels[:, 1:] != -100).sum()
+    if kind == "ddp":
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        # each rank's share, summed over the world's tokens: DDP averages, so scale by the world
+        (ddp(input_ids=ids[share], labels=labels[share], num_items_in_batch=n).loss
+         * world_size).backward()
+        grads = {k: p.grad for k, p in model.named_parameters()}
+    else:
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(model.lm_head)
+        fully_shard(model)
+        (model(input_ids=ids[share], labels=labels[share], num_items_in_batch=n).loss
+         * world_size).backward()
+        grads = {k: p.grad.full_tensor() for k, p in model.named_parameters()}
+    from backprop_ext.nn.causal_lm import CausalLMHead
+
+    assert isinstance(model.lm_head, CausalLMHead)  # the fused loss ran inside lm_head
+    if rank == 0:
+        torch.save(grads, out_path)
+    dist.barrier()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
+def test_distributed_worlds_equal_one_process(kind, tmp_path):
+    from tests import test_distributed  # its gloo-world launcher
+
+    run = test_distributed.world.__wrapped__(tmp_path)
+    out = str(tmp_path / "grads.pt")
+    run(_distributed_scenario, 2, kind, out)
+    ids, labels = _batch(4, 8)
+    expected = _one_process_grads(ids, labels)
+    got = torch.load(out)
+    for name, g in expected.items():
+        torch.testing.assert_close(got[name], g * 1.0, rtol=1e-4, atol=1e-5, msg=name)
