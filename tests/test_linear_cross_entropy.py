@@ -38,6 +38,14 @@ def _target(shape, v, device, ignore_every=4, ignore_index=-100, seed=5):
     return t.to(device)
 
 
+def _lce(x, w, target, b=None, *, class_weight=None, chunk_size=None, **kw):
+    """linear_cross_entropy with the bias, class weight and block size of these tests, in
+    torch's signature (linear_bias=, weight=, options=)."""
+    options = BF.LinearCrossEntropyOptions(batch_chunk_size=chunk_size) if chunk_size else None
+    return BF.linear_cross_entropy(x, w, target, linear_bias=b, weight=class_weight,
+                                   options=options, **kw)
+
+
 # Options that matter: each reduction; class weights; label smoothing, with and without weights;
 # an ignore_index that is a real class; no ignored rows.
 OPTIONS = {
@@ -65,7 +73,7 @@ def _fns(target, chunk_size=None, **kw):
     cw = kw.pop("class_weight", None)
 
     def ours(x, w, b=None):
-        return BF.linear_cross_entropy(x, w, target, b, class_weight=cw, chunk_size=chunk_size,
+        return _lce(x, w, target, b, class_weight=cw, chunk_size=chunk_size,
                                        **kw)
 
     def theirs(x, w, b=None):
@@ -134,7 +142,7 @@ def test_empty_batch_like_torch(device):
     target = torch.zeros(0, dtype=torch.int64, device=device)
     for reduction in ("mean", "sum", "none"):
         xl, wl, bl = (t.clone().requires_grad_() for t in (x, w, b))
-        ours = BF.linear_cross_entropy(xl, wl, target, bl, reduction=reduction)
+        ours = _lce(xl, wl, target, bl, reduction=reduction)
         theirs = TF.cross_entropy(TF.linear(x, w, b), target, reduction=reduction)
         torch.testing.assert_close(ours, theirs, equal_nan=True)  # mean: 0/0 = nan, as torch
         if reduction != "mean":
@@ -179,7 +187,7 @@ def test_large_logits_in_half_stay_finite(dtype, device):
     w = torch.tensor([[300.0, 300.0], [-300.0, 0.0], [0.0, 250.0]], device=device, dtype=dtype)
     x.requires_grad_()
     w.requires_grad_()
-    loss = BF.linear_cross_entropy(x, w, torch.tensor([0, 1, 2, 1], device=device),
+    loss = _lce(x, w, torch.tensor([0, 1, 2, 1], device=device),
                                    chunk_size=3)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all() and torch.isfinite(w.grad).all()
@@ -187,7 +195,7 @@ def test_large_logits_in_half_stay_finite(dtype, device):
 
 def test_loss_dtype_and_device_follow_input(device, dtype):
     x, w, b = _head(5, 4, 6, device, dtype)
-    loss = BF.linear_cross_entropy(x, w, _target((5,), 6, device), b)
+    loss = _lce(x, w, _target((5,), 6, device), b)
     assert loss.dtype == dtype and loss.device == x.device and loss.shape == ()
 
 
@@ -219,7 +227,7 @@ def test_gradients_only_where_required(frozen, device):
     leaves = {"input": x, "weight": w, "bias": b}
     for name, t in leaves.items():
         t.requires_grad_(name != frozen)
-    loss = BF.linear_cross_entropy(x, w, _target((7,), 6, device), b, chunk_size=3)
+    loss = _lce(x, w, _target((7,), 6, device), b, chunk_size=3)
     loss.backward()
     ref = {k: t.detach().clone().requires_grad_(k != frozen) for k, t in leaves.items()}
     TF.cross_entropy(TF.linear(ref["input"], ref["weight"], ref["bias"]),
@@ -236,7 +244,7 @@ def test_accumulates_into_existing_grads(device):
     w.requires_grad_()
     target = _target((6,), 5, device)
     for _ in range(2):
-        BF.linear_cross_entropy(x, w, target, b, chunk_size=4).backward()
+        _lce(x, w, target, b, chunk_size=4).backward()
     ref = w.detach().clone().requires_grad_()
     for _ in range(2):
         TF.cross_entropy(TF.linear(x, ref, b), target).backward()
@@ -248,7 +256,7 @@ def test_no_grad_computes_the_loss_only(device):
     w.requires_grad_()
     target = _target((6,), 5, device)
     with torch.no_grad():
-        loss = BF.linear_cross_entropy(x, w, target, b)
+        loss = _lce(x, w, target, b)
     assert loss.grad_fn is None
     torch.testing.assert_close(loss, TF.cross_entropy(TF.linear(x, w, b), target))
 
@@ -302,7 +310,7 @@ def test_torch_func_grad_and_forward_over_reverse(device):
 
 def _step_peak(x, w, target, **kw):
     with LiveTensorMemory() as mem:
-        torch.autograd.grad(BF.linear_cross_entropy(x, w, target, **kw).sum(), (x, w))
+        torch.autograd.grad(_lce(x, w, target, **kw).sum(), (x, w))
     return mem.peak
 
 
@@ -335,7 +343,7 @@ def test_saves_nothing_logits_sized():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = BF.linear_cross_entropy(x, w, torch.randint(0, v, (n,)), chunk_size=8)
+        loss = _lce(x, w, torch.randint(0, v, (n,)), chunk_size=8)
     assert all(t.numel() <= max(x.numel(), w.numel()) for t in saved)
     assert {t.data_ptr() for t in saved if t.numel() == w.numel()} == {w.data_ptr()}
     loss.backward()
@@ -347,7 +355,7 @@ def test_inputs_are_not_modified(device):
     cw = torch.rand(7, device=device) + 0.5
     before = [t.clone() for t in (x, w, b, target, cw)]
     leaves = [t.requires_grad_() for t in (x, w, b)]
-    BF.linear_cross_entropy(*leaves[:2], target, leaves[2], class_weight=cw, chunk_size=4,
+    _lce(*leaves[:2], target, leaves[2], class_weight=cw, chunk_size=4,
                             label_smoothing=0.1).backward()
     for t, t0 in zip((x, w, b, target, cw), before):
         assert torch.equal(t.detach(), t0)
@@ -372,7 +380,7 @@ def test_compile_fullgraph_matches_eager(reduction):
     cw = torch.rand(9) + 0.5
 
     def fn(x, w, b):
-        return BF.linear_cross_entropy(x, w, target, b, class_weight=cw, label_smoothing=0.1,
+        return _lce(x, w, target, b, class_weight=cw, label_smoothing=0.1,
                                        reduction=reduction, chunk_size=4)
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
@@ -389,7 +397,7 @@ def test_compile_fullgraph_matches_eager(reduction):
 def test_compile_inductor_fullgraph_matches_eager():
     x, w, b = _head(11, 6, 9, "cpu", torch.float32)
     target = _target((11,), 9, "cpu")
-    fn = lambda x, w, b: BF.linear_cross_entropy(x, w, target, b, chunk_size=4)  # noqa: E731
+    fn = lambda x, w, b: _lce(x, w, target, b, chunk_size=4)  # noqa: E731
     compiled = torch.compile(fn, fullgraph=True)
     leaves = [t.clone().requires_grad_() for t in (x, w, b)]
     ref = [t.clone().requires_grad_() for t in (x, w, b)]
@@ -430,12 +438,12 @@ def test_autocast_takes_mixed_dtypes_like_linear():
     w = w.bfloat16()
     target = _target((6,), 5, "cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours = BF.linear_cross_entropy(x, w, target, b)
+        ours = _lce(x, w, target, b)
         theirs = TF.cross_entropy(TF.linear(x, w, b), target)
     assert ours.dtype == theirs.dtype == torch.float32
     torch.testing.assert_close(ours, theirs, atol=1e-2, rtol=1e-2)
-    with pytest.raises(TypeError, match="input and weight to have the same dtype"):
-        BF.linear_cross_entropy(x, w, target, b)
+    with pytest.raises(TypeError, match="input and linear_weight to have the same dtype"):
+        _lce(x, w, target, b)
 
 
 @pytest.mark.cuda
@@ -450,7 +458,8 @@ def test_module_state_dict_and_init_like_linear():
     torch.manual_seed(3)
     lin = torch.nn.Linear(16, 24)
     torch.manual_seed(3)
-    head = bnn.LinearCrossEntropy(16, 24, label_smoothing=0.1, chunk_size=4)
+    head = bnn.LinearCrossEntropy(16, 24, label_smoothing=0.1,
+                                  options=BF.LinearCrossEntropyOptions(batch_chunk_size=4))
     assert list(head.state_dict()) == list(lin.state_dict()) == ["weight", "bias"]
     for a, r in zip(head.state_dict().values(), lin.state_dict().values()):
         assert torch.equal(a, r)  # the same initialization
@@ -462,7 +471,7 @@ def test_module_state_dict_and_init_like_linear():
                                TF.cross_entropy(other(x), target, label_smoothing=0.1))
     no_bias = bnn.LinearCrossEntropy(16, 24, bias=False)
     assert no_bias.bias is None and list(no_bias.state_dict()) == ["weight"]
-    assert "label_smoothing=0.1" in repr(head) and "chunk_size=4" in repr(head)
+    assert "label_smoothing=0.1" in repr(head) and "batch_chunk_size=4" in repr(head)
 
 
 def test_module_from_linear_shares_parameters():
@@ -512,9 +521,11 @@ def test_bench_rows_and_memory_plot(monkeypatch, tmp_path, capsys):
 def test_rejects_bad_input():
     x, w, t = torch.randn(3, 4), torch.randn(5, 4), torch.tensor([0, 1, 4])
     lce = BF.linear_cross_entropy
-    with pytest.raises(ValueError, match=r"expected input.shape\[-1\] == weight.shape\[1\]"):
+    with pytest.raises(ValueError,
+                       match=r"expected input.shape\[-1\] == linear_weight.shape\[1\]"):
         lce(torch.randn(3, 5), w, t)
-    with pytest.raises(ValueError, match=r"expected weight of shape \(num_classes, in_features\)"):
+    with pytest.raises(ValueError,
+                       match=r"expected linear_weight of shape \(num_classes, in_features\)"):
         lce(x, torch.randn(4), t)
     with pytest.raises(ValueError, match=r"expected target of shape \(3,\)"):
         lce(x, w, torch.tensor([0, 1]))
@@ -522,18 +533,20 @@ def test_rejects_bad_input():
         lce(x, w, t.int())
     with pytest.raises(TypeError, match=r"same dtype, got torch\.float32 and torch\.float64"):
         lce(x, w.double(), t)
-    with pytest.raises(TypeError, match="input and bias to have the same dtype"):
-        lce(x, w, t, torch.zeros(5, dtype=torch.float16))
-    with pytest.raises(ValueError, match=r"expected bias of shape \(5,\)"):
-        lce(x, w, t, torch.zeros(4))
-    with pytest.raises(ValueError, match=r"expected class_weight of shape \(5,\)"):
-        lce(x, w, t, class_weight=torch.ones(4))
+    with pytest.raises(TypeError, match="input and linear_bias to have the same dtype"):
+        lce(x, w, t, linear_bias=torch.zeros(5, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"expected linear_bias of shape \(5,\)"):
+        lce(x, w, t, linear_bias=torch.zeros(4))
+    with pytest.raises(ValueError, match=r"expected weight of shape \(5,\)"):
+        lce(x, w, t, weight=torch.ones(4))
     with pytest.raises(ValueError, match="reduction must be one of"):
         lce(x, w, t, reduction="avg")
     with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\]"):
         lce(x, w, t, label_smoothing=1.5)
-    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
-        lce(x, w, t, chunk_size=0)
+    with pytest.raises(ValueError, match="batch_chunk_size must be positive int"):
+        lce(x, w, t, options=BF.LinearCrossEntropyOptions(batch_chunk_size=0))
+    with pytest.raises(TypeError, match="expected options to be a LinearCrossEntropyOptions"):
+        lce(x, w, t, options=4)
     with pytest.raises(TypeError, match="dtype float64, float32, float16 or bfloat16"):
         lce(x.long(), w.long(), t)
     with pytest.raises(ValueError, match="0-d"):
@@ -546,13 +559,14 @@ def test_rejects_bad_input():
         lce(x, w, torch.tensor([0, 5, 1]))
     with pytest.raises(IndexError, match=r"in rows \[2, 3\) of the input: .*target -3 at "
                        "position 0"):
-        lce(x, w, torch.tensor([0, 1, -3]), chunk_size=2)
+        lce(x, w, torch.tensor([0, 1, -3]),
+            options=BF.LinearCrossEntropyOptions(batch_chunk_size=2))
 
 
 @pytest.mark.cuda
 def test_rejects_mixed_devices():
     x, w, t = torch.randn(3, 4), torch.randn(5, 4), torch.tensor([0, 1, 4])
-    with pytest.raises(ValueError, match="expected weight on cpu like input, got cuda"):
+    with pytest.raises(ValueError, match="expected linear_weight on cpu like input, got cuda"):
         BF.linear_cross_entropy(x, w.cuda(), t)
     with pytest.raises(ValueError, match="expected target on cuda:0 like input, got cpu"):
         BF.linear_cross_entropy(x.cuda(), w.cuda(), t)
@@ -566,7 +580,7 @@ def test_cuda_peak_memory_is_one_block_beyond_the_gradients():
     target = torch.randint(0, v, (n,), device="cuda")
 
     def step():
-        return torch.autograd.grad(BF.linear_cross_entropy(x, w, target, chunk_size=chunk), (x, w))
+        return torch.autograd.grad(_lce(x, w, target, chunk_size=chunk), (x, w))
 
     step()  # cuBLAS's workspace is allocated once, at the first GEMM: not the step's memory
     torch.cuda.synchronize()
@@ -578,3 +592,107 @@ def test_cuda_peak_memory_is_one_block_beyond_the_gradients():
     grad_bytes = sum(g.numel() * g.element_size() for g in grads)
     # The gradients, a block, O(N) vectors and the allocator's rounding (torch's: 3 N V 2 bytes).
     assert peak <= grad_bytes + chunk * v * 2 + 64 * n + (8 << 20), (peak, grad_bytes)
+
+
+# --- torch 2.14's signature and Module
+
+
+_HAS_TORCH_LCE = hasattr(TF, "linear_cross_entropy")
+
+
+def _reference_lce(x, w, target, b=None, cw=None, **kw):
+    if _HAS_TORCH_LCE:
+        return TF.linear_cross_entropy(x, w, target, linear_bias=b, weight=cw, **kw)
+    kw["ignore_index"] = -100 if kw.get("ignore_index") is None else kw["ignore_index"]
+    return TF.cross_entropy(TF.linear(x, w, b), target, weight=cw, **kw)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(reduction="sum", label_smoothing=0.2),
+                                dict(reduction="none", ignore_index=3), dict(ignore_index=None)])
+def test_torch_signature_gives_torch_result(kw):
+    x, w, b = _head(11, 6, 9, "cpu", torch.float64)
+    target = _target((11,), 9, "cpu", ignore_every=4)
+    if kw.get("ignore_index") == 3:
+        target = target.clamp(min=0)  # a real class ignored, no -100
+    cw = torch.rand(9, dtype=torch.float64) + 0.5
+    leaves = [t.requires_grad_() for t in (x, w, b)]
+    options = BF.LinearCrossEntropyOptions(batch_chunk_size=4)
+    ours = BF.linear_cross_entropy(x, w, target, linear_bias=b, weight=cw, options=options, **kw)
+    theirs = _reference_lce(x, w, target, b, cw, **kw)
+    torch.testing.assert_close(ours, theirs)
+    grads = torch.autograd.grad(ours.sum(), leaves)
+    for g, r in zip(grads, torch.autograd.grad(theirs.sum(), leaves)):
+        torch.testing.assert_close(g, r)
+
+
+def test_signature_is_torchs():
+    import inspect
+
+    names = list(inspect.signature(BF.linear_cross_entropy).parameters)
+    assert names == ["input", "linear_weight", "target", "linear_bias", "weight", "reduction",
+                     "ignore_index", "label_smoothing", "options"]
+    if _HAS_TORCH_LCE:
+        theirs = inspect.signature(TF.linear_cross_entropy).parameters
+        ours = inspect.signature(BF.linear_cross_entropy).parameters
+        assert [(p.name, p.kind, p.default) for p in theirs.values()] == \
+               [(p.name, p.kind, p.default) for p in ours.values()]
+
+
+def test_old_spelling_says_what_to_write():
+    x, w, t = torch.randn(3, 4), torch.randn(5, 4), torch.tensor([0, 1, 4])
+    with pytest.raises(TypeError, match=r"linear_bias=bias"):
+        BF.linear_cross_entropy(x, w, t, torch.zeros(5))
+    with pytest.raises(TypeError, match=r"class_weight= is no longer an argument.*write weight="):
+        BF.linear_cross_entropy(x, w, t, class_weight=torch.ones(5))
+    with pytest.raises(TypeError, match=r"chunk_size=.*batch_chunk_size"):
+        BF.linear_cross_entropy(x, w, t, chunk_size=2)
+    with pytest.raises(TypeError, match=r"write linear_bias="):
+        BF.linear_cross_entropy(x, w, t, bias=torch.zeros(5))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_class_probability_targets_as_torch(reduction):
+    x, w, b = _head(7, 5, 6, "cpu", torch.float64)
+    probs = torch.softmax(torch.randn(7, 6, dtype=torch.float64), 1)
+    cw = torch.rand(6, dtype=torch.float64) + 0.5
+    leaves = [t.requires_grad_() for t in (x, w, b)]
+    kw = dict(reduction=reduction, label_smoothing=0.1)
+    ours = BF.linear_cross_entropy(x, w, probs, linear_bias=b, weight=cw, **kw)
+    theirs = TF.cross_entropy(TF.linear(x, w, b), probs, weight=cw, **kw)
+    torch.testing.assert_close(ours, theirs)
+    for g, r in zip(torch.autograd.grad(ours.sum(), leaves),
+                    torch.autograd.grad(theirs.sum(), leaves)):
+        torch.testing.assert_close(g, r)
+    with pytest.raises(RuntimeError, match="ignore_index cannot be specified"):
+        BF.linear_cross_entropy(x, w, probs, ignore_index=-100)
+
+
+def test_k_dimensional_weight_as_torch():
+    x = torch.randn(4, 5, dtype=torch.float64)
+    w = torch.randn(6, 3, 5, dtype=torch.float64)
+    target = torch.randint(0, 6, (4, 3))
+    theirs = TF.cross_entropy(TF.linear(x, w.reshape(18, 5)).reshape(4, 6, 3), target)
+    torch.testing.assert_close(BF.linear_cross_entropy(x, w, target), theirs)
+
+
+def test_loss_module_is_torchs_drop_in():
+    torch.manual_seed(5)
+    kw = dict(bias=True, weight=torch.rand(9) + 0.5, label_smoothing=0.1, reduction="sum")
+    ours = bnn.LinearCrossEntropyLoss(6, 9, **kw)
+    assert list(ours.state_dict()) == ["weight", "linear.weight", "linear.bias"]
+    x, target = torch.randn(8, 6), torch.randint(0, 9, (8,))
+    expected = TF.cross_entropy(ours.linear(x), target, weight=ours.weight, label_smoothing=0.1,
+                                reduction="sum")
+    torch.testing.assert_close(ours(x, target), expected)
+    if hasattr(torch.nn, "LinearCrossEntropyLoss"):
+        torch.manual_seed(5)
+        theirs = torch.nn.LinearCrossEntropyLoss(6, 9, **kw)
+        assert isinstance(ours, torch.nn.LinearCrossEntropyLoss)
+        assert repr(ours) == repr(theirs)
+        ours.load_state_dict(theirs.state_dict())
+        expected = theirs(x, target)
+        torch.testing.assert_close(ours(x, target), expected)
+        model = torch.nn.ModuleDict({"loss": theirs})
+        bnn.convert(model)
+        assert type(model["loss"]) is bnn.LinearCrossEntropyLoss
+        torch.testing.assert_close(model["loss"](x, target), expected)

@@ -51,7 +51,8 @@ class HeadRow(Row):
 
 
 def ours_fn(chunk_size=None):
-    return lambda x, w, t: BF.linear_cross_entropy(x, w, t, chunk_size=chunk_size)
+    options = BF.LinearCrossEntropyOptions(batch_chunk_size=chunk_size)
+    return lambda x, w, t: BF.linear_cross_entropy(x, w, t, options=options)
 
 
 def torch_fn(x, w, t):

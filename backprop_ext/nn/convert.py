@@ -13,6 +13,7 @@ import itertools
 import torch
 
 from ..ops import activation as _activation
+from . import causal_lm as _causal_lm
 from .activations import (
     ACTIVATION_MODULES,
     GELU,
@@ -30,6 +31,7 @@ from .modules import (
     CrossEntropyLoss,
     GatedMLP,
     Linear,
+    LinearCrossEntropyLoss,
     LogSoftmax,
     Softmax,
 )
@@ -129,6 +131,8 @@ _CONVERSIONS: dict = {
     _TIMM_ME + "MishMe": _new(lambda m: Mish(), "Mish()"),
     _TIMM_ME + "HardSwishMe": _leave("its gradient at x = -3 and 3 differs from hardswish's"),
     _TIMM_ME + "HardSigmoidMe": _leave("its gradient at x = -3 and 3 differs from hardsigmoid's"),
+    **({_qualname(torch.nn.LinearCrossEntropyLoss): _rebadge(LinearCrossEntropyLoss)}
+       if hasattr(torch.nn, "LinearCrossEntropyLoss") else {}),  # torch >= 2.14
     # GPT-2's linear layer, weight (in, out): re-badged onto our linear, same Parameters.
     "transformers.pytorch_utils.Conv1D": _rebadge(Conv1D),
 }
@@ -349,7 +353,7 @@ def _set_child(parents, module, replacement) -> None:
 
 
 def convert(model: torch.nn.Module, *, fuse: bool = False, report: bool = False,
-            memory_budget: int | float | None = None):
+            memory_budget: int | float | None = None, lm_loss: bool | str = True):
     """Swaps every supported layer in `model` for backprop_ext's, in place, and returns the model
     (with report=True: (model, ConversionReport), whose str() lists what was replaced, fused and
     left alone, and why). Parameters and state_dict keys are unchanged; Parameters are never
@@ -368,6 +372,19 @@ def convert(model: torch.nn.Module, *, fuse: bool = False, report: bool = False,
     checked on a probe input; the activation becomes nn.Identity so that indices and state_dict
     keys stay. Modules with hooks are left apart.
 
+    lm_loss=True (the default) also takes over a transformers causal LM's training loss
+    (backprop_ext.nn.causal_lm; Llama, Mistral, Qwen2, Gemma, GPT-2, ...: an `lm_head` Linear
+    and transformers' ForCausalLMLoss, confirmed on a probe batch): in training, with autograd on
+    and labels given, model(input_ids, labels=labels).loss is computed by linear_cross_entropy
+    from the final hidden states inside lm_head's forward, the N x V logits never built, and the
+    output's logits are None. Honoured as transformers does: the label shift (or shift_labels),
+    ignore_index, num_items_in_batch (a sum divided by it), logits_to_keep, tied embeddings.
+    Without labels, under no_grad or in eval mode the model returns its logits as before.
+    lm_loss="keep_logits": the same, and the output's logits are computed too (without autograd:
+    detached). lm_loss=False: the loss is left to transformers. Models whose loss this does not
+    compute exactly (Gemma 2's final_logit_softcapping, a custom loss_function, ...) are left
+    alone with the reason in the report.
+
     memory_budget: also checkpoint the model's repeated blocks (transformers' decoder layers, any
     nn.ModuleList of alike blocks) under this budget: bytes (an int), or a fraction in (0, 1] of
     the blocks' plain step peak (their forward and backward with the gradients they make). Each
@@ -381,6 +398,9 @@ def convert(model: torch.nn.Module, *, fuse: bool = False, report: bool = False,
     if not isinstance(model, torch.nn.Module):
         raise TypeError("backprop_ext.nn.convert: expected model to be a torch.nn.Module, got "
                         f"{type(model).__name__}")
+    if lm_loss not in (True, False, "keep_logits"):
+        raise ValueError("backprop_ext.nn.convert: lm_loss must be True, False or "
+                         f"'keep_logits', got {lm_loss!r}")
     summary = ConversionReport()
 
     def record(theirs: type, ours) -> None:
@@ -449,7 +469,22 @@ def convert(model: torch.nn.Module, *, fuse: bool = False, report: bool = False,
             if pair is not None:
                 _fuse_pair(module, pair, path, summary)
 
-    # 4. Checkpointing the repeated blocks under a budget.
+    # 4. A causal LM's loss, from the hidden states (after step 2: lm_head is our Linear).
+    if lm_loss:
+        for path, module, _ in walk():
+            why = _causal_lm.causal_lm_reason(module)
+            if why is None:
+                _causal_lm.patch(module, keep_logits=lm_loss == "keep_logits")
+                why = _causal_lm.probe(module)
+                if why is not None:
+                    _causal_lm.unpatch(module)
+            if why is None:
+                summary.fused.append((path, "lm_head + loss_function -> linear_cross_entropy "
+                                            "on the hidden states (no logits in training)"))
+            elif why:
+                summary._leave(path, module, f"causal LM loss left to the model: {why}")
+
+    # 5. Checkpointing the repeated blocks under a budget.
     if memory_budget is not None:
         from ..checkpoint.blocks import checkpoint_blocks
 

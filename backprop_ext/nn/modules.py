@@ -7,6 +7,8 @@ kernels.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import functional as F
@@ -15,8 +17,8 @@ from ..ops.linear import parse_activation
 # The activation Modules (ReLU, GELU, ...) are written out from the activation table in
 # nn/activations.py.
 
-__all__ = ["Linear", "Softmax", "LogSoftmax", "CrossEntropyLoss", "LinearCrossEntropy", "Conv1D",
-           "GatedMLP"]
+__all__ = ["Linear", "Softmax", "LogSoftmax", "CrossEntropyLoss", "LinearCrossEntropy",
+           "LinearCrossEntropyLoss", "Conv1D", "GatedMLP"]
 
 
 class Softmax(torch.nn.Softmax):
@@ -78,10 +80,11 @@ class LinearCrossEntropy(torch.nn.Module):
 
     Holds the head like torch.nn.Linear(in_features, out_features, bias) does: parameters
     `weight` (out_features, in_features) and `bias` (out_features,) or None, under the same names,
-    with the same initialization, so state_dicts load both ways. out_features is the number of
-    classes (the vocabulary). The loss options are F.cross_entropy's (class_weight is its
-    `weight`, kept as a buffer outside the state_dict); chunk_size: rows per block of logits
-    (None: linear_cross_entropy's default).
+    with the same initialization, so state_dicts load both ways (torch's LinearCrossEntropyLoss,
+    and ours below, hold theirs as `linear.weight`). out_features is the number of classes (the
+    vocabulary). The loss options are linear_cross_entropy's: class_weight is its `weight` (the
+    name `weight` is the head's Parameter here), kept as a buffer outside the state_dict;
+    options: a LinearCrossEntropyOptions (batch_chunk_size: rows per block) or None.
 
     forward(input (*, in_features), target (*) int64) -> the loss. For the logits themselves
     (generation), F.linear(input, head.weight, head.bias).
@@ -90,7 +93,7 @@ class LinearCrossEntropy(torch.nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
                  dtype=None, *, class_weight: torch.Tensor | None = None,
                  ignore_index: int = -100, label_smoothing: float = 0.0,
-                 reduction: str = "mean", chunk_size: int | None = None) -> None:
+                 reduction: str = "mean", options=None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.in_features, self.out_features = in_features, out_features
@@ -101,7 +104,7 @@ class LinearCrossEntropy(torch.nn.Module):
             self.register_parameter("bias", None)
         self.register_buffer("class_weight", class_weight, persistent=False)
         self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
-        self.reduction, self.chunk_size = reduction, chunk_size
+        self.reduction, self.options = reduction, options
         self.reset_parameters()
 
     reset_parameters = torch.nn.Linear.reset_parameters  # the same initialization as nn.Linear
@@ -117,9 +120,9 @@ class LinearCrossEntropy(torch.nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.linear_cross_entropy(
-            input, self.weight, target, self.bias, class_weight=self.class_weight,
+            input, self.weight, target, linear_bias=self.bias, weight=self.class_weight,
             ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
-            reduction=self.reduction, chunk_size=self.chunk_size)
+            reduction=self.reduction, options=self.options)
 
     def extra_repr(self) -> str:
         extra = (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -130,9 +133,67 @@ class LinearCrossEntropy(torch.nn.Module):
             extra += f", label_smoothing={self.label_smoothing}"
         if self.class_weight is not None:
             extra += ", class_weight=(...)"
-        if self.chunk_size is not None:
-            extra += f", chunk_size={self.chunk_size}"
+        if self.options is not None:
+            extra += f", options={self.options}"
         return extra
+
+
+def _linear_cross_entropy_loss_forward(self, input: torch.Tensor,
+                                       target: torch.Tensor) -> torch.Tensor:
+    linear_weight = self.linear.weight.reshape(
+        (self.num_classes, *self.out_features, self.linear.in_features))
+    linear_bias = (self.linear.bias.reshape((self.num_classes, *self.out_features))
+                   if self.linear.bias is not None else None)
+    return F.linear_cross_entropy(
+        input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
+        reduction=self.reduction, ignore_index=self.ignore_index,
+        label_smoothing=self.label_smoothing, options=self.options)
+
+
+if hasattr(torch.nn, "LinearCrossEntropyLoss"):  # torch >= 2.14
+
+    class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
+        """torch.nn.LinearCrossEntropyLoss on backprop_ext.functional.linear_cross_entropy:
+        same constructor, parameters (linear.weight, linear.bias), class-weight buffer `weight`,
+        state_dict and repr. Every call is chunked (torch's options=None materializes the
+        logits; ours never does, see linear_cross_entropy for what each options field does
+        here)."""
+
+        forward = _linear_cross_entropy_loss_forward
+
+else:
+
+    class LinearCrossEntropyLoss(torch.nn.modules.loss._WeightedLoss):
+        """torch 2.14's torch.nn.LinearCrossEntropyLoss, for torch 2.11-2.13 (which lack it):
+        the same constructor, parameters (linear.weight, linear.bias), class-weight buffer
+        `weight`, state_dict and repr, on backprop_ext.functional.linear_cross_entropy."""
+
+        def __init__(self, in_features: int, num_classes: int, *, out_features=(),
+                     bias: bool = False, device=None, dtype=None, reduction: str = "mean",
+                     weight: torch.Tensor | None = None, ignore_index: int | None = None,
+                     label_smoothing: float = 0.0, options=None) -> None:
+            if weight is not None and weight.shape != (num_classes,):
+                raise RuntimeError(f"expected weight shape to be {(num_classes,)}, got "
+                                   f"{tuple(weight.shape)}")
+            if label_smoothing < 0 or label_smoothing > 1.0:
+                raise RuntimeError("expected label_smoothing to be in range [0, 1], got "
+                                   f"{label_smoothing}")
+            super().__init__(weight=weight, size_average=None, reduce=None, reduction=reduction)
+            self.num_classes = num_classes
+            self.out_features = tuple(out_features)
+            self.ignore_index = ignore_index
+            self.label_smoothing = label_smoothing
+            self.linear = torch.nn.Linear(in_features, math.prod(out_features, start=num_classes),
+                                          bias=bias, device=device, dtype=dtype)
+            self.options = options
+
+        forward = _linear_cross_entropy_loss_forward
+
+        def extra_repr(self) -> str:
+            return (f"in_features={self.linear.in_features}, num_classes={self.num_classes}, "
+                    f"out_features={self.out_features}, bias={self.linear.bias is not None}, "
+                    f"reduction={self.reduction}, ignore_index={self.ignore_index}, "
+                    f"label_smoothing={self.label_smoothing}, options={self.options}")
 
 
 class Conv1D(torch.nn.Module):

@@ -313,7 +313,8 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     weight: (C,), in input's dtype for class indices (any floating dtype for probabilities).
     Returns the loss, a scalar or target's shape for reduction='none': in input's dtype for class
     indices; for probabilities in the promotion of input's, target's and weight's, as torch.
-    One call of the composite op cross_entropy (csrc/ops/cross_entropy.cpp), which checks the arguments.
+    One call of the composite op cross_entropy (csrc/ops/cross_entropy.cpp), which checks the
+    arguments.
     """
     try:
         if size_average is not None or reduce is not None:

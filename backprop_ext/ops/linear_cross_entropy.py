@@ -1,12 +1,16 @@
 """linear_cross_entropy: a language-model head and its cross-entropy, without the logits.
 
-    loss = cross_entropy(input @ weight.T + bias, target, class_weight, ignore_index,
+    loss = cross_entropy(input @ linear_weight.T + linear_bias, target, weight, ignore_index,
                          label_smoothing, reduction)
+
+torch 2.14's F.linear_cross_entropy signature (`weight` is the class weight, called class_weight
+below and in the Function).
 
 For N rows of H features and V classes the logits are N x V: at N = 8192, V = 128256 they are
 2 GiB in bfloat16, and torch's unfused path holds about three such tensors at its peak (logits,
-log-probabilities, their gradients). Here the rows are taken in blocks of `chunk_size`; one
-(chunk, V) buffer is reused for every block, so the extra memory is O(chunk x V), never O(N x V):
+log-probabilities, their gradients). Here the rows are taken in blocks of `chunk_size`
+(options.batch_chunk_size); one (chunk, V) buffer is reused for every block, so the extra memory
+is O(chunk x V), never O(N x V):
 
     for each block of rows:
         z  = x_blk @ W.T + b                 into the buffer (torch's GEMM)
@@ -41,17 +45,44 @@ Ops used (csrc/ops/schemas.cpp): cross_entropy_fwd, cross_entropy_bwd_out (the s
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import torch
 import torch.nn.functional as TF
 
 from .autograd import pick, twin
 from .dtypes import FLOAT_DTYPES, HALF_DTYPES, opmath_dtype
 
-__all__ = ["linear_cross_entropy", "default_chunk_size"]
+__all__ = ["linear_cross_entropy", "default_chunk_size", "LinearCrossEntropyOptions"]
 
 _ops = torch.ops.backprop_ext
 _REDUCTIONS = ("none", "mean", "sum")
 _AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)  # autocast leaves float64 be
+
+
+if hasattr(torch.nn, "LinearCrossEntropyOptions"):  # torch >= 2.14
+    LinearCrossEntropyOptions = torch.nn.LinearCrossEntropyOptions
+else:
+
+    @dataclasses.dataclass(slots=True, frozen=True)
+    class LinearCrossEntropyOptions:
+        """torch 2.14's torch.nn.LinearCrossEntropyOptions, for torch 2.11-2.13 (which lack it):
+        the same fields and defaults. Only batch_chunk_size changes what linear_cross_entropy
+        does (rows per block; None: default_chunk_size()); see linear_cross_entropy."""
+
+        allow_retain_graph: bool = False
+        batch_chunk_size: int | None = None
+        chunking_method: str | None = "auto"
+        acc_policy: str = "auto"
+        acc_dtype: torch.dtype | None = None
+
+        def __post_init__(self):
+            if not (self.batch_chunk_size is None or (
+                    isinstance(self.batch_chunk_size, int) and self.batch_chunk_size > 0)):
+                raise ValueError("batch_chunk_size must be positive int or None, got "
+                                 f"{self.batch_chunk_size!r}")
+
 
 # Bytes of the (chunk, V) logits block that chunk_size=None aims for, per device. The block is
 # the only O(chunk x V) scratch; a larger one makes longer GEMMs and fewer read-modify-writes of
@@ -354,44 +385,45 @@ def _check(cond: bool, message: str, exc=ValueError) -> None:
         raise exc(f"backprop_ext.linear_cross_entropy: {message}")
 
 
-def _check_args(input, weight, target, bias, class_weight, reduction, label_smoothing,
+def _check_args(input, linear_weight, target, linear_bias, weight, reduction, label_smoothing,
                 chunk_size):
-    for name, t in (("input", input), ("weight", weight), ("target", target)):
+    for name, t in (("input", input), ("linear_weight", linear_weight), ("target", target)):
         _check(isinstance(t, torch.Tensor), f"expected {name} to be a Tensor, got "
                f"{type(t).__name__}", TypeError)
-    for name, t in (("bias", bias), ("class_weight", class_weight)):
+    for name, t in (("linear_bias", linear_bias), ("weight", weight)):
         _check(t is None or isinstance(t, torch.Tensor), f"expected {name} to be a Tensor or "
                f"None, got {type(t).__name__}", TypeError)
     _check(input.dtype in FLOAT_DTYPES, "expected input of dtype float64, float32, float16 or "
            f"bfloat16, got {input.dtype}", TypeError)
     _check(input.dim() >= 1, "expected input of shape (*, in_features), got a 0-d tensor")
-    _check(weight.dim() == 2, "expected weight of shape (num_classes, in_features), got "
-           f"shape {tuple(weight.shape)}")
-    _check(input.shape[-1] == weight.shape[1], f"expected input.shape[-1] == weight.shape[1] "
-           f"(in_features), got input of shape {tuple(input.shape)} and weight of shape "
-           f"{tuple(weight.shape)}")
-    _check(weight.shape[0] > 0, "expected at least one class (weight.shape[0] > 0)")
-    if bias is not None:
-        _check(bias.shape == weight.shape[:1], f"expected bias of shape ({weight.shape[0]},), "
-               f"got {tuple(bias.shape)}")
-    _check(target.dtype == torch.int64, "expected class-index target of dtype int64, got "
+    _check(linear_weight.dim() == 2, "expected linear_weight of shape (num_classes, "
+           f"in_features), got shape {tuple(linear_weight.shape)}")
+    _check(input.shape[-1] == linear_weight.shape[1], "expected input.shape[-1] == "
+           f"linear_weight.shape[1] (in_features), got input of shape {tuple(input.shape)} and "
+           f"linear_weight of shape {tuple(linear_weight.shape)}")
+    _check(linear_weight.shape[0] > 0, "expected at least one class (linear_weight.shape[0] > 0)")
+    if linear_bias is not None:
+        _check(linear_bias.shape == linear_weight.shape[:1], "expected linear_bias of shape "
+               f"({linear_weight.shape[0]},), got {tuple(linear_bias.shape)}")
+    _check(target.dtype == torch.int64, "expected class-index target of dtype int64 (or "
+           f"class probabilities of shape {(*input.shape[:-1], linear_weight.shape[0])}), got "
            f"{target.dtype}", TypeError)
     _check(target.shape == input.shape[:-1], f"expected target of shape "
            f"{tuple(input.shape[:-1])} (input's without in_features), got {tuple(target.shape)}")
-    if class_weight is not None:
-        _check(class_weight.shape == weight.shape[:1], f"expected class_weight of shape "
-               f"({weight.shape[0]},) (one per class), got {tuple(class_weight.shape)}")
-        _check(class_weight.is_floating_point(), "expected a floating-point class_weight, got "
-               f"{class_weight.dtype}", TypeError)
-    for name, t in (("weight", weight), ("target", target), ("bias", bias),
-                    ("class_weight", class_weight)):
+    if weight is not None:
+        _check(weight.shape == linear_weight.shape[:1], f"expected weight of shape "
+               f"({linear_weight.shape[0]},) (one per class), got {tuple(weight.shape)}")
+        _check(weight.is_floating_point(), "expected a floating-point weight (class weight), got "
+               f"{weight.dtype}", TypeError)
+    for name, t in (("linear_weight", linear_weight), ("target", target),
+                    ("linear_bias", linear_bias), ("weight", weight)):
         _check(t is None or t.device == input.device, f"expected {name} on {input.device} like "
                f"input, got {t.device if t is not None else None}")
     _check(reduction in _REDUCTIONS, f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     _check(0.0 <= label_smoothing <= 1.0, f"label_smoothing must be in [0, 1], got "
            f"{label_smoothing}")
     _check(chunk_size is None or (isinstance(chunk_size, int) and chunk_size > 0),
-           f"chunk_size must be a positive int or None, got {chunk_size!r}")
+           f"options.batch_chunk_size must be a positive int or None, got {chunk_size!r}")
 
 
 def _autocast(input, weight, bias):
@@ -407,61 +439,158 @@ def _autocast(input, weight, bias):
     return cast(input), cast(weight), cast(bias), True
 
 
-def linear_cross_entropy(input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
-                         bias: torch.Tensor | None = None, *,
-                         class_weight: torch.Tensor | None = None, ignore_index: int = -100,
-                         label_smoothing: float = 0.0, reduction: str = "mean",
-                         chunk_size: int | None = None) -> torch.Tensor:
-    """cross_entropy(input @ weight.T + bias, target, ...) without materializing the logits,
-    forward and backward, with O(chunk_size x num_classes) extra memory. The same result as
+# The spelling of backprop_ext 0.x before torch 2.14 had the function, and what to write now.
+_OLD_KEYWORDS = {
+    "bias": "linear_bias=",
+    "class_weight": "weight= (the class weight, as in torch's F.linear_cross_entropy)",
+    "chunk_size": "options=LinearCrossEntropyOptions(batch_chunk_size=...)",
+}
 
-        F.cross_entropy(F.linear(input, weight, bias).reshape(-1, num_classes),
-                        target.reshape(-1), weight=class_weight, ignore_index=ignore_index,
+
+def _reject_old_spelling(positional: tuple, keywords: dict) -> None:
+    if positional:
+        raise TypeError(
+            "backprop_ext.linear_cross_entropy: takes 3 positional arguments (input, "
+            f"linear_weight, target) but {3 + len(positional)} were given; the bias is now the "
+            "keyword linear_bias= (torch's signature): write linear_cross_entropy(input, "
+            "linear_weight, target, linear_bias=bias)")
+    for name in keywords:
+        if name in _OLD_KEYWORDS:
+            raise TypeError(f"backprop_ext.linear_cross_entropy: {name}= is no longer an "
+                            f"argument (torch's signature now); write {_OLD_KEYWORDS[name]}")
+        raise TypeError(f"backprop_ext.linear_cross_entropy: got an unexpected keyword argument "
+                        f"{name!r}")
+
+
+def _chunk_of(options) -> int | None:
+    """options.batch_chunk_size (None: our default block), for torch's LinearCrossEntropyOptions
+    or any object with that field."""
+    if options is None:
+        return None
+    if not hasattr(options, "batch_chunk_size"):
+        raise TypeError("backprop_ext.linear_cross_entropy: expected options to be a "
+                        "LinearCrossEntropyOptions (or None), got "
+                        f"{type(options).__name__}")
+    return options.batch_chunk_size
+
+
+def _reference(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+               label_smoothing):
+    """torch's reference F.cross_entropy(F.linear(...)), classes last: for class-probability
+    targets and K-dimensional weights, which run unfused (the logits are materialized)."""
+    if linear_weight.dim() > 2:  # K-dimensional loss: logits (N, C, d_1, ..., d_K), as torch's
+        shape = (*input.shape[:-1], *linear_weight.shape[:-1])
+        logits = TF.linear(input, linear_weight.reshape(-1, input.shape[-1]),
+                           linear_bias.reshape(-1) if linear_bias is not None else None)
+        return TF.cross_entropy(logits.reshape(shape), target, weight=weight,
+                                reduction=reduction, ignore_index=ignore_index,
+                                label_smoothing=label_smoothing)
+    logits = TF.linear(input, linear_weight, linear_bias)
+    n_classes = linear_weight.shape[0]
+    loss = TF.cross_entropy(logits.reshape(-1, n_classes), target.reshape(-1, n_classes),
+                            weight=weight, reduction=reduction, label_smoothing=label_smoothing)
+    return loss.reshape(target.shape[:-1]) if reduction == "none" else loss
+
+
+def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor,
+                         *_positional, linear_bias: torch.Tensor | None = None,
+                         weight: torch.Tensor | None = None, reduction: str = "mean",
+                         ignore_index: int | None = None, label_smoothing: float = 0.0,
+                         options=None, **_keywords) -> torch.Tensor:
+    """torch.nn.functional.linear_cross_entropy (torch 2.14's signature and meaning), without
+    materializing the logits, forward and backward, with O(chunk x num_classes) extra memory.
+    The same result as torch's reference
+
+        F.cross_entropy(F.linear(input, linear_weight, linear_bias).reshape(-1, num_classes),
+                        target.reshape(-1), weight=weight, ignore_index=ignore_index,
                         label_smoothing=label_smoothing, reduction=reduction)
 
     (reshaped to target's shape for reduction="none"): the classes are the logits' last dim, as
-    F.linear makes them, whatever the leading dims (F.cross_entropy on a 3-d input would take
-    its dim 1 for the classes).
+    F.linear makes them, whatever the leading dims (torch's takes 1-d or 2-d input only; ours
+    any (*, in_features)).
 
     input: (*, in_features), float64/float32/float16/bfloat16, e.g. a transformer's last hidden
-    states (batch, seq, hidden). weight: (num_classes, in_features), the head's weight (a tied
-    embedding works), and bias: (num_classes,) or None, both in input's dtype and on its device.
-    target: (*) int64 class indices in [0, num_classes), or ignore_index (such rows contribute
-    nothing). class_weight: (num_classes,) rescaling weight per class (F.cross_entropy's
-    `weight`), any floating dtype (used in input's dtype), or None.
-    reduction: "mean" (over the class weights of the rows not ignored, as torch), "sum", or
-    "none" (a loss of target's shape; its backward recomputes the logits, one GEMM more).
-    chunk_size: rows per block of logits; None picks default_chunk_size() (a block of at most
-    about 48 MiB on CPU, 512 MiB on CUDA). Smaller blocks use less memory and run shorter GEMMs.
+    states (batch, seq, hidden). linear_weight: (num_classes, in_features), the head's weight (a
+    tied embedding works), and linear_bias: (num_classes,) or None, both in input's dtype and on
+    its device. target: (*) int64 class indices in [0, num_classes), or ignore_index (such rows
+    contribute nothing); ignore_index None means -100, as torch's. weight: (num_classes,) the
+    class weight (F.cross_entropy's `weight`), any floating dtype (used in input's dtype), or
+    None. reduction: "mean" (over the class weights of the rows not ignored, as torch), "sum",
+    or "none" (a loss of target's shape; its backward recomputes the logits, one GEMM more).
+
+    Class-probability targets (target of the logits' shape (*, num_classes), floating) and
+    K-dimensional linear_weight (num_classes, d_1, ..., d_K, in_features) take torch's reference
+    path (the logits are materialized), with torch's rules (ignore_index must then be None).
+
+    options: torch's LinearCrossEntropyOptions or None. Here every call is chunked (torch's
+    options=None path materializes the logits; ours never does). options.batch_chunk_size: rows
+    per block of logits; None (or options=None) picks default_chunk_size() (a block of at most
+    about 48 MiB on CPU, 512 MiB on CUDA). The other fields change nothing here:
+    chunking_method (the default block is sized in bytes, not by aspect ratio), acc_policy and
+    acc_dtype (the logits are always reduced in float32 or better; the weight gradient
+    accumulates in its own dtype, see the module notes), allow_retain_graph (a second backward
+    through a retained graph always works: it recomputes).
 
     Returns the loss in input's dtype (float32 under torch.autocast, as torch's cross-entropy).
-    Under autocast, input, weight and bias are cast like F.linear's operands; the logits are
-    reduced in float32 in every case. With reduction "mean"/"sum" and gradients required, the
-    forward computes the gradients too (the backward scales them): a forward whose loss is never
-    differentiated costs three GEMMs instead of one; run it under torch.no_grad() when only the
-    loss is wanted.
+    Under autocast, input, linear_weight and linear_bias are cast like F.linear's operands; the
+    logits are reduced in float32 in every case. With reduction "mean"/"sum" and gradients
+    required, the forward computes the gradients too (the backward scales them): a forward whose
+    loss is never differentiated costs three GEMMs instead of one; run it under torch.no_grad()
+    when only the loss is wanted.
+
+    The spelling before torch had this function (a positional bias, class_weight=,
+    chunk_size=) raises a TypeError saying what to write instead.
     """
-    _check_args(input, weight, target, bias, class_weight, reduction, label_smoothing,
+    if _positional or _keywords:
+        _reject_old_spelling(_positional, _keywords)
+    chunk_size = _chunk_of(options)
+    if (isinstance(input, torch.Tensor) and isinstance(linear_weight, torch.Tensor)
+            and isinstance(target, torch.Tensor) and input.dim() >= 1
+            and (linear_weight.dim() > 2 or (target.is_floating_point() and target.shape == (
+                *input.shape[:-1], linear_weight.shape[0])))):
+        if ignore_index is not None and target.is_floating_point():
+            raise RuntimeError("backprop_ext.linear_cross_entropy: ignore_index cannot be "
+                               "specified when target contains probabilities")
+        _check(reduction in _REDUCTIONS, f"reduction must be one of {_REDUCTIONS}, got "
+               f"{reduction!r}")
+        return _reference(input, linear_weight, target, linear_bias, weight, reduction,
+                          -100 if ignore_index is None else ignore_index, label_smoothing)
+    ignore_index = -100 if ignore_index is None else ignore_index
+    _check(isinstance(ignore_index, int), "expected ignore_index to be an int or None, got "
+           f"{type(ignore_index).__name__}", TypeError)
+    _check_args(input, linear_weight, target, linear_bias, weight, reduction, label_smoothing,
                 chunk_size)
-    input, weight, bias, autocast = _autocast(input, weight, bias)
+    input, linear_weight, linear_bias, autocast = _autocast(input, linear_weight, linear_bias)
     dtype = input.dtype
-    for name, t in (("weight", weight), ("bias", bias)):
+    for name, t in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
         _check(t is None or t.dtype == dtype, f"expected input and {name} to have the same "
                f"dtype, got {dtype} and {t.dtype if t is not None else None}", TypeError)
     out_dtype = torch.float32 if autocast and dtype in HALF_DTYPES else dtype
     x = input.reshape(-1, input.shape[-1])
     t = target.reshape(-1)
-    n, v = x.shape[0], weight.shape[0]
+    n, v = x.shape[0], linear_weight.shape[0]
     if chunk_size is None:
         chunk_size = default_chunk_size(n, v, dtype, x.device.type)
+    class_weight = weight
     if class_weight is not None:
         class_weight = class_weight.detach().to(dtype).contiguous()
     grad = torch.is_grad_enabled()
-    needs = tuple(grad and p is not None and p.requires_grad for p in (x, weight, bias))
+    needs = tuple(grad and p is not None and p.requires_grad for p in (x, linear_weight,
+                                                                       linear_bias))
     precompute = needs if reduction != "none" else (False, False, False)
-    loss = pick(_LINEAR_CROSS_ENTROPY).apply(x, weight, bias, t.contiguous(), class_weight,
-                                             ignore_index, float(label_smoothing), reduction,
-                                             max(1, chunk_size), precompute)[0]
+    loss = pick(_LINEAR_CROSS_ENTROPY).apply(x, linear_weight, linear_bias, t.contiguous(),
+                                             class_weight, ignore_index, float(label_smoothing),
+                                             reduction, max(1, chunk_size), precompute)[0]
     if reduction == "none":
         loss = loss.reshape(target.shape)
     return loss.to(out_dtype)
+
+
+def _public_signature():
+    """linear_cross_entropy's signature as torch's (without the old-spelling catch-alls)."""
+    sig = inspect.signature(linear_cross_entropy)
+    return sig.replace(parameters=[p for p in sig.parameters.values()
+                                   if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)])
+
+
+linear_cross_entropy.__signature__ = _public_signature()

@@ -251,7 +251,7 @@ CROSS_ENTROPY_CASES = (
 
 @dataclasses.dataclass(frozen=True)
 class LinearCrossEntropyCase:
-    """linear_cross_entropy(x, weight, target, bias) against torch's
+    """linear_cross_entropy(x, weight, target, linear_bias=bias) against torch's
     F.cross_entropy(F.linear(x, weight, bias), target), class-index targets (one ignored) and
     class weights, in blocks of a quarter of the rows (so every case has a partial last block)."""
 
@@ -261,7 +261,7 @@ class LinearCrossEntropyCase:
     @property
     def label(self) -> str:
         args = ",".join(f"{k}={v}" for k, v in self.kwargs)
-        return (f"linear_cross_entropy({'class_weight,' if self.weighted else ''}ignore"
+        return (f"linear_cross_entropy({'weight,' if self.weighted else ''}ignore"
                 f"{',' + args if args else ''})")
 
     def _targets(self, x, weight):
@@ -278,8 +278,9 @@ class LinearCrossEntropyCase:
         from .. import functional as BF
 
         target, class_weight = self._targets(x, weight)
-        return BF.linear_cross_entropy(x, weight, target, bias, class_weight=class_weight,
-                                       chunk_size=max(2, x.shape[0] // 4), **dict(self.kwargs))
+        options = BF.LinearCrossEntropyOptions(batch_chunk_size=max(2, x.shape[0] // 4))
+        return BF.linear_cross_entropy(x, weight, target, linear_bias=bias, weight=class_weight,
+                                       options=options, **dict(self.kwargs))
 
     def torch(self, x, weight, bias=None):
         target, class_weight = self._targets(x, weight)
