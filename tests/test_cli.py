@@ -11,6 +11,7 @@ from backprop_ext.__main__ import main
 
 def test_demo_loss_curves_agree(capsys, tmp_path):
     pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")  # --plot
     png = tmp_path / "loss.png"
     assert main(["demo", "--epochs", "1", "--device", "cpu", "--plot", str(png)]) == 0
     out = capsys.readouterr().out

@@ -264,6 +264,7 @@ def test_cuda_lengths_about_the_tile(dtype, offset):
 
 
 def test_gated_mlp_matches_llama_mlp_and_loads_its_state_dict():
+    pytest.importorskip("transformers")
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaMLP
 

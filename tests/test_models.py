@@ -17,15 +17,18 @@ import backprop_ext.nn as bnn
 from backprop_ext.nn.convert import _CONVERSIONS, _qualname
 from backprop_ext.testing import compare
 
-transformers = pytest.importorskip("transformers")
-torchvision = pytest.importorskip("torchvision")
-timm = pytest.importorskip("timm")
+
+def _lib(name):
+    """An optional dependency, imported when a test needs it: without it that test skips, the
+    others run."""
+    return pytest.importorskip(name)
 
 
 # --- the models: (builder, input maker, output getter, expectations)
 
 
 def _llama():
+    transformers = _lib("transformers")
     cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=56,
                                    num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, max_position_embeddings=32)
@@ -33,6 +36,7 @@ def _llama():
 
 
 def _bert():
+    transformers = _lib("transformers")
     cfg = transformers.BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2,
                                   num_attention_heads=4, intermediate_size=48,
                                   max_position_embeddings=32)
@@ -40,12 +44,18 @@ def _bert():
 
 
 def _gpt2():
+    transformers = _lib("transformers")
     cfg = transformers.GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=32,
                                   bos_token_id=0, eos_token_id=0)
     return transformers.GPT2LMHeadModel(cfg)
 
 
+def _tv():
+    return _lib("torchvision.models")
+
+
 def _tv_vit():
+    _lib("torchvision")
     from torchvision.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
@@ -53,6 +63,7 @@ def _tv_vit():
 
 
 def _timm_vit():
+    _lib("timm")
     from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2,
@@ -79,13 +90,13 @@ MODELS = {
     "llama": (_llama, _tokens, {"GatedMLP": 2, "Linear": 15}, 0),
     "bert": (_bert, _tokens, {"GELU": 2, "Linear": 13, "Tanh": 1}, 2),
     "gpt2": (_gpt2, _tokens, {"Conv1D": 8, "GELU": 2, "Linear": 1}, 2),
-    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), _image,
+    "resnet18": (lambda: _tv().resnet18(num_classes=10), _image,
                  {"ReLU": 9, "Linear": 1}, 0),
     # (nn.MultiheadAttention's out_proj is a Linear subclass: left alone, said in the report)
     "vit": (_tv_vit, _image, {"GELU": 2, "Linear": 5}, 2),
-    "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(num_classes=10), _image,
+    "efficientnet_b0": (lambda: _tv().efficientnet_b0(num_classes=10), _image,
                         {"SiLU": 49, "Sigmoid": 16, "Linear": 1}, 0),
-    "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(num_classes=10), _image,
+    "mobilenet_v3_small": (lambda: _tv().mobilenet_v3_small(num_classes=10), _image,
                            {"Hardswish": 19, "Hardsigmoid": 9, "ReLU": 14, "Linear": 2}, 1),
     "timm_vit": (_timm_vit, _image, {"GELU": 2, "Linear": 9}, 2),
 }
@@ -203,7 +214,7 @@ def test_report_for_llama():
 
 
 def test_transformers_activation_classes():
-    from transformers import activations as A
+    A = _lib("transformers.activations")
 
     x = torch.linspace(-6, 6, 97, dtype=torch.float64)
     cases = [A.GELUActivation(), A.GELUActivation(use_gelu_python=True), A.GELUTanh(),
@@ -222,6 +233,7 @@ def test_transformers_activation_classes():
 
 
 def test_timm_activation_classes():
+    _lib("timm")
     from timm.layers import activations as T
     from timm.layers import activations_me as M
 
