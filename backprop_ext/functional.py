@@ -1,7 +1,8 @@
 """torch.nn.functional-shaped entry points: same names, argument names and defaults.
 
 The activations are generated from the activation table (backprop_ext.ops.activation.FUNCTIONS):
-relu, leaky_relu, gelu, silu, sigmoid, tanh, softplus, ...
+relu, leaky_relu, gelu, silu, sigmoid, tanh, softplus, hardsigmoid, hardswish, relu6, elu,
+selu, mish, quick_gelu.
 """
 
 from .ops.activation import FUNCTIONS as _ACTIVATION_FUNCTIONS
