@@ -97,12 +97,13 @@ def _keeps_preact(activation: str) -> bool:
 
 
 # activation argument -> parse_activation(argument), for the arguments seen so far (the few a
-# model uses); unhashable ones (a tuple holding a dict) are parsed at each call.
+# model uses; parsing a string costs more than a tiny call), bounded; unhashable ones (a tuple
+# holding a dict) are parsed at each call. The one cache of linear, Linear and gated.
 _PARSED: dict = {None: ("none", 0.0, 0.0)}
 _PARSED_MAX = 1024
 
 
-def _parsed_activation(spec) -> tuple[str, float, float]:
+def parsed_activation(spec) -> tuple[str, float, float]:
     try:
         return _PARSED[spec]
     except KeyError:
@@ -578,7 +579,7 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     there (one more GEMM): saves an (*, out_features) tensor per layer. No effect for the others,
     which keep nothing beyond the output.
     """
-    name, p0, p1 = _parsed_activation(activation)
+    name, p0, p1 = parsed_activation(activation)
     # Keep the pre-activation when backward will read it; the rule recomputes it if a gradient
     # turns out to be needed after all, so this decides speed, not results.
     save_preact = name in _KEEPS_PREACT and not recompute_preact and torch.is_grad_enabled() and (

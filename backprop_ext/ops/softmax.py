@@ -256,29 +256,33 @@ def _implicit_dim(name: str, ndim: int, stacklevel: int) -> int:
     return 0 if ndim in (0, 1, 3) else 1
 
 
+def _softmax(name: str, input, dim, stacklevel: int, dtype) -> torch.Tensor:
+    """softmax or log_softmax (by `name`): the dim and dtype arguments as torch takes them."""
+    if type(dim) is not int:
+        dim = (_implicit_dim(name, input.dim(), stacklevel) if dim is None
+               else _dim_int(name, dim))
+    if dtype is not None:
+        input = _cast(name, input, dtype)
+    return _ops.softmax_fwd(input, dim, name == "log_softmax")
+
+
 def softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3,
             dtype: torch.dtype | None = None) -> torch.Tensor:
     """exp(x) / sum(exp(x)) along `dim`, max-subtracted. Same as torch.nn.functional.softmax.
 
     input: any shape, float64/float32/float16/bfloat16 (cast to `dtype` first when given).
     """
-    if type(dim) is not int:
-        dim = (_implicit_dim("softmax", input.dim(), _stacklevel) if dim is None
-               else _dim_int("softmax", dim))
-    if dtype is not None:
-        input = _cast("softmax", input, dtype)
-    return _ops.softmax_fwd(input, dim, False)
+    if type(dim) is int and dtype is None:  # the common call: no Python call more
+        return _ops.softmax_fwd(input, dim, False)
+    return _softmax("softmax", input, dim, _stacklevel + 1, dtype)
 
 
 def log_softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """x - logsumexp(x) along `dim`. Same as torch.nn.functional.log_softmax."""
-    if type(dim) is not int:
-        dim = (_implicit_dim("log_softmax", input.dim(), _stacklevel) if dim is None
-               else _dim_int("log_softmax", dim))
-    if dtype is not None:
-        input = _cast("log_softmax", input, dtype)
-    return _ops.softmax_fwd(input, dim, True)
+    if type(dim) is int and dtype is None:
+        return _ops.softmax_fwd(input, dim, True)
+    return _softmax("log_softmax", input, dim, _stacklevel + 1, dtype)
 
 
 def logsumexp(input: torch.Tensor, dim: int | Sequence[int], keepdim: bool = False) -> torch.Tensor:
