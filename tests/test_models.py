@@ -306,3 +306,33 @@ def test_fusion_probe_in_train_mode_keeps_the_mode_and_draws_nothing():
     assert [what for _, what in report.fused] == fused
     assert all(m.training for m in model.modules())
     assert torch.equal(torch.get_rng_state(), state)
+
+
+# --- accuracy over seeds (scripts/accuracy_seeds.py is the study: over 30 seeds ours' error of
+# the bfloat16-autocast Llama loss has median 4.6e-5 against torch's 5.6e-5, max 1.9e-4 vs 1.8e-4;
+# the ratio on one seed ranges from ~0 to 59, so a single seed says nothing)
+
+
+def _seeds_ratio(n):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "scripts" / "accuracy_seeds.py"
+    spec = importlib.util.spec_from_file_location("accuracy_seeds", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    _lib("transformers")
+    pairs = [study.llama_errors(s) for s in range(n)]
+    ours = sorted(p[0] for p in pairs)
+    theirs = sorted(p[1] for p in pairs)
+    return ours[len(ours) // 2] / theirs[len(theirs) // 2]
+
+
+def test_llama_bf16_autocast_loss_error_distribution():
+    # median over seeds of ours' error within 2x torch's median (0.82x in the 30-seed study)
+    assert _seeds_ratio(4) <= 2.0
+
+
+@pytest.mark.slow
+def test_llama_bf16_autocast_loss_error_distribution_30_seeds():
+    assert _seeds_ratio(30) <= 1.5
