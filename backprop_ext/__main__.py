@@ -18,6 +18,9 @@ def main(argv=None) -> int:
     demo.add_argument("--batch", type=int, default=64)
     demo.add_argument("--plot", help="write the two loss curves to this PNG")
     demo.add_argument("--no-check", action="store_true", help="skip the gradient checks")
+    demo.add_argument("--full", action="store_true",
+                      help="print the gradient checks as the full table (op x check), not one "
+                      "line per op")
 
     sub.add_parser("check", help="gradcheck, gradgradcheck, jvp and parity for every op")
 
@@ -29,7 +32,8 @@ def main(argv=None) -> int:
     if args.command == "demo":
         from .demo import run
 
-        res = run(args.device, args.epochs, args.batch, check=not args.no_check, plot=args.plot)
+        res = run(args.device, args.epochs, args.batch, check=not args.no_check, plot=args.plot,
+                  full=args.full)
         ok = res["max_loss_diff"] < 1e-3 and res.get("checks_ok", True)
         return 0 if ok else 1
     if args.command == "check":

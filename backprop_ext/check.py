@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -87,7 +88,18 @@ def _parity(case, device: str, dtype: torch.dtype) -> CheckResult:
     return _row(case.label, device, dtype, "parity fwd+bwd", results)
 
 
+def _load_jvp_decompositions() -> None:
+    """Imports what torch loads on the first forward-mode AD call (make_dual), its decompositions
+    for jvp, silencing the one warning that import raises (torch >= 2.14 deprecates the
+    torch.jit.script it calls): torch's, not ours, and not the user's to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated",
+                                category=FutureWarning)
+        from torch._decomp import decompositions_for_jvp  # noqa: F401
+
+
 def _autograd(case, device: str) -> list[CheckResult]:
+    _load_jvp_decompositions()
     out = []
     inputs = [t.requires_grad_() for t in case.make(device, torch.float64, small=True)]
     for test, fn in (("gradcheck", torch.autograd.gradcheck),
@@ -149,6 +161,50 @@ def format_results(results: list[CheckResult]) -> str:
                      f"{'pass' if r.ok else 'FAIL':<6} {r.max_err:.2e} {r.detail}")
     failed = sum(not r.ok for r in results)
     lines.append(f"{len(results) - failed} passed, {failed} failed")
+    return "\n".join(lines)
+
+
+def _family(op: str) -> str:
+    """The family of a case label: "activations" for every activation row, "linear (+ each
+    activation)", else the label up to its arguments ("softmax", "cross_entropy", ...)."""
+    from .ops.activation import ACTIVATIONS
+
+    base = op.split("(")[0]
+    if base in ACTIVATIONS:
+        return "activations"
+    if base == "linear" or base.startswith("linear+"):
+        return "linear (+ each activation)"
+    return base
+
+
+def format_summary(results: list[CheckResult]) -> str:
+    """One line per family with its number of cases and the checks they passed (and the dtypes
+    of the parity checks), then every failure in full, then the count."""
+    by_op: dict[str, list[CheckResult]] = {}
+    cases: dict[str, set] = {}
+    for r in results:
+        by_op.setdefault(_family(r.op), []).append(r)
+        cases.setdefault(_family(r.op), set()).add(r.op)
+    width = max((len(op) for op in by_op), default=2) + 2
+    lines = []
+    for op, rows in by_op.items():
+        passed: dict[str, list[str]] = {}
+        for r in rows:
+            if r.ok:
+                passed.setdefault(r.test, []).append(r.dtype)
+        tests = [t if t != "parity fwd+bwd" else f"parity ({', '.join(dict.fromkeys(d))})"
+                 for t, d in passed.items()]
+        failed = sum(not r.ok for r in rows)
+        status = "ok  " if not failed else f"FAIL ({failed})"
+        n = len(cases[op])
+        lines.append(f"{op:<{width}}{n:>3} case{'s' if n > 1 else ' '}  {status:<10}"
+                     f"{', '.join(tests) or '-'}")
+    failures = [r for r in results if not r.ok]
+    if failures:
+        lines.append("\nfailures:")
+        lines += [f"  {r.op} {r.device} {r.dtype} {r.test}: max err {r.max_err:.2e} {r.detail}"
+                  for r in failures]
+    lines.append(f"{len(results) - len(failures)} passed, {len(failures)} failed")
     return "\n".join(lines)
 
 

@@ -103,7 +103,9 @@ def _progress(total: int, desc: str):
 
 
 def run(device: str = "cpu", epochs: int = 5, batch: int = 64, check: bool = True,
-        plot: str | None = None) -> dict:
+        plot: str | None = None, full: bool = False) -> dict:
+    """Trains, measures and checks (see the module docstring); `full` prints the gradient
+    checks as the whole table (op x check) instead of one line per op."""
     torch.manual_seed(0)
     x_tr, y_tr, x_te, y_te = load_digits(device)
     reference = make_model().to(device)
@@ -169,10 +171,10 @@ def run(device: str = "cpu", epochs: int = 5, batch: int = 64, check: bool = Tru
         print(f"loss curves written to {plot}")
 
     if check:
-        from .check import all_cases, format_results, run_checks
+        from .check import all_cases, format_results, format_summary, run_checks
 
         print("\ngradient checks (float64) of every op:")
         checks = [r for r in run_checks(all_cases(), [device], dtypes=()) if r.dtype == "float64"]
-        print(format_results(checks))
+        print(format_results(checks) if full else format_summary(checks))
         results["checks_ok"] = all(r.ok for r in checks)
     return results

@@ -1,6 +1,8 @@
 """The command line: demo, check and bench, each on a small setting, output checked."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from backprop_ext.__main__ import main
 
 def test_demo_loss_curves_agree(capsys, tmp_path):
     pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")  # --plot
     png = tmp_path / "loss.png"
     assert main(["demo", "--epochs", "1", "--device", "cpu", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
@@ -20,6 +23,10 @@ def test_demo_loss_curves_agree(capsys, tmp_path):
     assert "layers swapped for backprop_ext's" in out
     assert png.stat().st_size > 0
     assert " 0 failed" in out
+    # the checks as a summary: one line per family, not one per op x check
+    checks = out.split("gradient checks (float64) of every op:\n")[1].splitlines()
+    assert checks[0].startswith("activations") and "gradcheck, gradgradcheck, jvp" in checks[0]
+    assert len(checks) < 15 and checks[-1].endswith(" 0 failed")
     full = next(line for line in out.splitlines() if "checkpointed (full)" in line)
     assert float(full.split("(")[-1].split("x")[0]) < 1.0  # checkpointing saves memory
     assert "Gradient flow" in out and "0 vanishing, 0 exploding" in out
@@ -76,3 +83,43 @@ def test_readme_tables_come_from_the_bench_json(tmp_path):
         assert f"| {r['speedup']:.2f} |" in text
     with pytest.raises(ValueError, match="no <!-- bench:cuda --> ... <!-- /bench:cuda --> markers"):
         readme.main([str(js), "--readme", str(doc), "--section", "cuda"])
+
+
+def test_summary_lists_each_family_once_and_failures_in_full():
+    R = check_mod.CheckResult
+    results = [R("gelu", "cpu", "float64", "gradcheck", True),
+               R("gelu(approximate=tanh)", "cpu", "float64", "jvp", True),
+               R("linear+gelu", "cpu", "float32", "parity fwd+bwd", True, 1e-7),
+               R("linear+silu", "cpu", "float64", "gradcheck", False, 0.0, "GradcheckError: x")]
+    out = check_mod.format_summary(results).splitlines()
+    assert out[0].split() == ["activations", "2", "cases", "ok", "gradcheck,", "jvp"]
+    assert out[1].startswith("linear (+ each activation)") and "FAIL (1)" in out[1]
+    assert "parity (float32)" in out[1]
+    assert "  linear+silu cpu float64 gradcheck: max err 0.00e+00 GradcheckError: x" in out
+    assert out[-1] == "3 passed, 1 failed"
+
+
+def test_demo_full_table_behind_a_flag(monkeypatch, capsys):
+    from backprop_ext import demo
+
+    ran = {}
+    monkeypatch.setattr(check_mod, "format_results", lambda r: ran.setdefault("full", "TABLE"))
+    monkeypatch.setattr(check_mod, "run_checks", lambda *a, **k: [
+        check_mod.CheckResult("relu", "cpu", "float64", "gradcheck", True)])
+    monkeypatch.setattr(demo, "train", lambda *a, **k: ([1.0], [0.001]))
+    monkeypatch.setattr(demo, "activation_memory", lambda *a: {"plain": 1})
+    pytest.importorskip("sklearn")
+    assert main(["demo", "--epochs", "1", "--device", "cpu", "--full"]) == 0
+    assert "TABLE" in capsys.readouterr().out
+
+
+def test_checks_raise_no_torch_warning():
+    # In a fresh process, where torch's first forward-mode AD call loads its jvp decompositions
+    # (torch.jit.script: a FutureWarning on torch 2.14): as an error, a jvp row would fail.
+    code = ("from backprop_ext import check; c = check.all_cases()[0]; "
+            "r = check.run_checks([c], ['cpu'], dtypes=()); "
+            "assert all(x.ok for x in r), [x.detail for x in r]")
+    proc = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Warning" not in proc.stderr

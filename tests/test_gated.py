@@ -265,6 +265,7 @@ def test_cuda_lengths_about_the_tile(dtype, offset):
 
 
 def test_gated_mlp_matches_llama_mlp_and_loads_its_state_dict():
+    pytest.importorskip("transformers")
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaMLP
 
@@ -318,3 +319,13 @@ def test_bench_rows_and_kept_memory():
     step = next(r for r in rows if r.op == "llama_mlp" and r.direction == "fwd+bwd")
     _, _, inter = bench_gated.MLP_SHAPES["cpu"]
     assert step.torch_peak_bytes - step.peak_bytes == 64 * inter * 4  # silu(gate), float32
+
+
+def test_activation_parse_cache_is_linears_and_bounded():
+    from backprop_ext.ops import linear as L
+
+    x = torch.randn(4)
+    for i in range(L._PARSED_MAX + 50):  # as many distinct arguments as a sweep could pass
+        BF.gated(x, x, ("leaky_relu", 0.001 * i))
+    assert len(L._PARSED) <= L._PARSED_MAX
+    assert ("leaky_relu", 0.0) in L._PARSED  # gated's arguments are cached in linear's cache

@@ -491,6 +491,7 @@ def test_module_from_linear_shares_parameters():
 
 
 def test_bench_rows_and_memory_plot(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("matplotlib")  # --plot-memory
     from backprop_ext.__main__ import main
     from backprop_ext.benchmarks import bench_linear_cross_entropy as bench
 

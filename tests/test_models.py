@@ -17,15 +17,18 @@ import backprop_ext.nn as bnn
 from backprop_ext.nn.convert import _CONVERSIONS, _qualname
 from backprop_ext.testing import compare
 
-transformers = pytest.importorskip("transformers")
-torchvision = pytest.importorskip("torchvision")
-timm = pytest.importorskip("timm")
+
+def _lib(name):
+    """An optional dependency, imported when a test needs it: without it that test skips, the
+    others run."""
+    return pytest.importorskip(name)
 
 
 # --- the models: (builder, input maker, output getter, expectations)
 
 
 def _llama():
+    transformers = _lib("transformers")
     cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=56,
                                    num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, max_position_embeddings=32)
@@ -33,6 +36,7 @@ def _llama():
 
 
 def _bert():
+    transformers = _lib("transformers")
     cfg = transformers.BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2,
                                   num_attention_heads=4, intermediate_size=48,
                                   max_position_embeddings=32)
@@ -40,12 +44,18 @@ def _bert():
 
 
 def _gpt2():
+    transformers = _lib("transformers")
     cfg = transformers.GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=32,
                                   bos_token_id=0, eos_token_id=0)
     return transformers.GPT2LMHeadModel(cfg)
 
 
+def _tv():
+    return _lib("torchvision.models")
+
+
 def _tv_vit():
+    _lib("torchvision")
     from torchvision.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
@@ -53,6 +63,7 @@ def _tv_vit():
 
 
 def _timm_vit():
+    _lib("timm")
     from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2,
@@ -79,13 +90,13 @@ MODELS = {
     "llama": (_llama, _tokens, {"GatedMLP": 2, "Linear": 15}, 0),
     "bert": (_bert, _tokens, {"GELU": 2, "Linear": 13, "Tanh": 1}, 2),
     "gpt2": (_gpt2, _tokens, {"Conv1D": 8, "GELU": 2, "Linear": 1}, 2),
-    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), _image,
+    "resnet18": (lambda: _tv().resnet18(num_classes=10), _image,
                  {"ReLU": 9, "Linear": 1}, 0),
     # (nn.MultiheadAttention's out_proj is a Linear subclass: left alone, said in the report)
     "vit": (_tv_vit, _image, {"GELU": 2, "Linear": 5}, 2),
-    "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(num_classes=10), _image,
+    "efficientnet_b0": (lambda: _tv().efficientnet_b0(num_classes=10), _image,
                         {"SiLU": 49, "Sigmoid": 16, "Linear": 1}, 0),
-    "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(num_classes=10), _image,
+    "mobilenet_v3_small": (lambda: _tv().mobilenet_v3_small(num_classes=10), _image,
                            {"Hardswish": 19, "Hardsigmoid": 9, "ReLU": 14, "Linear": 2}, 1),
     "timm_vit": (_timm_vit, _image, {"GELU": 2, "Linear": 9}, 2),
 }
@@ -203,7 +214,7 @@ def test_report_for_llama():
 
 
 def test_transformers_activation_classes():
-    from transformers import activations as A
+    A = _lib("transformers.activations")
 
     x = torch.linspace(-6, 6, 97, dtype=torch.float64)
     cases = [A.GELUActivation(), A.GELUActivation(use_gelu_python=True), A.GELUTanh(),
@@ -222,6 +233,7 @@ def test_transformers_activation_classes():
 
 
 def test_timm_activation_classes():
+    _lib("timm")
     from timm.layers import activations as T
     from timm.layers import activations_me as M
 
@@ -294,3 +306,33 @@ def test_fusion_probe_in_train_mode_keeps_the_mode_and_draws_nothing():
     assert [what for _, what in report.fused] == fused
     assert all(m.training for m in model.modules())
     assert torch.equal(torch.get_rng_state(), state)
+
+
+# --- accuracy over seeds (scripts/accuracy_seeds.py is the study: over 30 seeds ours' error of
+# the bfloat16-autocast Llama loss has median 4.6e-5 against torch's 5.6e-5, max 1.9e-4 vs 1.8e-4;
+# the ratio on one seed ranges from ~0 to 59, so a single seed says nothing)
+
+
+def _seeds_ratio(n):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "scripts" / "accuracy_seeds.py"
+    spec = importlib.util.spec_from_file_location("accuracy_seeds", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    _lib("transformers")
+    pairs = [study.llama_errors(s) for s in range(n)]
+    ours = sorted(p[0] for p in pairs)
+    theirs = sorted(p[1] for p in pairs)
+    return ours[len(ours) // 2] / theirs[len(theirs) // 2]
+
+
+def test_llama_bf16_autocast_loss_error_distribution():
+    # median over seeds of ours' error within 2x torch's median (0.82x in the 30-seed study)
+    assert _seeds_ratio(4) <= 2.0
+
+
+@pytest.mark.slow
+def test_llama_bf16_autocast_loss_error_distribution_30_seeds():
+    assert _seeds_ratio(30) <= 1.5

@@ -664,6 +664,7 @@ def test_gradient_flow_values_and_grouping(tmp_path):
                              exploding_threshold=1e10)
     assert all(layer.status in ("vanishing", "no grad") for layer in ratio.layers)
 
+    pytest.importorskip("matplotlib")
     path = tmp_path / "flow.png"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. matplotlib complaining about the backend

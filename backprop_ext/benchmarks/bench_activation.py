@@ -13,7 +13,7 @@ import torch
 
 from ..ops.activation import ACTIVATIONS
 from ..testing import activation_case
-from .common import Row, measure
+from .common import dtypes_for, measure, rows_from
 
 FAMILY = "activation"
 SIZES_HELP = "activation: element counts of a 1-d tensor"
@@ -28,8 +28,7 @@ OPS = {name: activation_case(name) for name in ACTIVATIONS}
 def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled: bool = False):
     kind = device.split(":")[0]
     rows = []
-    for dtype_name in dtypes or DEFAULT_DTYPES[kind]:
-        dtype = getattr(torch, dtype_name)
+    for dtype_name, dtype in dtypes_for(device, dtypes, DEFAULT_DTYPES):
         for n in sizes or DEFAULT_SIZES[kind]:
             x = torch.randn(n, device=device, dtype=dtype)
             g = torch.randn_like(x)
@@ -37,9 +36,6 @@ def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled
                 case = OPS[name]
                 comp = torch.compile(case.torch_own) if compiled else None
                 times = measure(case.ours, case.torch_own, (x,), g, device, reps, compiled=comp)
-                for direction, (ms, tms, cms) in times.items():
-                    rows.append(Row(family=FAMILY, op=name, shape=f"({n},)", dtype=dtype_name,
-                                    direction=direction, device=device, ms=ms, torch_ms=tms,
-                                    compiled_ms=cms,
-                                    bytes=PASSES[direction] * n * x.element_size()))
+                rows += rows_from(times, FAMILY, name, f"({n},)", dtype_name, device,
+                                  {d: p * n * x.element_size() for d, p in PASSES.items()})
     return rows

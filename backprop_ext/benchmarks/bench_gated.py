@@ -24,7 +24,7 @@ import torch.nn.functional as TF
 
 from .. import functional as BF
 from .. import nn as bnn
-from .common import Row, measure
+from .common import Row, dtypes_for, measure, rows_from
 
 FAMILY = "gated"
 SIZES_HELP = "gated: elements (swiglu, geglu) or tokens (llama_mlp)"
@@ -70,8 +70,7 @@ def saved_bytes(fn, x, params) -> int:
 def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled: bool = False):
     kind = device.split(":")[0]
     rows = []
-    for dtype_name in dtypes or DEFAULT_DTYPES[kind]:
-        dtype = getattr(torch, dtype_name)
+    for dtype_name, dtype in dtypes_for(device, dtypes, DEFAULT_DTYPES):
         for name in ops or OPS:
             if name == "llama_mlp":
                 rows += _mlp_rows(device, dtype, dtype_name, sizes, reps, compiled)
@@ -82,11 +81,8 @@ def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled
                 comp = torch.compile(theirs) if compiled else None
                 times = measure(ours, theirs, (g, u), torch.randn_like(g), device, reps,
                                 compiled=comp)
-                for direction, (ms, tms, cms) in times.items():
-                    rows.append(Row(family=FAMILY, op=name, shape=f"({n},)", dtype=dtype_name,
-                                    direction=direction, device=device, ms=ms, torch_ms=tms,
-                                    compiled_ms=cms,
-                                    bytes=PASSES[direction] * n * g.element_size()))
+                rows += rows_from(times, FAMILY, name, f"({n},)", dtype_name, device,
+                                  {d: p * n * g.element_size() for d, p in PASSES.items()})
     return rows
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as TF
 
 from .. import functional as BF
-from .common import Row, measure
+from .common import dtypes_for, measure, rows_from
 
 FAMILY = "softmax"
 SIZES_HELP = ("softmax: total element counts, as rows of the default row length (32000 or "
@@ -38,8 +38,7 @@ OPS = {
 def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled: bool = False):
     kind = device.split(":")[0]
     rows = []
-    for dtype_name in dtypes or DEFAULT_DTYPES[kind]:
-        dtype = getattr(torch, dtype_name)
+    for dtype_name, dtype in dtypes_for(device, dtypes, DEFAULT_DTYPES):
         for name in ops or OPS:
             ours_fn, torch_fn, passes = OPS[name]
             shape = DEFAULT_SHAPES[kind][name]
@@ -51,8 +50,6 @@ def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled
             nbytes = x.numel() * x.element_size()
             comp = torch.compile(torch_fn) if compiled else None
             times = measure(ours_fn, torch_fn, (x, target), g, device, reps, compiled=comp)
-            for (direction, (ms, tms, cms)), p in zip(times.items(), passes):
-                rows.append(Row(family=FAMILY, op=name, shape=f"{shape}", dtype=dtype_name,
-                                direction=direction, device=device, ms=ms, torch_ms=tms,
-                                compiled_ms=cms, bytes=p * nbytes))
+            rows += rows_from(times, FAMILY, name, f"{shape}", dtype_name, device,
+                              {d: p * nbytes for d, p in zip(times, passes)})
     return rows

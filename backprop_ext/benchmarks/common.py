@@ -79,6 +79,19 @@ class Row:
         return d
 
 
+def dtypes_for(device: str, dtypes, defaults: dict) -> list[tuple[str, torch.dtype]]:
+    """(name, dtype) for each dtype asked for, or the family's defaults for the device's kind."""
+    return [(name, getattr(torch, name)) for name in dtypes or defaults[device.split(":")[0]]]
+
+
+def rows_from(times: dict, family: str, op: str, shape: str, dtype_name: str, device: str,
+              nbytes: dict) -> list[Row]:
+    """One Row per direction of measure()'s `times`, with nbytes[direction] bytes moved."""
+    return [Row(family=family, op=op, shape=shape, dtype=dtype_name, direction=direction,
+                device=device, ms=ms, torch_ms=tms, compiled_ms=cms, bytes=nbytes[direction])
+            for direction, (ms, tms, cms) in times.items()]
+
+
 def sync(device: str) -> None:
     """Waits for the device's queued work (a no-op on the CPU)."""
     if device.startswith("cuda"):

@@ -74,7 +74,7 @@ from .recompute import rebuild_scope
 __all__ = ["Checkpoint", "CheckpointedSequential", "CheckpointPlan", "checkpoint",
            "selective_policy", "POLICIES"]
 
-POLICIES = ("none", "selective", "full", "full+selective")
+POLICIES = _planner.LEVELS  # the policies are the planner's levels
 Policy = str | Callable | list
 
 aten = torch.ops.aten

@@ -59,8 +59,8 @@ def _overloads(*names: str) -> frozenset:
 
 
 # torch.nn's activations whose backward reads the input. (Those whose backward reads the output,
-# relu, sigmoid and tanh, already keep one tensor per layer: nothing to gain.) Our activation op,
-# and the fused Linear's output, rebuilt from the pre-activation it keeps.
+# relu, relu6, sigmoid and tanh, already keep one tensor per layer: nothing to gain.) Our
+# activation op, and the fused Linear's output, rebuilt from the pre-activation it keeps.
 RECIPES = _overloads("gelu", "silu", "mish", "softplus", "leaky_relu", "hardswish", "elu") | {
     _ops.activation_fwd.default, _ops.linear_fwd.default}
 

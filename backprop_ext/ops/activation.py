@@ -1,4 +1,5 @@
-"""The activation family: relu, leaky_relu, gelu (erf and tanh), silu, sigmoid, tanh, softplus.
+"""The activation family: relu, leaky_relu, gelu (erf and tanh), silu, sigmoid, tanh, softplus,
+hardsigmoid, hardswish, relu6, elu, selu, mish and quick_gelu.
 
 The list of activations is csrc/ops/activation_table.h's, read here through
 backprop_ext._C.activation_table(); the Python side is derived from it: the names the ops take,
@@ -17,9 +18,9 @@ in torch's order (leaky_relu: negative_slope; softplus: beta, threshold):
     activation_fwd(x, activation, p0, p1) -> y
     activation_fwd_(x, activation, p0, p1) -> x       (in place)
     activation_bwd(grad_y, saved, activation, p0, p1) -> grad_x
-where `saved` is y for the rows that save their output (relu, sigmoid and tanh: their derivative
-is a function of the output) and x for the others. Saving y lets in-place forms run under
-autograd without copying x.
+where `saved` is y for the rows that save their output (SAVES_OUTPUT: relu, relu6, sigmoid and
+tanh, whose derivative is a function of the output) and x for the others. Saving y lets in-place
+forms run under autograd without copying x.
 
 A public function is one call of an op (ops.entry): its argument checks are the op's, in
 C++; what is to be differentiated (grad mode, forward mode, functorch) the op's entry point

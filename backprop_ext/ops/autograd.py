@@ -107,6 +107,13 @@ def save_for_forward(ctx, *tensors) -> None:
         ctx.save_for_forward(*tensors)
 
 
+def saved_tensors_hooked() -> bool:
+    """Whether tensors saved now go through saved-tensor hooks (checkpointing, save_on_cpu).
+    False while compiling (AOTAutograd decides what is saved)."""
+    return (not torch.compiler.is_compiling()
+            and torch._C._autograd._top_saved_tensors_default_hooks(False) is not None)
+
+
 def twin(cls: type) -> tuple[type, type]:
     """(cls, the same Function without jvp), for a composite Function under torch.compile."""
     no_jvp = type(f"{cls.__name__}NoJvp", (cls,), {"jvp": torch.autograd.Function.jvp,

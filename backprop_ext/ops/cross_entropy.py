@@ -169,7 +169,7 @@ class CrossEntropyLossFunction(torch.autograd.Function):
         ctx.mark_non_differentiable(lse, total)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(logits, target, weight, lse, total)
-        ctx.save_for_forward(logits, target, weight, lse, total)
+        save_for_forward(ctx, logits, target, weight, lse, total)
 
     @staticmethod
     def backward(ctx, grad, _grad_lse, _grad_total):

@@ -25,7 +25,7 @@ from .autograd import batch_first, register, save_for_forward
 from .dtypes import FLOAT_DTYPES
 from .errors import raise_public
 from .layout import elementwise_output
-from .linear import parse_activation
+from .linear import parsed_activation
 
 __all__ = ["gated", "swiglu", "geglu"]
 
@@ -133,10 +133,9 @@ class GatedBackwardFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        grad, gate, up, activation, p0, p1 = inputs
-        ctx.act = (activation, p0, p1)
-        ctx.save_for_backward(grad, gate, up)
-        save_for_forward(ctx, grad, gate, up)
+        tensors, ctx.act = inputs[:3], inputs[3:]  # (grad, gate, up), (activation, p0, p1)
+        ctx.save_for_backward(*tensors)
+        save_for_forward(ctx, *tensors)
 
     @staticmethod
     def backward(ctx, gg_gate, gg_up):
@@ -199,20 +198,10 @@ def gated(gate: torch.Tensor, up: torch.Tensor, activation="silu") -> torch.Tens
         if activation is None:
             raise ValueError("backprop_ext.gated: activation must be a name or (name, *params), "
                              "not None")
-        try:
-            row = _PARSED[activation]
-        except KeyError:
-            row = _PARSED[activation] = parse_activation(activation)
-        except TypeError:  # unhashable (a dict of parameters): parsed on every call
-            row = parse_activation(activation)
-        return _gated(gate, up, *row)
+        return _gated(gate, up, *parsed_activation(activation))
     except Exception as error:
         raise_public(error, "gated", _GATED_ARGS, (gate, up, activation))
         raise
-
-
-# activation argument -> (row, p0, p1): parsing a string costs more than a tiny call.
-_PARSED: dict = {}
 
 
 def _gated(gate, up, row: str, p0: float, p1: float) -> torch.Tensor:

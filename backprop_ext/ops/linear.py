@@ -25,13 +25,13 @@ measured. The cuBLASLt calls follow torch's matmul flags (allow_tf32, the fp16/b
 reduced-precision and split-K settings, fp16 accumulation).
 
 Autograd and vmap: LinearFunction and LinearBackwardFunction hold the formulas of linear_fwd and
-linear_bwd (see _autograd.py), so the raw ops, exported programs and functorch transforms
+linear_bwd (see autograd.py), so the raw ops, exported programs and functorch transforms
 differentiate as linear() does; linear() itself is one call of linear_fwd.
 
 Memory. Backward needs input and weight (autograd holds them for any linear layer) and one M x N
-tensor, `saved`: nothing for "none"; the output for relu, sigmoid and tanh, whose derivative reads
-it (the next layer usually holds it anyway); the pre-activation z for leaky_relu, gelu, gelu_tanh,
-silu and softplus (never z and the output both). With recompute_preact=True those keep no z:
+tensor, `saved`: nothing for "none"; the output for relu, relu6, sigmoid and tanh, whose derivative
+reads it (the next layer usually holds it anyway); the pre-activation z for the others (never z
+and the output both). With recompute_preact=True those keep no z:
 backward recomputes it with one more GEMM (a third more FLOPs for the layer's fwd+bwd), which saves
 M x N elements per layer for as long as the graph lives. When the input came back from
 saved-tensor hooks (checkpointing rebuilds it, save_on_cpu copies it back) backward drops it as
@@ -98,12 +98,13 @@ def _keeps_preact(activation: str) -> bool:
 
 
 # activation argument -> parse_activation(argument), for the arguments seen so far (the few a
-# model uses); unhashable ones (a tuple holding a dict) are parsed at each call.
+# model uses; parsing a string costs more than a tiny call), bounded; unhashable ones (a tuple
+# holding a dict) are parsed at each call. The one cache of linear, Linear and gated.
 _PARSED: dict = {None: ("none", 0.0, 0.0)}
 _PARSED_MAX = 1024
 
 
-def _parsed_activation(spec) -> tuple[str, float, float]:
+def parsed_activation(spec) -> tuple[str, float, float]:
     try:
         return _PARSED[spec]
     except KeyError:
@@ -116,7 +117,7 @@ def _parsed_activation(spec) -> tuple[str, float, float]:
 
 
 # --- fake kernels (shapes, dtypes and strides for tracing and torch.compile), with the same
-# checks and messages as csrc/linear_args.h
+# checks and messages as check_linear_args in csrc/ops/linear.cpp
 
 
 def _check_args(op: str, input, weight, bias) -> None:
@@ -584,7 +585,7 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     which keep nothing beyond the output.
     """
     try:
-        name, p0, p1 = _parsed_activation(activation)
+        name, p0, p1 = parsed_activation(activation)
         # Keep the pre-activation when backward will read it; the rule recomputes it if a gradient
         # turns out to be needed after all, so this decides speed, not results.
         save_preact = (name in _KEEPS_PREACT and not recompute_preact

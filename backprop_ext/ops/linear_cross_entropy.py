@@ -51,7 +51,7 @@ import inspect
 import torch
 import torch.nn.functional as TF
 
-from .autograd import pick, twin
+from .autograd import pick, save_for_forward, saved_tensors_hooked, twin
 from .dtypes import FLOAT_DTYPES, HALF_DTYPES, opmath_dtype
 
 __all__ = ["linear_cross_entropy", "default_chunk_size", "LinearCrossEntropyOptions"]
@@ -272,7 +272,8 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     """(loss, lse, *precomputed gradients) for 2-d input (N, H), weight (V, H), target (N,).
 
     `precompute` (input, weight, bias): the gradients the forward computes for a backward that
-    then only scales them ("mean"/"sum"); all False for "none" and when nothing needs a gradient.
+    then only scales them ("mean"/"sum"); all False for "none", when nothing needs a gradient and
+    under saved-tensor hooks.
     Saved: input, weight, bias, target, class_weight (the caller holds them anyway) and the
     per-row lse; the precomputed gradients are held by ctx until the first backward consumes
     them (a second backward through a retained graph recomputes).
@@ -309,7 +310,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         ctx.mark_non_differentiable(lse, *grads)
         ctx.has_bias = bias is not None
         ctx.save_for_backward(input, weight, bias, target, class_weight, lse)
-        ctx.save_for_forward(input, weight, bias, target, class_weight, lse)
+        save_for_forward(ctx, input, weight, bias, target, class_weight, lse)
         ctx.precomputed = grads if any(precompute) else None
         ctx.set_materialize_grads(False)
 
@@ -577,7 +578,10 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
     grad = torch.is_grad_enabled()
     needs = tuple(grad and p is not None and p.requires_grad for p in (x, linear_weight,
                                                                        linear_bias))
-    precompute = needs if reduction != "none" else (False, False, False)
+    # Precomputed gradients are held by ctx, outside saved-tensor hooks: not under checkpointing
+    # or save_on_cpu, which must be able to free or move everything backward reads.
+    precompute = (needs if reduction != "none" and not saved_tensors_hooked()
+                  else (False, False, False))
     loss = pick(_LINEAR_CROSS_ENTROPY).apply(x, linear_weight, linear_bias, t.contiguous(),
                                              class_weight, ignore_index, float(label_smoothing),
                                              reduction, max(1, chunk_size), precompute)[0]

@@ -23,9 +23,24 @@ from collections.abc import Sequence
 
 import torch
 
-from .dtypes import FLOAT_DTYPES
+from .dtypes import CUDA_BUILT, FLOAT_DTYPES
 
-__all__ = ["norm_dtype", "FLOAT_DTYPES"]
+__all__ = ["norm_dtype", "FLOAT_DTYPES", "kernels_on", "kernels_take"]
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def kernels_on(device: torch.device) -> bool:
+    """Whether the multi-tensor kernels run on `device`: CPU, CUDA when built, meta (the fake
+    kernels)."""
+    return device.type in ("cpu", "meta") or (device.type == "cuda" and CUDA_BUILT)
+
+
+def kernels_take(t: torch.Tensor) -> bool:
+    """Whether the kernels take `t` (on a device where kernels_on): a plain dense
+    float64/32/16/bfloat16 tensor; not complex dtypes, sparse layouts or tensor subclasses.
+    The one answer of clipping and the gradient-flow report; four attribute reads."""
+    return type(t) in _PLAIN and t.dtype in FLOAT_DTYPES and t.layout == torch.strided
 
 
 def norm_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:

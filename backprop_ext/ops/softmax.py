@@ -261,6 +261,16 @@ _SOFTMAX_ARGS = (("input", "Tensor", "self"), ("dim", "int?", None), ("_stacklev
                  ("dtype", "dtype?", None))
 
 
+def _softmax(name: str, input, dim, stacklevel: int, dtype) -> torch.Tensor:
+    """softmax or log_softmax (by `name`): the dim and dtype arguments as torch takes them."""
+    if type(dim) is not int:
+        dim = (_implicit_dim(name, input.dim(), stacklevel) if dim is None
+               else _dim_int(name, dim))
+    if dtype is not None:
+        input = _cast(name, input, dtype)
+    return _ops.softmax_fwd(input, dim, name == "log_softmax")
+
+
 def softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3,
             dtype: torch.dtype | None = None) -> torch.Tensor:
     """exp(x) / sum(exp(x)) along `dim`, max-subtracted. Same as torch.nn.functional.softmax.
@@ -268,12 +278,9 @@ def softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3,
     input: any shape, float64/float32/float16/bfloat16 (cast to `dtype` first when given).
     """
     try:
-        if type(dim) is not int:
-            dim = (_implicit_dim("softmax", input.dim(), _stacklevel) if dim is None
-                   else _dim_int("softmax", dim))
-        if dtype is not None:
-            input = _cast("softmax", input, dtype)
-        return _ops.softmax_fwd(input, dim, False)
+        if type(dim) is int and dtype is None:  # the common call: no Python call more
+            return _ops.softmax_fwd(input, dim, False)
+        return _softmax("softmax", input, dim, _stacklevel + 1, dtype)
     except Exception as error:
         raise_public(error, "softmax", _SOFTMAX_ARGS, (input, dim, _stacklevel, dtype))
         raise
@@ -286,12 +293,9 @@ def log_softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 
                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """x - logsumexp(x) along `dim`. Same as torch.nn.functional.log_softmax."""
     try:
-        if type(dim) is not int:
-            dim = (_implicit_dim("log_softmax", input.dim(), _stacklevel) if dim is None
-                   else _dim_int("log_softmax", dim))
-        if dtype is not None:
-            input = _cast("log_softmax", input, dtype)
-        return _ops.softmax_fwd(input, dim, True)
+        if type(dim) is int and dtype is None:  # the common call: no Python call more
+            return _ops.softmax_fwd(input, dim, True)
+        return _softmax("log_softmax", input, dim, _stacklevel + 1, dtype)
     except Exception as error:
         raise_public(error, "log_softmax", _LOG_SOFTMAX_ARGS, (input, dim, _stacklevel, dtype))
         raise

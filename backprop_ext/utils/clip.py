@@ -52,8 +52,7 @@ from collections.abc import Iterable
 import torch
 from torch.utils._foreach_utils import _device_has_foreach_support, _has_foreach_support
 
-from ..ops.dtypes import CUDA_BUILT, FLOAT_DTYPES
-from ..ops.multi_tensor import norm_dtype
+from ..ops.multi_tensor import kernels_on, kernels_take, norm_dtype
 from . import sharded as _sharded
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm"]
@@ -93,14 +92,6 @@ def _nonnegative(fn: str, name: str, value) -> float:
     return v
 
 
-def _kernels_on(device: torch.device) -> bool:
-    """Whether our kernels run on `device`: CPU, CUDA when built, meta (the fake kernels)."""
-    return device.type in ("cpu", "meta") or (device.type == "cuda" and CUDA_BUILT)
-
-
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
-
-
 def _partition(tensors: list[torch.Tensor]):
     """(device, tensors for our kernels, tensors for torch's path) per device, in first-seen
     order. Our kernels take plain dense float64/32/16/bfloat16 tensors on their devices; torch's
@@ -109,15 +100,13 @@ def _partition(tensors: list[torch.Tensor]):
     Called for every gradient of every clipping call, so written for speed: each device is
     judged once (device.type alone costs 0.2 us), each tensor by four attribute reads."""
     groups: dict[torch.device, tuple[bool, list, list]] = {}
-    strided = torch.strided
     for t in tensors:
         device = t.device
         group = groups.get(device)
         if group is None:
-            group = groups[device] = (_kernels_on(device), [], [])
+            group = groups[device] = (kernels_on(device), [], [])
         runs, ours, rest = group
-        takes = runs and type(t) in _PLAIN and t.dtype in FLOAT_DTYPES and t.layout == strided
-        (ours if takes else rest).append(t)
+        (ours if runs and kernels_take(t) else rest).append(t)
     return [(device, ours, rest) for device, (_, ours, rest) in groups.items()]
 
 
@@ -170,7 +159,7 @@ def _combine(norms: list[torch.Tensor], p: float, device: torch.device) -> torch
     dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
     stacked = torch.stack([n.to(device, dtype) for n in norms])
     # Ours where it runs: torch's overflows for norms whose squares do (e.g. two of 3e34).
-    return (_ops.multi_tensor_norm([stacked], p) if _kernels_on(device)
+    return (_ops.multi_tensor_norm([stacked], p) if kernels_on(device)
             else torch.linalg.vector_norm(stacked, p))
 
 

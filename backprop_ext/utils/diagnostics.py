@@ -22,13 +22,12 @@ from collections.abc import Iterable
 
 import torch
 
-from ..ops.dtypes import FLOAT_DTYPES
+from ..ops.multi_tensor import kernels_on, kernels_take
 from . import sharded as _sharded
 
 __all__ = ["LayerStats", "GradientFlowReport", "gradient_flow"]
 
 _ops = torch.ops.backprop_ext
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 # Layer statuses.
 OK, VANISHING, EXPLODING = "ok", "vanishing", "exploding"
@@ -202,10 +201,8 @@ def _norms(tensors: list[torch.Tensor], p: float) -> list[float]:
 def _local_norms(group: list[torch.Tensor], p: float) -> torch.Tensor:
     """||t||_p of each tensor of `group` (plain tensors on one device) as one 1-d tensor."""
     device = group[0].device
-    fused = device.type in ("cpu", "cuda") and all(
-        t.dtype in FLOAT_DTYPES and t.layout == torch.strided and type(t) in _PLAIN for t in group)
-    if fused and (device.type == "cpu" or torch._C._dispatch_has_kernel_for_dispatch_key(
-            "backprop_ext::multi_tensor_norm_per_tensor", "CUDA")):
+    # (not meta: the norms are read back to the host)
+    if device.type != "meta" and kernels_on(device) and all(map(kernels_take, group)):
         return _ops.multi_tensor_norm_per_tensor(group, p)
     return torch.stack([torch.linalg.vector_norm(t, p).double() for t in group])
 

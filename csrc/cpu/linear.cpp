@@ -10,7 +10,7 @@
 //                no activation:  gz = gy, gb = gy.sum(0)
 //
 // x is the input flattened to (M, K), W the (N, K) weight, s the tensor forward saved (the
-// pre-activation z, or the output y for relu, sigmoid and tanh).
+// pre-activation z, or the output y for relu, relu6, sigmoid and tanh).
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/addmm.h>

@@ -15,8 +15,8 @@
 // the default is "ours". If cuBLASLt has no algorithm for a case, the ATen route runs instead.
 //
 // x is the input flattened to (M, K), W the (N, K) weight, s the tensor forward saved (z, or y for
-// relu, sigmoid and tanh). All row-major; cuBLASLt is column-major, so a row-major (R, C) matrix is
-// handed to it as a column-major (C, R) one: see forward_gemm and weight_grad_gemm.
+// relu, relu6, sigmoid and tanh). All row-major; cuBLASLt is column-major, so a row-major (R, C)
+// matrix is handed to it as a column-major (C, R) one: see forward_gemm and weight_grad_gemm.
 #include <ATen/Context.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>

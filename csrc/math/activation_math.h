@@ -4,7 +4,7 @@
 // and the compile-time dispatch from it, and holds each activation's math: ActivationMath<A>, with
 //   forward(x, p0, p1)      y = f(x)
 //   backward(g, s, p0, p1)  g * f'(.) where s is y for the rows that read the output (relu,
-//                           sigmoid, tanh) and x for the others
+//                           relu6, sigmoid, tanh) and x for the others
 // in T = at::opmath_type<scalar_t> (float for the half types). The functions are C10_HOST_DEVICE
 // so that one definition serves the scalar CPU tail and every CUDA kernel; the CPU vector loops
 // mirror them lane for lane (cpu/vec_math.h).

@@ -23,7 +23,7 @@ inline std::optional<Activation> linear_activation_from_name(c10::string_view na
 }
 
 // True where backward needs the pre-activation z kept from forward: activations whose derivative
-// is a function of their input. relu, sigmoid and tanh read their output instead.
+// is a function of their input. relu, relu6, sigmoid and tanh read their output instead.
 inline bool needs_preact(std::optional<Activation> act) {
   return act.has_value() && !activation_saves_output(*act);
 }

@@ -12,7 +12,7 @@ TORCH_LIBRARY(backprop_ext, m) {
   // --- activation family
   m.def("activation_fwd(Tensor self, str activation, float p0=0., float p1=0.) -> Tensor");
   m.def("activation_fwd_(Tensor(a!) self, str activation, float p0=0., float p1=0.) -> ()");
-  // `saved` is the forward's output for relu, sigmoid and tanh and its input otherwise.
+  // `saved` is the forward's output for relu, relu6, sigmoid and tanh and its input otherwise.
   m.def(
       "activation_bwd(Tensor grad_output, Tensor saved, str activation, float p0=0., "
       "float p1=0.) -> Tensor");
@@ -70,12 +70,13 @@ TORCH_LIBRARY(backprop_ext, m) {
 
   // --- linear family: out = act(input @ weight^T + bias), activation "none" or one of the above.
   // `preact` is the pre-activation, returned only when save_preact is set and backward needs it
-  // (not for relu, sigmoid and tanh, whose derivative reads the output); otherwise it is empty.
+  // (not for relu, relu6, sigmoid and tanh, whose derivative reads the output); otherwise it is
+  // empty.
   m.def(
       "linear_fwd(Tensor input, Tensor weight, Tensor? bias, str activation, float p0, "
       "float p1, bool save_preact) -> (Tensor out, Tensor preact)");
-  // `saved` is what backward reads: preact, or out for relu, sigmoid and tanh (ignored for "none").
-  // Gradients not asked for in output_mask come back empty.
+  // `saved` is what backward reads: preact, or out for relu, relu6, sigmoid and tanh (ignored for
+  // "none"). Gradients not asked for in output_mask come back empty.
   m.def(
       "linear_bwd(Tensor grad_output, Tensor input, Tensor weight, Tensor saved, "
       "str activation, float p0, float p1, bool[3] output_mask) -> "
