@@ -70,7 +70,7 @@ CASES = {
     # Its `precompute` argument is the public function's choice.
     "LinearCrossEntropyFunction": lambda F: (
         (x := _t(6, 4), w := _t(5, 4), b := _t(5)),
-        BF.linear_cross_entropy(x, w, _target(6, 5), b)),
+        BF.linear_cross_entropy(x, w, _target(6, 5), linear_bias=b)),
 }
 
 

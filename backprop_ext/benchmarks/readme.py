@@ -1,6 +1,6 @@
-"""README's result tables, generated from a benchmark JSON (`bench --json FILE`).
+"""The result tables of docs/RESULTS.md, generated from a benchmark JSON (`bench --json FILE`).
 
-    python -m backprop_ext.benchmarks.readme FILE.json [--readme README.md] [--section NAME]
+    python -m backprop_ext.benchmarks.readme FILE.json [--readme docs/RESULTS.md] [--section NAME]
 
 Prints one markdown table per family; with --readme, replaces the text between the markers
 <!-- bench:NAME --> and <!-- /bench:NAME --> in that file instead (NAME defaults to the JSON's
