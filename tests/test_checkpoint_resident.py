@@ -98,7 +98,9 @@ def _check_budgets(depth, width, batch):
             assert ratio <= budget, (budget, ratio, got["segments"])
     # Half the plain step's memory is within reach of these stacks and is met, without a warning.
     assert not results[0.5]["warned"]
-    assert results[0.25]["peak"] <= results[0.5]["peak"]
+    # A tighter budget never costs more; the two plans may be the same one, whose resident peaks
+    # then differ by the pages the allocator happens to touch: less than one block's activation.
+    assert results[0.25]["peak"] <= results[0.5]["peak"] + batch * width * 4
     return plain, full4, results
 
 
