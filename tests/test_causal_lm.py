@@ -25,7 +25,25 @@ def _gpt2():  # tied input/output embeddings
                                           attn_pdrop=0.0))
 
 
-MODELS = {"llama": _llama, "gpt2": _gpt2}
+def _mistral():
+    return T.MistralForCausalLM(T.MistralConfig(hidden_size=32, intermediate_size=64,
+                                                num_hidden_layers=2, num_attention_heads=4,
+                                                num_key_value_heads=2, vocab_size=V))
+
+
+def _qwen2():  # biased q/k/v projections
+    return T.Qwen2ForCausalLM(T.Qwen2Config(hidden_size=32, intermediate_size=64,
+                                            num_hidden_layers=2, num_attention_heads=4,
+                                            num_key_value_heads=2, vocab_size=V))
+
+
+def _gemma():  # tied embeddings scaled by sqrt(hidden); no final-logit softcapping (Gemma 2 has)
+    return T.GemmaForCausalLM(T.GemmaConfig(hidden_size=32, intermediate_size=64,
+                                            num_hidden_layers=2, num_attention_heads=4,
+                                            num_key_value_heads=2, head_dim=8, vocab_size=V))
+
+
+MODELS = {"llama": _llama, "gpt2": _gpt2, "mistral": _mistral, "qwen2": _qwen2, "gemma": _gemma}
 
 
 def _pair(name, dtype):
@@ -120,6 +138,37 @@ def test_off_and_left_alone_with_reasons():
     assert "final_logit_softcapping" in str(report)
     ids, labels = _batch()
     assert gemma2(input_ids=ids, labels=labels).logits is not None
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_compiled_training_step_has_no_graph_break_and_runs_our_ops(name):
+    # fullgraph=True fails on any graph break; the backend records what the graph calls (our
+    # autograd Functions' bodies are subgraphs of it) and runs it as aot_eager would.
+    ref, ours = _pair(name, torch.float32)
+    ids, labels = _batch()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        from torch._dynamo.backends.debugging import aot_eager
+        return aot_eager(gm, example_inputs)
+
+    def step(model):
+        return model(input_ids=ids, labels=labels).loss
+
+    torch._dynamo.reset()
+    loss = torch.compile(step, backend=backend, fullgraph=True)(ours)
+    code = "\n".join(m.code for gm in graphs for m in gm.modules()
+                     if isinstance(m, torch.fx.GraphModule))
+    # the fused loss (its Function's body runs our cross-entropy kernel block by block) and
+    # the converted layers are in the graph
+    assert "autograd_function_apply" in code and "backprop_ext.cross_entropy_fwd" in code
+    assert "backprop_ext.linear_fwd" in code
+    expected = ref(input_ids=ids, labels=labels).loss
+    torch.testing.assert_close(loss, expected, rtol=2e-6, atol=2e-6)
+    loss.backward()
+    expected.backward()
+    _assert_same(ref, ours, 1e-5)
 
 
 def test_bad_targets_get_the_ops_errors():

@@ -660,7 +660,8 @@ def test_budget_plans_fit_and_match_measurements():
         # to a rebuilt input and a weight gradient (it holds the input while making the input
         # gradient; bnn.Linear frees it first): what the measured check is there for.
         peaks[budget] = _allocator_peak(seq, x)
-        assert peaks[budget] == plan.measured_bytes
+        # The same step measured again: equal but for a page torch sometimes allocates in it.
+        assert abs(peaks[budget] - plan.measured_bytes) <= 2 * 4096
         assert abs(peaks[budget] - plan.predicted_bytes) <= act + act // 4
     assert peaks[0.45] < peaks[0.65] < peaks[1.0] and peaks[0.5] < peaks[0.65]
 
