@@ -571,8 +571,8 @@ def test_unclear_arguments_raise_type_errors_naming_them():
             TF.cross_entropy(x, torch.tensor([0, 1, 2]), weight=weight)
         with pytest.raises(TypeError, match="argument 'weight' .* must be Tensor or None, not"):
             BF.cross_entropy(x, torch.tensor([0, 1, 2]), weight=weight)
-    with pytest.raises(TypeError, match="convert: expected model to be a torch.nn.Module, got "
-                                        "NoneType"):
+    with pytest.raises(TypeError, match=r"convert\(\): argument 'model' \(position 1\) must be "
+                                        "torch.nn.Module, not NoneType"):
         bnn.convert(None)
 
 

@@ -59,6 +59,7 @@ import functools
 import inspect
 import math
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
+from ..ops.errors import public_init
 from . import planner as _planner
 from .memory import StepProfile, profile_sequential, step_peak_bytes
 from .planner import CheckpointPlan
@@ -210,6 +212,13 @@ def checkpoint(function: Callable, *args: Any, policy: Policy = "full",
     torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False, ...) as is.
     """
     _check_policy("checkpoint", policy)
+    if not callable(function):
+        raise TypeError("backprop_ext.checkpoint(): argument 'function' (position 1) must be "
+                        f"callable, not {type(function).__name__}")
+    if determinism_check != "default" and determinism_check != "none":
+        kind = ValueError if determinism_check.__hash__ is not None else TypeError  # torch's
+        raise kind("backprop_ext.checkpoint(): determinism_check must be 'default' or "
+                         f"'none', got {determinism_check!r}")
     if policy == "none" or not torch.is_grad_enabled():
         return function(*args, **kwargs)
     if any(k in _CHECKPOINT_KWARGS for k in kwargs):
@@ -254,6 +263,7 @@ def _add_prefix(state_dict: dict, prefix: str, child: str) -> None:
         state_dict[new + key[len(prefix):]] = state_dict.pop(key)
 
 
+@public_init("Checkpoint")
 class Checkpoint(torch.nn.Module):
     """Wraps `module` so that its activations are recomputed in backward instead of kept.
 
@@ -272,9 +282,6 @@ class Checkpoint(torch.nn.Module):
                  preserve_rng_state: bool = True, determinism_check: str = "default"):
         super().__init__()
         _check_policy("Checkpoint", policy)
-        if not isinstance(module, torch.nn.Module):
-            raise TypeError("backprop_ext.Checkpoint: expected an nn.Module to wrap, got "
-                            f"{type(module).__name__}")
         self.module = module
         self.policy = policy
         self.preserve_rng_state = preserve_rng_state
@@ -309,6 +316,7 @@ def _run(modules, input):
     return input
 
 
+@public_init("CheckpointedSequential")
 class CheckpointedSequential(torch.nn.Sequential):
     """nn.Sequential that checkpoints its modules in contiguous segments.
 
@@ -332,7 +340,8 @@ class CheckpointedSequential(torch.nn.Sequential):
         peak. It is chosen once: call plan(input, remeasure=True) when the input's size changes.
     """
 
-    def __init__(self, *args, segments: int | None = None, policy: Policy = "full",
+    def __init__(self, *args: torch.nn.Module | OrderedDict, segments: int | None = None,
+                 policy: Policy = "full",
                  memory_budget: int | float | None = None, preserve_rng_state: bool = True):
         super().__init__(*args)
         _check_policy("CheckpointedSequential", policy)
@@ -340,7 +349,7 @@ class CheckpointedSequential(torch.nn.Sequential):
             raise ValueError("backprop_ext.CheckpointedSequential: segments must be a positive "
                              f"integer or None, got {segments!r}")
         if memory_budget is not None:
-            _check_budget(memory_budget)
+            _check_budget(memory_budget, "CheckpointedSequential")
             if segments is not None or policy != "full":
                 raise ValueError("backprop_ext.CheckpointedSequential: memory_budget chooses the "
                                  "segments and the policy; pass either memory_budget or "
@@ -440,14 +449,14 @@ class CheckpointedSequential(torch.nn.Sequential):
         return f"segments={len(self.segment_bounds())}, policy={policy!r}"
 
 
-def _check_budget(budget) -> None:
+def _check_budget(budget, where: str) -> None:
     if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        raise TypeError("backprop_ext.CheckpointedSequential: memory_budget must be bytes (an int) "
+        raise TypeError(f"backprop_ext.{where}: memory_budget must be bytes (an int) "
                         f"or a fraction of the plain step's activation memory (a float); got "
                         f"{type(budget).__name__}")
     if isinstance(budget, float) and not 0.0 < budget <= 1.0:
-        raise ValueError("backprop_ext.CheckpointedSequential: a fractional memory_budget must be "
+        raise ValueError(f"backprop_ext.{where}: a fractional memory_budget must be "
                          f"in (0, 1], got {budget!r}")
     if isinstance(budget, int) and budget < 1:
-        raise ValueError("backprop_ext.CheckpointedSequential: memory_budget in bytes must be "
+        raise ValueError(f"backprop_ext.{where}: memory_budget in bytes must be "
                          f"positive, got {budget!r}")

@@ -163,7 +163,7 @@ def checkpoint_blocks(model: torch.nn.Module, memory_budget) -> list:
     """Wraps every block of the model's repeated-block ModuleLists in a PlannedBlock under
     `memory_budget` (bytes, or a fraction of the blocks' plain step peak), in place; returns
     the paths of the lists. state_dict keys are unchanged."""
-    _check_budget(memory_budget)
+    _check_budget(memory_budget, "nn.convert")
     paths = []
     for path, blocks in repeated_blocks(model):
         planner = _BlockPlanner([], memory_budget)

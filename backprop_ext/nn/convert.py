@@ -9,10 +9,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+from collections.abc import Callable
 
 import torch
 
+from ..checkpoint.api import _check_budget
 from ..ops import activation as _activation
+from ..ops.errors import public_function
 from . import causal_lm as _causal_lm
 from .activations import (
     ACTIVATION_MODULES,
@@ -138,7 +141,8 @@ _CONVERSIONS: dict = {
 }
 
 
-def register_conversion(cls_or_name, factory) -> None:
+@public_function("nn.register_conversion")
+def register_conversion(cls_or_name: type | str, factory: Callable) -> None:
     """Adds (or replaces) convert()'s entry for a class, given as the class itself or its
     qualified name ("package.module.ClassName", matched against type(m).__module__ + "." +
     type(m).__qualname__, so the package need not be imported). factory(module) returns the
@@ -148,9 +152,6 @@ def register_conversion(cls_or_name, factory) -> None:
         bnn.register_conversion("mylib.layers.MyGELU", lambda m: bnn.GELU(approximate="tanh"))
     """
     name = cls_or_name if isinstance(cls_or_name, str) else _qualname(cls_or_name)
-    if not callable(factory):
-        raise TypeError(f"backprop_ext.register_conversion: factory must be callable, got "
-                        f"{type(factory).__name__}")
     _CONVERSIONS[name] = factory
 
 
@@ -352,6 +353,7 @@ def _set_child(parents, module, replacement) -> None:
         parent._modules[name] = replacement
 
 
+@public_function("nn.convert")
 def convert(model: torch.nn.Module, *, fuse: bool = False, report: bool = False,
             memory_budget: int | float | None = None, lm_loss: bool | str = True):
     """Swaps every supported layer in `model` for backprop_ext's, in place, and returns the model
@@ -395,12 +397,11 @@ def convert(model: torch.nn.Module, *, fuse: bool = False, report: bool = False,
     Under FSDP2, convert before fully_shard: a sharded unit gets a class of its own, which
     convert leaves alone (said in the report); the plain layers inside it are still converted.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError("backprop_ext.nn.convert: expected model to be a torch.nn.Module, got "
-                        f"{type(model).__name__}")
     if lm_loss not in (True, False, "keep_logits"):
         raise ValueError("backprop_ext.nn.convert: lm_loss must be True, False or "
                          f"'keep_logits', got {lm_loss!r}")
+    if memory_budget is not None:
+        _check_budget(memory_budget, "nn.convert")
     summary = ConversionReport()
 
     def record(theirs: type, ours) -> None:

@@ -12,6 +12,7 @@ import math
 import torch
 
 from .. import functional as F
+from ..ops.errors import public_init
 from ..ops.linear import parse_activation
 
 # The activation Modules (ReLU, GELU, ...) are written out from the activation table in
@@ -21,22 +22,31 @@ __all__ = ["Linear", "Softmax", "LogSoftmax", "CrossEntropyLoss", "LinearCrossEn
            "LinearCrossEntropyLoss", "Conv1D", "GatedMLP"]
 
 
+# Bad constructor arguments raise naming the class and the argument (ops.errors.public_init);
+# the arguments' annotations are what is checked.
+Device = torch.device | str | int
+
+
+@public_init("nn.Softmax")
 class Softmax(torch.nn.Softmax):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.softmax(input, self.dim, _stacklevel=5)
 
 
+@public_init("nn.LogSoftmax")
 class LogSoftmax(torch.nn.LogSoftmax):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(input, self.dim, _stacklevel=5)
 
 
+@public_init("nn.CrossEntropyLoss")
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                                reduction=self.reduction, label_smoothing=self.label_smoothing)
 
 
+@public_init("nn.Linear")
 class Linear(torch.nn.Linear):
     """torch.nn.Linear with an optional fused activation: act(input @ weight.T + bias).
 
@@ -52,8 +62,9 @@ class Linear(torch.nn.Linear):
     activation = None
     recompute_preact = False
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
-                 dtype=None, *, activation=None, recompute_preact: bool = False) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 device: Device | None = None, dtype: torch.dtype | None = None, *,
+                 activation=None, recompute_preact: bool = False) -> None:
         super().__init__(in_features, out_features, bias, device, dtype)
         if activation is not None:
             parse_activation(activation)  # fail now, not at the first forward
@@ -74,6 +85,7 @@ class Linear(torch.nn.Linear):
         return extra
 
 
+@public_init("nn.LinearCrossEntropy")
 class LinearCrossEntropy(torch.nn.Module):
     """A language-model head and its loss in one: cross_entropy(input @ weight.T + bias, target)
     by backprop_ext.functional.linear_cross_entropy, without materializing the logits.
@@ -90,10 +102,11 @@ class LinearCrossEntropy(torch.nn.Module):
     (generation), F.linear(input, head.weight, head.bias).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
-                 dtype=None, *, class_weight: torch.Tensor | None = None,
-                 ignore_index: int = -100, label_smoothing: float = 0.0,
-                 reduction: str = "mean", options=None) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 device: Device | None = None, dtype: torch.dtype | None = None, *,
+                 class_weight: torch.Tensor | None = None, ignore_index: int = -100,
+                 label_smoothing: float = 0.0, reduction: str = "mean",
+                 options: F.LinearCrossEntropyOptions | None = None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.in_features, self.out_features = in_features, out_features
@@ -152,6 +165,7 @@ def _linear_cross_entropy_loss_forward(self, input: torch.Tensor,
 
 if hasattr(torch.nn, "LinearCrossEntropyLoss"):  # torch >= 2.14
 
+    @public_init("nn.LinearCrossEntropyLoss")
     class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
         """torch.nn.LinearCrossEntropyLoss on backprop_ext.functional.linear_cross_entropy:
         same constructor, parameters (linear.weight, linear.bias), class-weight buffer `weight`,
@@ -163,15 +177,18 @@ if hasattr(torch.nn, "LinearCrossEntropyLoss"):  # torch >= 2.14
 
 else:
 
+    @public_init("nn.LinearCrossEntropyLoss")
     class LinearCrossEntropyLoss(torch.nn.modules.loss._WeightedLoss):
         """torch 2.14's torch.nn.LinearCrossEntropyLoss, for torch 2.11-2.13 (which lack it):
         the same constructor, parameters (linear.weight, linear.bias), class-weight buffer
         `weight`, state_dict and repr, on backprop_ext.functional.linear_cross_entropy."""
 
-        def __init__(self, in_features: int, num_classes: int, *, out_features=(),
-                     bias: bool = False, device=None, dtype=None, reduction: str = "mean",
-                     weight: torch.Tensor | None = None, ignore_index: int | None = None,
-                     label_smoothing: float = 0.0, options=None) -> None:
+        def __init__(self, in_features: int, num_classes: int, *,
+                     out_features: tuple[int, ...] = (), bias: bool = False,
+                     device: Device | None = None, dtype: torch.dtype | None = None,
+                     reduction: str = "mean", weight: torch.Tensor | None = None,
+                     ignore_index: int | None = None, label_smoothing: float = 0.0,
+                     options: F.LinearCrossEntropyOptions | None = None) -> None:
             if weight is not None and weight.shape != (num_classes,):
                 raise RuntimeError(f"expected weight shape to be {(num_classes,)}, got "
                                    f"{tuple(weight.shape)}")
@@ -196,6 +213,7 @@ else:
                     f"label_smoothing={self.label_smoothing}, options={self.options}")
 
 
+@public_init("nn.Conv1D")
 class Conv1D(torch.nn.Module):
     """transformers' Conv1D (GPT-2's linear layer, weight stored transposed) on our linear:
     input @ weight + bias, with an optional fused activation as in Linear.
@@ -226,6 +244,7 @@ class Conv1D(torch.nn.Module):
         return f"Conv1D(nf={self.nf}, nx={self.nx}{act})"
 
 
+@public_init("nn.GatedMLP")
 class GatedMLP(torch.nn.Module):
     """down_proj(f(gate_proj(x)) * up_proj(x)), the MLP of Llama, Mistral, Qwen2 and Gemma, with
     the gate's activation and the product fused (backprop_ext.functional.gated): one pass each
@@ -238,7 +257,8 @@ class GatedMLP(torch.nn.Module):
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, activation="silu",
-                 bias: bool = False, device=None, dtype=None) -> None:
+                 bias: bool = False, device: Device | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         parse_activation(activation)
         self.hidden_size, self.intermediate_size = hidden_size, intermediate_size
@@ -260,7 +280,13 @@ class GatedMLP(torch.nn.Module):
         return mlp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gated(self.gate_proj(x), self.up_proj(x), self.activation))
+        try:
+            return self.down_proj(F.gated(self.gate_proj(x), self.up_proj(x), self.activation))
+        except Exception:
+            if not isinstance(x, torch.Tensor):  # the error names gate_proj's `input`
+                raise TypeError("backprop_ext.nn.GatedMLP.forward(): argument 'x' (position 1) "
+                                f"must be Tensor, not {type(x).__name__}") from None
+            raise
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"

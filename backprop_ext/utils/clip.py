@@ -52,6 +52,7 @@ from collections.abc import Iterable
 import torch
 from torch.utils._foreach_utils import _device_has_foreach_support, _has_foreach_support
 
+from ..ops.errors import public_function
 from ..ops.multi_tensor import kernels_on, kernels_take, norm_dtype
 from . import sharded as _sharded
 
@@ -70,11 +71,36 @@ def _as_list(tensors: _TensorOrTensors) -> list[torch.Tensor]:
 
 
 def _grads(parameters: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [p.grad for p in parameters if p.grad is not None]
+    try:
+        return [p.grad for p in parameters if p.grad is not None]
+    except AttributeError:  # the public function names the argument (_public)
+        raise TypeError("argument 'parameters' must be Tensor or an iterable of Tensor") from None
+
+
+# Bad arguments raise naming the function and the argument, by their annotations, once a call has
+# failed (ops.errors.public_function: a valid call pays one Python call, no check). foreach,
+# where ours differs from torch's (True runs on CPU), is checked on the way in: None, True or
+# False. The bools are torch's: anything truthy.
+_public = functools.partial(public_function, upfront=False,
+                            lax_bool=("error_if_nonfinite", "foreach"))
+
+
+def _check_foreach(fn: str, foreach) -> None:
+    if foreach is not None and foreach is not True and foreach is not False:
+        raise TypeError(f"backprop_ext.utils.{fn}(): argument 'foreach' must be bool or None, "
+                        f"not {type(foreach).__name__}")
+
+
+def _float(fn: str, name: str, value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError) as error:  # torch's kind: float()'s
+        raise type(error)(f"backprop_ext.utils.{fn}(): argument '{name}' must be a number, "
+                          f"not {type(value).__name__}") from None
 
 
 def _norm_order(fn: str, norm_type) -> float:
-    p = float(norm_type)
+    p = _float(fn, "norm_type", norm_type)
     if not p > 0:  # also catches NaN
         raise ValueError(
             f"backprop_ext.utils.{fn}: norm_type must be a positive number or inf, got "
@@ -84,7 +110,7 @@ def _norm_order(fn: str, norm_type) -> float:
 
 
 def _nonnegative(fn: str, name: str, value) -> float:
-    v = float(value)
+    v = _float(fn, name, value)
     if not v >= 0:  # also catches NaN
         raise ValueError(
             f"backprop_ext.utils.{fn}: {name} must be >= 0, got {value!r} (a negative bound "
@@ -191,6 +217,7 @@ def _raise_if_nonfinite(total_norm: torch.Tensor, norm_type: float) -> None:
             "non-finite norm anyway, set `error_if_nonfinite=False`")
 
 
+@_public("utils.get_total_norm")
 @torch.no_grad()
 def get_total_norm(tensors: _TensorOrTensors, norm_type: float = 2.0,
                    error_if_nonfinite: bool = False, foreach: bool | None = None) -> torch.Tensor:
@@ -203,6 +230,7 @@ def get_total_norm(tensors: _TensorOrTensors, norm_type: float = 2.0,
     DTensor replicated over the first one's mesh. Raises RuntimeError for a NaN or infinite norm
     when error_if_nonfinite (which reads the norm on the host).
     """
+    _check_foreach("get_total_norm", foreach)
     tensors = _as_list(tensors)
     p = _norm_order("get_total_norm", norm_type)
     if not tensors:
@@ -241,15 +269,17 @@ def _scale(grads: list[torch.Tensor], max_norm: float, total_norm: torch.Tensor,
                     g.mul_(coef.to(device))
 
 
+@_public("utils.clip_grads_with_norm_")
 @torch.no_grad()
 def clip_grads_with_norm_(parameters: _TensorOrTensors, max_norm: float,
-                          total_norm: torch.Tensor, foreach: bool | None = None) -> None:
+                          total_norm: torch.Tensor | float, foreach: bool | None = None) -> None:
     """Scales the gradients of `parameters` in place by min(1, max_norm / (total_norm + 1e-6)),
     like torch.nn.utils.clip_grads_with_norm_.
 
     total_norm: a tensor (as get_total_norm returns, ours or torch's, DTensor included; any
     device) or a number. Parameters without a gradient are skipped. max_norm must be >= 0.
     """
+    _check_foreach("clip_grads_with_norm_", foreach)
     parameters = _as_list(parameters)
     max_norm = _nonnegative("clip_grads_with_norm_", "max_norm", max_norm)
     grads = _grads(parameters)
@@ -265,6 +295,7 @@ def clip_grads_with_norm_(parameters: _TensorOrTensors, max_norm: float,
     _scale(grads if parts is None else parts.locals, max_norm, total_norm, foreach)
 
 
+@_public("utils.clip_grad_norm_")
 @torch.no_grad()
 def clip_grad_norm_(parameters: _TensorOrTensors, max_norm: float, norm_type: float = 2.0,
                     error_if_nonfinite: bool = False, foreach: bool | None = None) -> torch.Tensor:
@@ -278,6 +309,7 @@ def clip_grad_norm_(parameters: _TensorOrTensors, max_norm: float, norm_type: fl
     error_if_nonfinite=True. When the norm is within max_norm the coefficient is exactly 1 and
     our kernels leave the gradients untouched (torch multiplies them by 1: the same bits).
     """
+    _check_foreach("clip_grad_norm_", foreach)
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
     else:
@@ -303,6 +335,7 @@ def clip_grad_norm_(parameters: _TensorOrTensors, max_norm: float, norm_type: fl
     return total_norm if parts is None else _sharded.replicated(total_norm, parts.mesh)
 
 
+@_public("utils.clip_grad_value_")
 @torch.no_grad()
 def clip_grad_value_(parameters: _TensorOrTensors, clip_value: float,
                      foreach: bool | None = None) -> None:
@@ -310,6 +343,7 @@ def clip_grad_value_(parameters: _TensorOrTensors, clip_value: float,
     torch.nn.utils.clip_grad_value_ (NaN stays NaN). clip_value must be >= 0. Sharded gradients
     (DTensors) are clamped through their local parts; Partial ones (addends of a gradient:
     clamping them would not clamp their sum) raise a RuntimeError before anything is clamped."""
+    _check_foreach("clip_grad_value_", foreach)
     parameters = _as_list(parameters)
     clip_value = _nonnegative("clip_grad_value_", "clip_value", clip_value)
     grads = _grads(parameters)

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 
 import torch
 
+from ..ops.errors import public_function
 from ..ops.multi_tensor import kernels_on, kernels_take
 from . import sharded as _sharded
 
@@ -216,8 +217,10 @@ def _named_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
     return [(f"param{i}", t) for i, t in enumerate(items)]
 
 
+@public_function("gradient_flow")  # arguments checked by their annotations (off the hot path)
 @torch.no_grad()
-def gradient_flow(model: torch.nn.Module | Iterable, *, by: str = "parameter",
+def gradient_flow(model: torch.nn.Module | Iterable[torch.Tensor | tuple[str, torch.Tensor]],
+                  *, by: str = "parameter",
                   norm_type: float = 2.0, vanishing_threshold: float = 1e-6,
                   exploding_threshold: float = 1e3, metric: str = "grad_norm",
                   include_frozen: bool = False, plot: str | None = None) -> GradientFlowReport:
