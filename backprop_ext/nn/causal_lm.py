@@ -147,7 +147,10 @@ class _PostHook:
         self.head = head
 
     def __call__(self, model, args, kwargs, output):
-        request = self.head.__dict__.pop("_lm_request", None)
+        # read and cleared as attributes (the class default is None): Dynamo traces these on
+        # every torch the package supports, not a pop from the Module's __dict__
+        request = self.head._lm_request
+        self.head._lm_request = None
         if request is None or request.loss is None:
             return None
         if not request.consumed:
