@@ -178,8 +178,13 @@ class CrossEntropyLossFunction(torch.autograd.Function):
             return None, None, None, None, None, None
         # d loss / d nll_i = (1 - eps) w_i, d loss / d smooth_i = eps / C; mean divides by total.
         scale = grad / total if ctx.reduction == "mean" else grad
-        w = _row_weights(target, weight, ctx.ignore_index, lse.dtype)
-        grad_nll = w * (scale * (1 - ctx.eps) if ctx.eps else scale)
+        row = scale * (1 - ctx.eps) if ctx.eps else scale
+        if weight is None:
+            # w_i is 1 but on ignored rows, which cross_entropy_bwd zeroes whatever their
+            # grad_nll: the same gradient without the two elementwise ops building w.
+            grad_nll = row.expand(lse.shape)
+        else:
+            grad_nll = _row_weights(target, weight, ctx.ignore_index, lse.dtype) * row
         grad_smooth = None
         if ctx.eps:
             grad_smooth = (scale * (ctx.eps / logits.shape[1])).expand(lse.shape)

@@ -45,6 +45,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as TF
 
+from .. import _C
 from . import entry as _ops
 from .activation import (
     ACTIVATIONS,
@@ -342,15 +343,11 @@ def _wanted(ctx, mask: tuple) -> tuple:
 
 
 def _runs(node) -> bool:
-    """Whether the current backward pass runs `node` (or captures the gradient sent to it)."""
-    if node is None:
-        return False
-    try:
-        return torch._C._will_engine_execute_node(node)
-    except RuntimeError:
-        # torch raises for a leaf's AccumulateGrad that autograd.grad captures (one of its
-        # `inputs`), rather than answer: its gradient is wanted.
-        return True
+    """Whether the current backward pass runs `node` (or captures the gradient sent to it).
+    Not torch._C._will_engine_execute_node, which raises for a leaf's AccumulateGrad that
+    autograd.grad captures (one of its `inputs`) rather than answer: an error costing more than
+    the whole backward of a small layer."""
+    return node is not None and _C._engine_runs(node)
 
 
 def _input_freeing_backward(ctx, grad_out, mask) -> tuple:
@@ -558,6 +555,12 @@ register("linear_preact_bwd", LinearPreactBackwardFunction)
 # --- public function
 
 
+# The op as ops.entry calls it, without its wrapper's frame: the entry point in eager mode, the op
+# itself under torch.compile (as the generated activation functions call theirs).
+_linear_fwd = _C.linear_fwd
+_linear_fwd_op = torch.ops.backprop_ext.linear_fwd.default
+_is_compiling = torch.compiler.is_compiling
+
 _LINEAR_ARGS = (("input", "Tensor", None), ("weight", "Tensor", None), ("bias", "Tensor?", None),
                 ("activation", "any", None), ("recompute_preact", "any", None))
 
@@ -585,14 +588,19 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     which keep nothing beyond the output.
     """
     try:
-        name, p0, p1 = parsed_activation(activation)
-        # Keep the pre-activation when backward will read it; the rule recomputes it if a gradient
-        # turns out to be needed after all, so this decides speed, not results.
-        save_preact = (name in _KEEPS_PREACT and not recompute_preact
-                       and torch.is_grad_enabled()
-                       and (input.requires_grad or weight.requires_grad
-                            or (bias is not None and bias.requires_grad)))
-        return _ops.linear_fwd(input, weight, bias, name, p0, p1, save_preact)[0]
+        if activation is None:  # torch's linear: nothing to parse, no pre-activation to keep
+            name, p0, p1, save_preact = "none", 0.0, 0.0, False
+        else:
+            name, p0, p1 = parsed_activation(activation)
+            # Keep the pre-activation when backward will read it; the rule recomputes it if a
+            # gradient turns out to be needed after all, so this decides speed, not results.
+            save_preact = (name in _KEEPS_PREACT and not recompute_preact
+                           and torch.is_grad_enabled()
+                           and (input.requires_grad or weight.requires_grad
+                                or (bias is not None and bias.requires_grad)))
+        if _is_compiling():
+            return _linear_fwd_op(input, weight, bias, name, p0, p1, save_preact)[0]
+        return _linear_fwd(input, weight, bias, name, p0, p1, save_preact)[0]
     except Exception as error:
         raise_public(error, "linear", _LINEAR_ARGS,
                      (input, weight, bias, activation, recompute_preact))

@@ -33,6 +33,9 @@
 #include <c10/core/GradMode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/graph_task.h>
+#include <torch/csrc/autograd/python_cpp_function.h>
+#include <torch/csrc/autograd/python_function.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/library.h>
@@ -478,6 +481,35 @@ PyObject* set_autograd_rule(PyObject* /*module*/, PyObject* const* args, Py_ssiz
   END_HANDLE_TH_ERRORS
 }
 
+// _engine_runs(node) -> bool: whether the backward pass now running runs the graph node `node`
+// or captures the gradient sent to it. torch._C._will_engine_execute_node answers the same, but
+// raises, rather than answer True, for the AccumulateGrad node of a leaf that autograd.grad
+// captures; a raised c10::Error records a backtrace, tens of microseconds on every backward of a
+// layer whose weight is such a leaf (linear's backward asks, see ops/linear.py _wanted).
+PyObject* engine_runs(PyObject* /*module*/, PyObject* arg) {
+  HANDLE_TH_ERRORS
+  torch::autograd::Node* node = nullptr;
+  if (THPFunction_Check(arg)) {
+    node = reinterpret_cast<THPFunction*>(arg)->cdata.get();
+  } else if (torch::autograd::THPCppFunction_Check(arg)) {
+    node = reinterpret_cast<torch::autograd::THPCppFunction*>(arg)->cdata.get();
+  } else {
+    TORCH_CHECK_TYPE(false, "_engine_runs: expected a graph node (a grad_fn), got ",
+                     Py_TYPE(arg)->tp_name);
+  }
+  const auto* exec_info = torch::autograd::get_current_graph_task_exec_info();
+  const auto* in_graph = torch::autograd::get_current_graph_task_nodes_in_graph();
+  TORCH_CHECK(exec_info != nullptr && in_graph != nullptr,
+              "_engine_runs: called outside a backward pass");
+  bool runs = node != nullptr && in_graph->count(node) > 0;
+  if (runs && !exec_info->empty()) {  // autograd.grad: only the nodes on paths to its inputs
+    const auto it = exec_info->find(node);
+    runs = it != exec_info->end() && it->second.should_execute();
+  }
+  return PyBool_FromLong(runs ? 1 : 0);
+  END_HANDLE_TH_ERRORS
+}
+
 // --- the entry points' list, for tests/test_op_registry.py and backprop_ext/ops/entry.py
 
 // An argument's or a return's C++ type in the schema's type names: Tensor, Tensor?, str, float,
@@ -567,6 +599,10 @@ PyMethodDef kMethods[] = {
         {"_entry_points", entry_points, METH_NOARGS,
          "_entry_points() -> {op: (signature, takes_rule, rule)}: the entry points' list (see "
          "csrc/python/ops.cpp)"},
+    {"_engine_runs", engine_runs, METH_O,
+     "_engine_runs(node) -> bool: whether the running backward pass runs node or captures the "
+     "gradient sent to it (torch._C._will_engine_execute_node without its error for captured "
+     "leaves)"},
     {"_set_autograd_rule", BACKPROP_EXT_FASTCALL(&set_autograd_rule), METH_FASTCALL,
      "_set_autograd_rule(op_name, rule): the Python callable the op's Autograd kernel runs "
      "when a call records autograd history"},
