@@ -486,11 +486,23 @@ PyObject* set_autograd_rule(PyObject* /*module*/, PyObject* const* args, Py_ssiz
 // raises, rather than answer True, for the AccumulateGrad node of a leaf that autograd.grad
 // captures; a raised c10::Error records a backtrace, tens of microseconds on every backward of a
 // layer whose weight is such a leaf (linear's backward asks, see ops/linear.py _wanted).
+// A Python Function's node: THPFunction::cdata is a std::weak_ptr<PyNode> on torch 2.11-2.13 and
+// an owning pointer on later releases. The node outlives the call either way: the graph task that
+// runs it holds it.
+template <typename P>
+torch::autograd::Node* node_of(const std::weak_ptr<P>& cdata) {
+  return cdata.lock().get();
+}
+template <typename P>
+torch::autograd::Node* node_of(const P& cdata) {
+  return cdata.get();
+}
+
 PyObject* engine_runs(PyObject* /*module*/, PyObject* arg) {
   HANDLE_TH_ERRORS
   torch::autograd::Node* node = nullptr;
   if (THPFunction_Check(arg)) {
-    node = reinterpret_cast<THPFunction*>(arg)->cdata.get();
+    node = node_of(reinterpret_cast<THPFunction*>(arg)->cdata);
   } else if (torch::autograd::THPCppFunction_Check(arg)) {
     node = reinterpret_cast<torch::autograd::THPCppFunction*>(arg)->cdata.get();
   } else {
