@@ -442,7 +442,7 @@ def test_autocast_takes_mixed_dtypes_like_linear():
         theirs = TF.cross_entropy(TF.linear(x, w, b), target)
     assert ours.dtype == theirs.dtype == torch.float32
     torch.testing.assert_close(ours, theirs, atol=1e-2, rtol=1e-2)
-    with pytest.raises(TypeError, match="input and linear_weight to have the same dtype"):
+    with pytest.raises(RuntimeError, match="input and linear_weight to have the same dtype"):
         _lce(x, w, target, b)
 
 
@@ -519,57 +519,80 @@ def test_bench_rows_and_memory_plot(monkeypatch, tmp_path, capsys):
 # --- bad input
 
 
-def test_rejects_bad_input():
-    x, w, t = torch.randn(3, 4), torch.randn(5, 4), torch.tensor([0, 1, 4])
+_X, _W, _T = torch.randn(3, 4), torch.randn(5, 4), torch.tensor([0, 1, 4])
+# (arguments, keywords, our exception, what our message says): the exception is torch's kind for
+# the same mistake (checked against torch's own function where it has one).
+_BAD_INPUT = {
+    "in_features": ((torch.randn(3, 5), _W, _T), {}, RuntimeError,
+                    r"expected input.shape\[-1\] == linear_weight.shape\[1\]"),
+    "1-d weight": ((_X, torch.randn(4), _T), {}, RuntimeError,
+                   r"expected linear_weight of shape \(num_classes, in_features\)"),
+    "batch size": ((_X, _W, torch.tensor([0, 1])), {}, ValueError,
+                   r"expected target of shape \(3,\)"),
+    "target ndim": ((_X, _W, torch.zeros(3, 2, dtype=torch.long)), {}, RuntimeError,
+                    r"expected target of shape \(3,\)"),
+    "target dtype": ((_X, _W, _T.int()), {}, RuntimeError,
+                     "expected class-index target of dtype int64"),
+    "weight dtype": ((_X, _W.double(), _T), {}, RuntimeError,
+                     r"same dtype, got torch\.float32 and torch\.float64"),
+    "bias dtype": ((_X, _W, _T), {"linear_bias": torch.zeros(5, dtype=torch.float16)},
+                   RuntimeError, "input and linear_bias to have the same dtype"),
+    "bias shape": ((_X, _W, _T), {"linear_bias": torch.zeros(4)}, RuntimeError,
+                   r"expected linear_bias of shape \(5,\)"),
+    "class weight shape": ((_X, _W, _T), {"weight": torch.ones(4)}, RuntimeError,
+                           r"expected weight of shape \(5,\)"),
+    "class weight dtype": ((_X, _W, _T), {"weight": torch.ones(5, dtype=torch.long)},
+                           RuntimeError, "floating-point weight"),
+    "reduction": ((_X, _W, _T), {"reduction": "avg"}, ValueError, "reduction must be one of"),
+    "label_smoothing range": ((_X, _W, _T), {"label_smoothing": 1.5}, RuntimeError,
+                              r"label_smoothing must be in \[0, 1\]"),
+    "label_smoothing type": ((_X, _W, _T), {"label_smoothing": "a"}, TypeError,
+                             "expected label_smoothing to be a float, got str"),
+    "integer input": ((_X.long(), _W.long(), _T), {}, RuntimeError,
+                      "dtype float64, float32, float16 or bfloat16"),
+    "0-d input": ((torch.tensor(1.0), _W[:, :1], torch.tensor(0)), {}, RuntimeError, "0-d"),
+    "no classes": ((_X, _W[:0], _T), {}, RuntimeError, "at least one class"),
+    "target list": ((_X, _W, [0, 1, 2]), {}, TypeError, "expected target to be a Tensor"),
+    "target out of range": ((_X, _W, torch.tensor([0, 5, 1])), {}, IndexError,
+                            "target 5 at position 1 is out of bounds"),
+}
+# Where torch's function answers otherwise: it takes 1-d or 2-d input only, raises
+# AttributeError for a list, IndexError for no classes (from its loss, not its check).
+_TORCH_DIFFERS = {"0-d input", "target list", "no classes"}
+
+
+@pytest.mark.parametrize("case", list(_BAD_INPUT))
+def test_rejects_bad_input(case):
+    args, kwargs, kind, message = _BAD_INPUT[case]
+    with pytest.raises(kind, match=message) as raised:
+        BF.linear_cross_entropy(*args, **kwargs)
+    assert "backprop_ext.linear_cross_entropy" in str(raised.value)
+    torch_lce = getattr(TF, "linear_cross_entropy", None)
+    if torch_lce is not None and case not in _TORCH_DIFFERS:
+        with pytest.raises(Exception) as theirs:
+            torch_lce(*args, **kwargs)
+        # torch's NotImplementedError ("not implemented for 'Long'") is a RuntimeError
+        assert isinstance(theirs.value, kind), f"torch's: {theirs.value!r}"
+
+
+def test_rejects_bad_options():
     lce = BF.linear_cross_entropy
-    with pytest.raises(ValueError,
-                       match=r"expected input.shape\[-1\] == linear_weight.shape\[1\]"):
-        lce(torch.randn(3, 5), w, t)
-    with pytest.raises(ValueError,
-                       match=r"expected linear_weight of shape \(num_classes, in_features\)"):
-        lce(x, torch.randn(4), t)
-    with pytest.raises(ValueError, match=r"expected target of shape \(3,\)"):
-        lce(x, w, torch.tensor([0, 1]))
-    with pytest.raises(TypeError, match="expected class-index target of dtype int64"):
-        lce(x, w, t.int())
-    with pytest.raises(TypeError, match=r"same dtype, got torch\.float32 and torch\.float64"):
-        lce(x, w.double(), t)
-    with pytest.raises(TypeError, match="input and linear_bias to have the same dtype"):
-        lce(x, w, t, linear_bias=torch.zeros(5, dtype=torch.float16))
-    with pytest.raises(ValueError, match=r"expected linear_bias of shape \(5,\)"):
-        lce(x, w, t, linear_bias=torch.zeros(4))
-    with pytest.raises(ValueError, match=r"expected weight of shape \(5,\)"):
-        lce(x, w, t, weight=torch.ones(4))
-    with pytest.raises(ValueError, match="reduction must be one of"):
-        lce(x, w, t, reduction="avg")
-    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\]"):
-        lce(x, w, t, label_smoothing=1.5)
     with pytest.raises(ValueError, match="batch_chunk_size must be positive int"):
-        lce(x, w, t, options=BF.LinearCrossEntropyOptions(batch_chunk_size=0))
+        lce(_X, _W, _T, options=BF.LinearCrossEntropyOptions(batch_chunk_size=0))
     with pytest.raises(TypeError, match="expected options to be a LinearCrossEntropyOptions"):
-        lce(x, w, t, options=4)
-    with pytest.raises(TypeError, match="dtype float64, float32, float16 or bfloat16"):
-        lce(x.long(), w.long(), t)
-    with pytest.raises(ValueError, match="0-d"):
-        lce(torch.tensor(1.0), w[:, :1], torch.tensor(0))
-    with pytest.raises(ValueError, match="at least one class"):
-        lce(x, w[:0], t)
-    with pytest.raises(TypeError, match="expected target to be a Tensor"):
-        lce(x, w, [0, 1, 2])
-    with pytest.raises(IndexError, match="target 5 at position 1 is out of bounds"):
-        lce(x, w, torch.tensor([0, 5, 1]))
+        lce(_X, _W, _T, options=4)
     with pytest.raises(IndexError, match=r"in rows \[2, 3\) of the input: .*target -3 at "
                        "position 0"):
-        lce(x, w, torch.tensor([0, 1, -3]),
+        lce(_X, _W, torch.tensor([0, 1, -3]),
             options=BF.LinearCrossEntropyOptions(batch_chunk_size=2))
 
 
 @pytest.mark.cuda
 def test_rejects_mixed_devices():
     x, w, t = torch.randn(3, 4), torch.randn(5, 4), torch.tensor([0, 1, 4])
-    with pytest.raises(ValueError, match="expected linear_weight on cpu like input, got cuda"):
+    with pytest.raises(RuntimeError, match="expected linear_weight on cpu like input, got cuda"):
         BF.linear_cross_entropy(x, w.cuda(), t)
-    with pytest.raises(ValueError, match="expected target on cuda:0 like input, got cpu"):
+    with pytest.raises(RuntimeError, match="expected target on cuda:0 like input, got cpu"):
         BF.linear_cross_entropy(x.cuda(), w.cuda(), t)
 
 

@@ -493,25 +493,48 @@ def test_modules_and_convert():
 # --- bad input
 
 
+_CE_X = torch.randn(3, 5)
+# (input, target, keywords, our exception, what our message says): the exception is torch's
+# kind for the same mistake, checked against F.cross_entropy.
+_CE_BAD = {
+    "target out of range": (_CE_X, torch.tensor([0, 7, 1]), {}, IndexError,
+                            r"target 7 at position 1 is out of bounds: expected a class index "
+                            r"in \[0, 5\)"),
+    "negative target": (_CE_X, torch.tensor([0, -3, 1]), {}, IndexError, "target -3"),
+    "target dtype": (_CE_X, torch.tensor([0, 1, 1], dtype=torch.int32), {}, RuntimeError,
+                     "expected target of dtype int64"),
+    "batch size": (_CE_X, torch.tensor([0, 1]), {}, ValueError,
+                   r"expected class-index target of shape \(3,\)"),
+    "spatial size": (torch.randn(2, 3, 4, 4), torch.zeros(2, 4, 5, dtype=torch.long), {},
+                     RuntimeError, r"expected class-index target of shape \(2, 4, 4\)"),
+    "target ndim": (_CE_X, torch.zeros(3, 2, dtype=torch.long), {}, RuntimeError,
+                    r"expected class-index target of shape \(3,\)"),
+    "probabilities' classes": (_CE_X, torch.rand(3, 4), {}, RuntimeError,
+                               "class-probability target"),
+    "probabilities' batch": (_CE_X, torch.rand(2, 5), {}, ValueError,
+                             "class-probability target"),
+    "weight shape": (_CE_X, torch.tensor([0, 1, 1]), {"weight": torch.ones(4)}, RuntimeError,
+                     "weight of shape"),
+    "reduction": (_CE_X, torch.tensor([0, 1, 1]), {"reduction": "avg"}, ValueError,
+                  "reduction must be one of"),
+    "label_smoothing": (_CE_X, torch.tensor([0, 1, 1]), {"label_smoothing": 2.0}, RuntimeError,
+                        r"label_smoothing must be in \[0, 1\]"),
+    "0-d input": (torch.tensor(1.0), torch.tensor(0), {}, RuntimeError, "0-d"),
+}
+
+
+@pytest.mark.parametrize("case", list(_CE_BAD))
+def test_cross_entropy_bad_input(case):
+    x, target, kwargs, kind, message = _CE_BAD[case]
+    with pytest.raises(kind, match=message):
+        BF.cross_entropy(x, target, **kwargs)
+    with pytest.raises(Exception) as theirs:
+        TF.cross_entropy(x, target, **kwargs)
+    assert isinstance(theirs.value, kind), f"torch's: {theirs.value!r}"
+
+
 def test_bad_inputs():
     x = torch.randn(3, 5)
-    with pytest.raises(IndexError, match=r"target 7 at position 1 is out of bounds: expected a "
-                                         r"class index in \[0, 5\)"):
-        BF.cross_entropy(x, torch.tensor([0, 7, 1]))
-    with pytest.raises(IndexError, match="target -3"):
-        BF.cross_entropy(x, torch.tensor([0, -3, 1]))
-    with pytest.raises(TypeError, match="expected target of dtype int64"):
-        BF.cross_entropy(x, torch.tensor([0, 1, 1], dtype=torch.int32))
-    with pytest.raises(ValueError, match=r"expected class-index target of shape \(3,\)"):
-        BF.cross_entropy(x, torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match=r"probability target of input's shape"):
-        BF.cross_entropy(x, torch.rand(3, 4))
-    with pytest.raises(ValueError, match="weight of shape"):
-        BF.cross_entropy(x, torch.tensor([0, 1, 1]), weight=torch.ones(4))
-    with pytest.raises(ValueError, match="reduction must be one of"):
-        BF.cross_entropy(x, torch.tensor([0, 1, 1]), reduction="avg")
-    with pytest.raises(ValueError, match="0-d"):
-        BF.cross_entropy(torch.tensor(1.0), torch.tensor(0))
     with pytest.raises(RuntimeError, match="dim 2 is out of range for a tensor of 2 dimensions"):
         BF.softmax(x, 2)
     with pytest.raises(IndexError, match="dim -3 is out of range"):

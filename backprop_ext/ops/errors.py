@@ -115,9 +115,14 @@ def raise_public(error: BaseException, function: str, args: tuple, values: tuple
     raise public from None
 
 
+# Names an op's messages use that are not entry points: softmax_fwd(log=True) speaks as
+# log_softmax_fwd (csrc/ops/softmax.cpp), the others are ops without an entry.
+_OP_SPEAKERS = ("cross_entropy_bwd_out", "linear_cross_entropy", "log_softmax_fwd")
+
+
 def _is_op(name: str) -> bool:
     from .entry import OPS
-    return name in OPS or name in ("cross_entropy_bwd_out", "linear_cross_entropy")
+    return name in OPS or name in _OP_SPEAKERS
 
 
 # --- the front ends that are not ops: Modules' constructors, convert(), utils, checkpoint

@@ -381,9 +381,16 @@ _LINEAR_CROSS_ENTROPY = twin(LinearCrossEntropyFunction)
 # --- public function
 
 
-def _check(cond: bool, message: str, exc=ValueError) -> None:
+def _check(cond: bool, message: str, exc=RuntimeError) -> None:
+    """Raises exc with the public name. The kinds are torch's for the same mistake: a wrong type
+    is a TypeError, a wrong shape, dtype, device or value a RuntimeError, except a batch-size
+    mismatch between input and target and an unknown reduction (ValueError)."""
     if not cond:
         raise exc(f"backprop_ext.linear_cross_entropy: {message}")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_args(input, linear_weight, target, linear_bias, weight, reduction, label_smoothing,
@@ -394,8 +401,10 @@ def _check_args(input, linear_weight, target, linear_bias, weight, reduction, la
     for name, t in (("linear_bias", linear_bias), ("weight", weight)):
         _check(t is None or isinstance(t, torch.Tensor), f"expected {name} to be a Tensor or "
                f"None, got {type(t).__name__}", TypeError)
+    _check(_is_real(label_smoothing), "expected label_smoothing to be a float, got "
+           f"{type(label_smoothing).__name__}", TypeError)
     _check(input.dtype in FLOAT_DTYPES, "expected input of dtype float64, float32, float16 or "
-           f"bfloat16, got {input.dtype}", TypeError)
+           f"bfloat16, got {input.dtype}")
     _check(input.dim() >= 1, "expected input of shape (*, in_features), got a 0-d tensor")
     _check(linear_weight.dim() == 2, "expected linear_weight of shape (num_classes, "
            f"in_features), got shape {tuple(linear_weight.shape)}")
@@ -408,23 +417,28 @@ def _check_args(input, linear_weight, target, linear_bias, weight, reduction, la
                f"({linear_weight.shape[0]},), got {tuple(linear_bias.shape)}")
     _check(target.dtype == torch.int64, "expected class-index target of dtype int64 (or "
            f"class probabilities of shape {(*input.shape[:-1], linear_weight.shape[0])}), got "
-           f"{target.dtype}", TypeError)
+           f"{target.dtype}")
+    batch_mismatch = (target.dim() == input.dim() - 1 >= 1
+                      and target.shape[0] != input.shape[0])
     _check(target.shape == input.shape[:-1], f"expected target of shape "
-           f"{tuple(input.shape[:-1])} (input's without in_features), got {tuple(target.shape)}")
+           f"{tuple(input.shape[:-1])} (input's without in_features), got {tuple(target.shape)}",
+           ValueError if batch_mismatch else RuntimeError)
     if weight is not None:
         _check(weight.shape == linear_weight.shape[:1], f"expected weight of shape "
                f"({linear_weight.shape[0]},) (one per class), got {tuple(weight.shape)}")
         _check(weight.is_floating_point(), "expected a floating-point weight (class weight), got "
-               f"{weight.dtype}", TypeError)
+               f"{weight.dtype}")
     for name, t in (("linear_weight", linear_weight), ("target", target),
                     ("linear_bias", linear_bias), ("weight", weight)):
         _check(t is None or t.device == input.device, f"expected {name} on {input.device} like "
                f"input, got {t.device if t is not None else None}")
-    _check(reduction in _REDUCTIONS, f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    _check(reduction in _REDUCTIONS, f"reduction must be one of {_REDUCTIONS}, got {reduction!r}",
+           ValueError)
     _check(0.0 <= label_smoothing <= 1.0, f"label_smoothing must be in [0, 1], got "
            f"{label_smoothing}")
     _check(chunk_size is None or (isinstance(chunk_size, int) and chunk_size > 0),
-           f"options.batch_chunk_size must be a positive int or None, got {chunk_size!r}")
+           f"options.batch_chunk_size must be a positive int or None, got {chunk_size!r}",
+           ValueError)
 
 
 def _autocast(input, weight, bias):
@@ -553,7 +567,7 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
             raise RuntimeError("backprop_ext.linear_cross_entropy: ignore_index cannot be "
                                "specified when target contains probabilities")
         _check(reduction in _REDUCTIONS, f"reduction must be one of {_REDUCTIONS}, got "
-               f"{reduction!r}")
+               f"{reduction!r}", ValueError)
         return _reference(input, linear_weight, target, linear_bias, weight, reduction,
                           -100 if ignore_index is None else ignore_index, label_smoothing)
     ignore_index = -100 if ignore_index is None else ignore_index
@@ -565,7 +579,7 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
     dtype = input.dtype
     for name, t in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
         _check(t is None or t.dtype == dtype, f"expected input and {name} to have the same "
-               f"dtype, got {dtype} and {t.dtype if t is not None else None}", TypeError)
+               f"dtype, got {dtype} and {t.dtype if t is not None else None}")
     out_dtype = torch.float32 if autocast and dtype in HALF_DTYPES else dtype
     x = input.reshape(-1, input.shape[-1])
     t = target.reshape(-1)

@@ -154,8 +154,22 @@ Reduction reduction_from_name(const char* op, c10::string_view name) {
 }
 
 void check_label_smoothing(const char* op, double label_smoothing) {
-  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
-                    ": label_smoothing must be in [0, 1], got ", label_smoothing);
+  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
+              ": label_smoothing must be in [0, 1], got ", label_smoothing);
+}
+
+// A target of the wrong shape: torch's ValueError where the batch sizes differ (input's and
+// target's first dims, both present), a RuntimeError otherwise.
+void check_target_shape(const char* what, const at::Tensor& input, const at::Tensor& target,
+                        at::IntArrayRef expected) {
+  if (target.sizes() == expected) return;
+  const std::string message = c10::str(
+      "cross_entropy: expected ", what, " of shape ", shape_str(expected), " for input of shape ",
+      shape_str(input.sizes()), ", got ", shape_str(target.sizes()));
+  const bool batch = input.dim() >= 2 && target.dim() == static_cast<int64_t>(expected.size()) &&
+                     target.size(0) != input.size(0);
+  TORCH_CHECK_VALUE(!batch, message);
+  TORCH_CHECK(false, message);
 }
 
 // --- cross-entropy, reduced
@@ -237,10 +251,7 @@ at::Tensor cross_entropy_indices(const at::Tensor& input, const at::Tensor& targ
                                  c10::string_view reduction_name, double eps) {
   std::vector<int64_t> expected(input.sizes().begin(), input.sizes().end());
   expected.erase(expected.begin() + class_dim);
-  TORCH_CHECK_VALUE(target.sizes() == at::IntArrayRef(expected),
-                    "cross_entropy: expected class-index target of shape ", shape_str(expected),
-                    " for input of shape ", shape_str(input.sizes()), ", got ",
-                    shape_str(target.sizes()));
+  check_target_shape("class-index target", input, target, expected);
   const int64_t C = input.size(class_dim);
   // Rows of C logits; (N, C) as it is. For C = 0 the row count is given (-1 would be ambiguous).
   const at::Tensor moved = input.dim() == 2 ? input : input.movedim(class_dim, -1);
@@ -268,9 +279,7 @@ at::Tensor cross_entropy_indices(const at::Tensor& input, const at::Tensor& targ
 at::Tensor cross_entropy_probabilities(const at::Tensor& input, const at::Tensor& target_in,
                                        const at::Tensor& weight, int64_t class_dim,
                                        Reduction reduction, double eps) {
-  TORCH_CHECK_VALUE(target_in.sizes() == input.sizes(),
-                    "cross_entropy: expected class-probability target of input's shape ",
-                    shape_str(input.sizes()), ", got ", shape_str(target_in.sizes()));
+  check_target_shape("class-probability target (input's shape)", input, target_in, input.sizes());
   const int64_t C = input.size(class_dim);
   at::Tensor target = target_in;
   if (eps > 0) {  // torch's eps / C: inf for C = 0
@@ -301,21 +310,23 @@ at::Tensor cross_entropy(const at::Tensor& input, const at::Tensor& target,
   const Reduction reduction = reduction_from_name("cross_entropy", reduction_name);
   check_float("cross_entropy", "input", input);
   check_label_smoothing("cross_entropy", label_smoothing);
-  TORCH_CHECK_VALUE(input.dim() > 0,
-                    "cross_entropy: expected input of shape (C), (N, C) or (N, C, d1, ...), got "
-                    "a 0-d tensor");
-  TORCH_CHECK_VALUE(target.device() == input.device(), "cross_entropy: expected target on ",
-                    input.device(), " like input, got ", target.device());
+  // The kinds of torch's errors for the same mistakes: RuntimeError for a wrong shape (but a
+  // batch-size mismatch), dtype or device, TypeError for no tensor, ValueError for a reduction.
+  TORCH_CHECK(input.dim() > 0,
+              "cross_entropy: expected input of shape (C), (N, C) or (N, C, d1, ...), got a 0-d "
+              "tensor");
+  TORCH_CHECK(target.device() == input.device(), "cross_entropy: expected target on ",
+              input.device(), " like input, got ", target.device());
   const int64_t class_dim = input.dim() == 1 ? 0 : 1;
   const int64_t C = input.size(class_dim);
   at::Tensor weight;
   if (weight_arg.has_value() && weight_arg->defined()) {
     weight = *weight_arg;
-    TORCH_CHECK_VALUE(weight.dim() == 1 && weight.size(0) == C,
-                      "cross_entropy: expected weight of shape (", C, ",) (one per class), got ",
-                      shape_str(weight.sizes()));
-    TORCH_CHECK_VALUE(weight.device() == input.device(), "cross_entropy: expected weight on ",
-                      input.device(), " like input, got ", weight.device());
+    TORCH_CHECK(weight.dim() == 1 && weight.size(0) == C,
+                "cross_entropy: expected weight of shape (", C, ",) (one per class), got ",
+                shape_str(weight.sizes()));
+    TORCH_CHECK(weight.device() == input.device(), "cross_entropy: expected weight on ",
+                input.device(), " like input, got ", weight.device());
   }
   if (at::isFloatingType(target.scalar_type())) {
     // torch's exception type: a RuntimeError.
@@ -326,11 +337,10 @@ at::Tensor cross_entropy(const at::Tensor& input, const at::Tensor& target,
     return cross_entropy_probabilities(input, target, weight, class_dim, reduction,
                                        label_smoothing);
   }
-  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong,
-                   "cross_entropy: expected target of dtype int64 (class indices) or a floating "
-                   "dtype (class probabilities), got ",
-                   target.scalar_type());
-  // torch's exception type: a RuntimeError.
+  TORCH_CHECK(target.scalar_type() == at::kLong,
+              "cross_entropy: expected target of dtype int64 (class indices) or a floating dtype "
+              "(class probabilities), got ",
+              target.scalar_type());
   TORCH_CHECK(!weight.defined() || weight.scalar_type() == input.scalar_type(),
               "cross_entropy: expected weight of input's dtype ", input.scalar_type(), ", got ",
               weight.defined() ? weight.scalar_type() : input.scalar_type());
