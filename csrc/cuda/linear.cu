@@ -16,7 +16,7 @@
 //
 // x is the input flattened to (M, K), W the (N, K) weight, s the tensor forward saved (z, or y for
 // relu, relu6, sigmoid and tanh). All row-major; cuBLASLt is column-major, so a row-major (R, C)
-// matrix is handed to it as a column-major (C, R) one: see forward_gemm and weight_grad_gemm.
+// matrix is handed to it as a column-major (C, R) one: see row_major_gemm.
 #include <ATen/Context.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -264,8 +264,10 @@ struct LtGemm {
 
 // Runs g in `dtype` under torch's precision flags (allow_tf32, the fp16/bf16 reduced-precision
 // and split-K settings, fp16 accumulation), on torch's cuBLASLt handle, workspace and stream.
-// Returns false, launching nothing, when cuBLASLt has no algorithm for it.
+// Returns false, launching nothing, when cuBLASLt has no algorithm for it or a dimension is
+// empty (the ATen route handles both).
 bool run_lt_gemm(const LtGemm& g, at::ScalarType dtype) {
+  if (g.m == 0 || g.n == 0 || g.k == 0) return false;
   auto& context = at::globalContext();
   cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
   cudaDataType_t scale = CUDA_R_32F;
@@ -347,51 +349,45 @@ bool run_lt_gemm(const LtGemm& g, at::ScalarType dtype) {
   return true;
 }
 
-// out (M, N) = x (M, K) W^T (+ b), with the given epilogue. cuBLASLt sees the row-major buffers
-// as column-major matrices: out^T (N x M) = op(W^T (K x N)) x^T (K x M) with op a transpose, and
-// the bias runs along D's N rows, as its BIAS epilogues want. false: no algorithm, or an empty
-// dimension, which the ATen route handles.
+// d = op(a) op(b) for row-major contiguous a, b and d (op: a transpose where asked).
+// cuBLASLt is column-major and sees each row-major buffer as its transpose, so it computes
+// d^T = op(b)^T op(a)^T: the operands swap places, and an operand is transposed there when it is
+// not here.
+LtGemm row_major_gemm(const at::Tensor& a, bool trans_a, const at::Tensor& b, bool trans_b,
+                      at::Tensor& d) {
+  LtGemm g;
+  g.m = d.size(1);
+  g.n = d.size(0);
+  g.k = trans_a ? a.size(0) : a.size(1);
+  g.trans_a = trans_b;
+  g.a = b.const_data_ptr();
+  g.lda = b.size(1);
+  g.trans_b = trans_a;
+  g.b = a.const_data_ptr();
+  g.ldb = a.size(1);
+  g.d = d.mutable_data_ptr();
+  g.ldd = d.size(1);
+  return g;
+}
+
+// out (M, N) = x (M, K) W^T (+ b), with the given epilogue; the bias runs along the column-major
+// D's N rows, as the BIAS epilogues want it, and aux (M, N) like out.
 bool forward_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, at::Tensor& out,
                   cublasLtEpilogue_t epilogue, at::Tensor* aux) {
-  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
-  if (m == 0 || n == 0 || k == 0) return false;
-  LtGemm g;
-  g.trans_a = true;
-  g.m = n;
-  g.n = m;
-  g.k = k;
-  g.a = w.const_data_ptr();
-  g.lda = k;
-  g.b = x.const_data_ptr();
-  g.ldb = k;
-  g.d = out.mutable_data_ptr();
-  g.ldd = n;
+  LtGemm g = row_major_gemm(x, /*trans_a=*/false, w, /*trans_b=*/true, out);
   g.epilogue = epilogue;
   if (bias.defined()) g.bias = bias.const_data_ptr();
   if (aux != nullptr) {
     g.aux = aux->mutable_data_ptr();
-    g.ld_aux = n;
+    g.ld_aux = out.size(1);
   }
   return run_lt_gemm(g, x.scalar_type());
 }
 
-// gW (N, K) = gz^T (N x M) x (M, K), and with it gb = sum_rows gz from the BGRADB epilogue.
-// Column-major: gW's buffer is (K x N) = x's (K x M) buffer times gz's (N x M) buffer
-// transposed; the reduction runs over the GEMM's k = M and gb along D's N columns.
+// gW (N, K) = gz^T x for gz (M, N), x (M, K), and with it gb = sum_rows gz from the BGRADB
+// epilogue: the GEMM's reduction runs over M, and gb along the column-major D's N columns.
 bool weight_grad_gemm(const at::Tensor& gz, const at::Tensor& x, at::Tensor& gw, at::Tensor& gb) {
-  const int64_t m = x.size(0), k = x.size(1), n = gz.size(1);
-  if (m == 0 || n == 0 || k == 0) return false;
-  LtGemm g;
-  g.trans_b = true;
-  g.m = k;
-  g.n = n;
-  g.k = m;
-  g.a = x.const_data_ptr();
-  g.lda = k;
-  g.b = gz.const_data_ptr();
-  g.ldb = n;
-  g.d = gw.mutable_data_ptr();
-  g.ldd = k;
+  LtGemm g = row_major_gemm(gz, /*trans_a=*/true, x, /*trans_b=*/false, gw);
   g.epilogue = CUBLASLT_EPILOGUE_BGRADB;
   g.bias = gb.mutable_data_ptr();
   return run_lt_gemm(g, x.scalar_type());

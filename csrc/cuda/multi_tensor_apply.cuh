@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/common.cuh"
@@ -98,70 +99,61 @@ int64_t multi_tensor_apply(const std::vector<at::Tensor>& tensors, int64_t first
 
 constexpr int kChunkUnroll = 4;  // packs in flight per thread
 
-// Calls f(v) on this thread's share of x[0, n), each value widened to opmath.
-template <typename scalar_t, typename F>
-__device__ __forceinline__ void chunk_read(const scalar_t* x, int64_t n, F&& f) {
+// This thread's share of x[0, n), kChunkUnroll 16-byte packs in flight where x is aligned, each
+// value widened to opmath: f(v) for a read-only walk (Elem const), x[i] = f(x[i]) otherwise.
+template <typename Elem, typename F>
+__device__ __forceinline__ void chunk_walk(Elem* x, int64_t n, F&& f) {
+  using scalar_t = std::remove_const_t<Elem>;
   using T = at::opmath_type<scalar_t>;
+  constexpr bool kWrite = !std::is_const_v<Elem>;
   constexpr int kVec = kVecFor16Bytes<scalar_t>;
   using P = Pack<scalar_t, kVec>;
-  int64_t done = 0;
-  if (is_aligned(x, 16)) {
-    const int64_t packs = n / kVec;
-    const P* xp = reinterpret_cast<const P*>(x);
-    for (int64_t base = threadIdx.x; base < packs; base += int64_t(blockDim.x) * kChunkUnroll) {
-      P in[kChunkUnroll];
-#pragma unroll
-      for (int u = 0; u < kChunkUnroll; ++u) {
-        const int64_t k = base + int64_t(u) * blockDim.x;
-        if (k < packs) in[u] = xp[k];
-      }
-#pragma unroll
-      for (int u = 0; u < kChunkUnroll; ++u) {
-        if (base + int64_t(u) * blockDim.x < packs) {
-#pragma unroll
-          for (int j = 0; j < kVec; ++j) f(static_cast<T>(in[u].v[j]));
-        }
-      }
+  const auto visit = [&](scalar_t& v) {
+    if constexpr (kWrite) {
+      v = static_cast<scalar_t>(f(static_cast<T>(v)));
+    } else {
+      f(static_cast<T>(v));
     }
-    done = packs * kVec;
-  }
-  for (int64_t i = done + threadIdx.x; i < n; i += blockDim.x) f(static_cast<T>(x[i]));
-}
-
-// x[i] = f(x[i]) on this thread's share of x[0, n), in opmath.
-template <typename scalar_t, typename F>
-__device__ __forceinline__ void chunk_update(scalar_t* x, int64_t n, F&& f) {
-  using T = at::opmath_type<scalar_t>;
-  constexpr int kVec = kVecFor16Bytes<scalar_t>;
-  using P = Pack<scalar_t, kVec>;
+  };
   int64_t done = 0;
   if (is_aligned(x, 16)) {
     const int64_t packs = n / kVec;
-    P* xp = reinterpret_cast<P*>(x);
     for (int64_t base = threadIdx.x; base < packs; base += int64_t(blockDim.x) * kChunkUnroll) {
       P in[kChunkUnroll];
 #pragma unroll
       for (int u = 0; u < kChunkUnroll; ++u) {
         const int64_t k = base + int64_t(u) * blockDim.x;
-        if (k < packs) in[u] = xp[k];
+        if (k < packs) in[u] = reinterpret_cast<const P*>(x)[k];
       }
 #pragma unroll
       for (int u = 0; u < kChunkUnroll; ++u) {
         const int64_t k = base + int64_t(u) * blockDim.x;
         if (k < packs) {
 #pragma unroll
-          for (int j = 0; j < kVec; ++j) {
-            in[u].v[j] = static_cast<scalar_t>(f(static_cast<T>(in[u].v[j])));
-          }
-          xp[k] = in[u];
+          for (int j = 0; j < kVec; ++j) visit(in[u].v[j]);
+          if constexpr (kWrite) reinterpret_cast<P*>(x)[k] = in[u];
         }
       }
     }
     done = packs * kVec;
   }
   for (int64_t i = done + threadIdx.x; i < n; i += blockDim.x) {
-    x[i] = static_cast<scalar_t>(f(static_cast<T>(x[i])));
+    scalar_t v = x[i];
+    visit(v);
+    if constexpr (kWrite) x[i] = v;
   }
+}
+
+// f(v) on this thread's share of x[0, n).
+template <typename scalar_t, typename F>
+__device__ __forceinline__ void chunk_read(const scalar_t* x, int64_t n, F&& f) {
+  chunk_walk(x, n, f);
+}
+
+// x[i] = f(x[i]) on this thread's share of x[0, n).
+template <typename scalar_t, typename F>
+__device__ __forceinline__ void chunk_update(scalar_t* x, int64_t n, F&& f) {
+  chunk_walk(x, n, f);
 }
 
 }  // namespace backprop_ext::cuda

@@ -78,21 +78,37 @@ __global__ void logsumexp_lastdim_kernel(const scalar_t* __restrict__ x, scalar_
 
 // --- kernels: inner dim, one thread per (outer, inner) column
 
+// f(col, base) for each column of this thread's grid-stride share: column col's D values lie at
+// base + d * inner.
+template <typename F>
+__device__ __forceinline__ void for_each_column(int64_t outer, int64_t D, int64_t inner, F&& f) {
+  const int64_t columns = outer * inner;
+  for (int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; col < columns;
+       col += int64_t(gridDim.x) * blockDim.x) {
+    f(col, (col / inner) * D * inner + col % inner);
+  }
+}
+
+// The running max and sum of exp(x - max) over one column.
+template <typename T, typename scalar_t>
+__device__ __forceinline__ OnlineStats<T> column_stats(const scalar_t* __restrict__ x, int64_t base,
+                                                       int64_t D, int64_t inner) {
+  OnlineStats<T> st;
+  for (int64_t d = 0; d < D; ++d) st.add(static_cast<T>(x[base + d * inner]));
+  return st;
+}
+
 template <template <typename> class Epilogue, typename scalar_t>
 __global__ void softmax_fwd_inner_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
                                          int64_t outer, int64_t D, int64_t inner) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t columns = outer * inner;
-  for (int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; col < columns;
-       col += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t base = (col / inner) * D * inner + col % inner;
-    OnlineStats<T> st;
-    for (int64_t d = 0; d < D; ++d) st.add(static_cast<T>(x[base + d * inner]));
+  for_each_column(outer, D, inner, [&](int64_t, int64_t base) {
+    const OnlineStats<T> st = column_stats<T>(x, base, D, inner);
     const Epilogue<T> e(st.m, st.s);
     for (int64_t d = 0; d < D; ++d) {
       y[base + d * inner] = static_cast<scalar_t>(e(static_cast<T>(x[base + d * inner])));
     }
-  }
+  });
 }
 
 template <template <typename> class Epilogue, typename scalar_t>
@@ -101,10 +117,7 @@ __global__ void softmax_bwd_inner_kernel(const scalar_t* __restrict__ g,
                                          int64_t outer, int64_t D, int64_t inner) {
   using T = at::opmath_type<scalar_t>;
   using E = Epilogue<T>;
-  const int64_t columns = outer * inner;
-  for (int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; col < columns;
-       col += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t base = (col / inner) * D * inner + col % inner;
+  for_each_column(outer, D, inner, [&](int64_t, int64_t base) {
     T acc = T(0);
     for (int64_t d = 0; d < D; ++d) {
       const int64_t i = base + d * inner;
@@ -114,21 +127,17 @@ __global__ void softmax_bwd_inner_kernel(const scalar_t* __restrict__ g,
       const int64_t i = base + d * inner;
       gx[i] = static_cast<scalar_t>(E::backward(static_cast<T>(g[i]), static_cast<T>(y[i]), acc));
     }
-  }
+  });
 }
 
 template <typename scalar_t>
 __global__ void logsumexp_inner_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ out,
                                        int64_t outer, int64_t D, int64_t inner) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t columns = outer * inner;
-  for (int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; col < columns;
-       col += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t base = (col / inner) * D * inner + col % inner;
-    OnlineStats<T> st;
-    for (int64_t d = 0; d < D; ++d) st.add(static_cast<T>(x[base + d * inner]));
+  for_each_column(outer, D, inner, [&](int64_t col, int64_t base) {
+    const OnlineStats<T> st = column_stats<T>(x, base, D, inner);
     out[col] = static_cast<scalar_t>(logsumexp_from_stats(st.m, st.s));
-  }
+  });
 }
 
 // dx = g exp(x - result), g and result indexed by (outer, inner).
