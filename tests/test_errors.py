@@ -47,6 +47,12 @@ def _kind(error: BaseException) -> type:
     return next((k for k in _KINDS if isinstance(error, k)), type(error))
 
 
+def _dimname_lookup(error: BaseException) -> bool:
+    """torch before 2.14 takes a str dim as a named tensor's dimension name, and fails looking
+    it up; ours, like torch 2.14, rejects the type."""
+    return re.match(r"Name '.*' not found in Tensor", str(error)) is not None
+
+
 def _counterpart(name):
     return getattr(TF, name, None) or getattr(torch, name, None)
 
@@ -107,6 +113,8 @@ def test_bad_argument(name, arg, value):
     try:
         _call_torch(torch_fn, name, arg, value)
     except Exception as theirs:
+        if arg == "dim" and _dimname_lookup(theirs):
+            return
         assert _kind(error) is _kind(theirs), (
             f"ours {type(error).__name__}: {error}; torch's {type(theirs).__name__}: {theirs}")
         if isinstance(theirs, TypeError) and isinstance(error, TypeError):
@@ -177,7 +185,10 @@ _DIFFERS = {("clip_grad_norm_", "foreach"): "foreach=True runs on CPU, see utils
             ("clip_grad_value_", "foreach"): "as above",
             ("clip_grads_with_norm_", "foreach"): "as above",
             ("get_total_norm", "foreach"): "as above",
-            ("clip_grad_value_", "parameters"): "torch's foreach clamp raises for no gradients"}
+            ("clip_grad_value_", "parameters"): "torch's foreach clamp raises for no gradients",
+            ("checkpoint", "function"): "torch 2.11's checkpoint, given a function it cannot "
+                                        "call, raises with its saved-tensor hooks left "
+                                        "installed: every later backward would recompute it"}
 
 _CANDIDATES = {"str": lambda: "a", "float": lambda: 1.5, "None": lambda: None,
                "list": lambda: [1.0], "int": lambda: 3}
@@ -324,8 +335,10 @@ def _arguments(owner, fn, arg, value):
 
 
 def _torch_base(cls):
+    """The torch Module ours stands in for (a private base, as _WeightedLoss on a torch without
+    LinearCrossEntropyLoss, is none)."""
     return next((b for b in cls.__mro__[1:] if b.__module__.startswith("torch.nn")
-                 and b is not torch.nn.Module), None)
+                 and b is not torch.nn.Module and not b.__name__.startswith("_")), None)
 
 
 def _run_module(cls, owner, phase, arg, value):
@@ -396,7 +409,7 @@ def test_bad_argument_rest_of_surface(owner, phase, cls, arg, label):
     assert any(re.search(rf"\b{re.escape(n)}\b", message) for n in names), (
         f"message names neither {owner} nor the function it calls: {message}")
     assert "p0" not in message and "activation_fwd" not in message, message
-    if theirs is not None:
+    if theirs is not None and not (arg == "dim" and _dimname_lookup(theirs)):
         assert _kind(error) is _kind(theirs), (
             f"ours {type(error).__name__}: {error}; torch's {type(theirs).__name__}: {theirs}")
     elif not has_counterpart:  # a wrong dtype or device: torch's RuntimeError
