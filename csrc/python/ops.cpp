@@ -2,11 +2,13 @@
 //
 // 1. The Autograd kernel of every differentiable op. When nothing is to be recorded (grad mode
 //    off or no input requiring grad, and no forward-mode tangent on an input) it redispatches
-//    below autograd, in C++, as torch's own ops do. Otherwise it runs the op's autograd rule: a
-//    Python autograd.Function that backprop_ext/<family>.py registers with _set_autograd_rule.
-//    So a raw torch.ops.backprop_ext call, a torch.export program and AOTAutograd differentiate
-//    (forward and reverse mode, to any order, under functorch transforms), and a call that records
-//    nothing never enters Python.
+//    below autograd, in C++, as torch's own ops do. When only a gradient is to be recorded, in
+//    plain eager, an op with a C++ graph node (python/eager_autograd.h) records that node.
+//    Otherwise it runs the op's autograd rule: a Python autograd.Function that
+//    backprop_ext/ops/<family>.py registers with _set_autograd_rule. So a raw
+//    torch.ops.backprop_ext call, a torch.export program and AOTAutograd differentiate (forward
+//    and reverse mode, to any order, under functorch transforms), and a call that records nothing
+//    never enters Python.
 //
 // 2. An entry point per op, backprop_ext._C.<op>(*args): the same op with the same meaning as
 //    torch.ops.backprop_ext.<op>.default(*args), at the cost of torch's own bindings. Arguments are
@@ -15,7 +17,8 @@
 //      a Tensor subclass or a TorchFunctionMode   torch.ops' own call (__torch_function__)
 //      a functorch transform active               the dispatcher: every level sees the op
 //      nothing to record                          the op below autograd, GIL released
-//      a gradient to record, plain eager          the autograd rule directly (what the kernel
+//      a gradient to record, plain eager          the op's C++ node where it has one, else
+//                                                 the autograd rule directly (what the kernel
 //                                                 would call, without the detour)
 //      otherwise (a dispatch mode, tracing, ...)  the dispatcher
 //    And backprop_ext._C.<op>_below_autograd(*args): the op with autograd excluded, which is what
@@ -24,6 +27,8 @@
 // Composite ops (CompositeImplicitAutograd: their autograd is that of the ops they call) have an
 // entry point but no rule.
 #include "python/ops.h"
+
+#include <ATen/core/boxing/impl/make_boxed_from_unboxed_functor.h>
 
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -47,6 +52,9 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
+
+#include "python/eager_autograd.h"
 
 // From ATen/functorch/DynamicLayer.h, which includes headers torch does not ship.
 namespace at::functorch {
@@ -140,10 +148,13 @@ struct Records {
   bool grad = at::GradMode::is_enabled();
   bool fw_grad = c10::AutogradState::get_tls_state().get_fw_grad_mode();
   bool any = false;
+  bool tangent = false;  // a forward-mode tangent among them
 
   void operator()(const at::Tensor& t) {
-    if (t.defined())
-      any = any || (grad && t.requires_grad()) || (fw_grad && t._fw_grad(0).defined());
+    if (!t.defined()) return;
+    const bool has_tangent = fw_grad && t._fw_grad(0).defined();
+    tangent = tangent || has_tangent;
+    any = any || has_tangent || (grad && t.requires_grad());
   }
   void operator()(const OptTensor& t) {
     if (t.has_value()) (*this)(*t);
@@ -192,6 +203,77 @@ class InRule {
   std::optional<RuleModes> previous_;
 };
 
+// --- the ops with a C++ graph node for plain eager (python/eager_autograd.h)
+
+template <OpId Id>
+struct EagerNode {
+  static constexpr bool kHas = false;
+};
+#define BACKPROP_EXT_EAGER_NODE(name)         \
+  template <>                                 \
+  struct EagerNode<k_##name> {                \
+    static constexpr bool kHas = true;        \
+    static constexpr auto run = &eager::name; \
+  };
+BACKPROP_EXT_EAGER_NODE(activation_fwd)
+BACKPROP_EXT_EAGER_NODE(gated_fwd)
+BACKPROP_EXT_EAGER_NODE(softmax_fwd)
+BACKPROP_EXT_EAGER_NODE(logsumexp_fwd)
+BACKPROP_EXT_EAGER_NODE(cross_entropy_loss_fwd)
+#undef BACKPROP_EXT_EAGER_NODE
+
+// A call that records a gradient and nothing else, in plain eager: the op's C++ node, not its
+// Python rule. (Forward mode, functorch and the modes take the rule, which has their formulas.)
+bool takes_eager_node(const Records& records) {
+  return records.any && !records.tangent && plain_eager();
+}
+
+template <typename R>
+void push_outputs(torch::jit::Stack* stack, R out) {
+  if constexpr (c10::guts::is_instantiation_of<std::tuple, R>::value) {
+    std::apply([stack](auto&... v) { (torch::jit::push(*stack, std::move(v)), ...); }, out);
+  } else {
+    torch::jit::push(*stack, std::move(out));
+  }
+}
+
+// The Autograd kernel's way to the node: the op's arguments unboxed from the stack.
+template <OpId Id, typename Signature>
+struct BoxedEager;
+
+template <OpId Id, typename R, typename... Args>
+struct BoxedEager<Id, R(Args...)> {
+  template <size_t... I>
+  static void run(torch::jit::Stack* stack, std::index_sequence<I...>) {
+    constexpr size_t n = sizeof...(Args);
+    // Kept alive while the call runs: a string_view argument points into its IValue.
+    std::vector<c10::IValue> args(stack->end() - n, stack->end());
+    torch::jit::drop(*stack, n);
+    push_outputs(stack, EagerNode<Id>::run(
+                            c10::impl::ivalue_to_arg<std::decay_t<Args>, false>::call(args[I])...));
+  }
+};
+
+// Runs the node of op `id` on the stack's arguments; false (the stack untouched) when the op has
+// none.
+bool run_eager_node(OpId id, torch::jit::Stack* stack) {
+  switch (id) {
+#define BACKPROP_EXT_CASE(name, rule, sig)                                              \
+  case k_##name:                                                                        \
+    if constexpr (EagerNode<k_##name>::kHas) {                                          \
+      using Sig = sig;                                                                  \
+      BoxedEager<k_##name, Sig>::run(                                                   \
+          stack, std::make_index_sequence<                                              \
+                     c10::guts::infer_function_traits_t<Sig>::number_of_parameters>{}); \
+      return true;                                                                      \
+    }                                                                                   \
+    return false;
+    BACKPROP_EXT_PYTHON_OPS(BACKPROP_EXT_CASE)
+#undef BACKPROP_EXT_CASE
+    default: return false;
+  }
+}
+
 // --- 1. the Autograd kernel
 
 // Inside a functorch transform the kernel runs once per level on that level's tensors, like
@@ -239,6 +321,7 @@ class AutogradKernel final : public c10::OperatorKernel {
                   torch::jit::Stack* stack) {
     Records records;
     for (const auto& v : torch::jit::last(*stack, op.schema().arguments().size())) records(v);
+    if (takes_eager_node(records) && run_eager_node(id_, stack)) return;
     if (records.any) {
       run_rule(id_, op, stack);
       return;
@@ -428,6 +511,16 @@ struct Entry<Id, R(Args...)> {
     }
   }
 
+  // The op's C++ node (takes_eager_node), with the GIL released.
+  static PyObject* run_eager(Values& values) {
+    R out;
+    {
+      pybind11::gil_scoped_release no_gil;
+      out = std::apply(EagerNode<Id>::run, values);
+    }
+    return to_python(std::move(out));
+  }
+
   static void check_arity(Py_ssize_t nargs) {
     TORCH_CHECK_TYPE(nargs == kArity, kOpNames[Id], "() takes ", kArity,
                      " positional arguments, got ", nargs);
@@ -445,6 +538,9 @@ struct Entry<Id, R(Args...)> {
     Records records;
     std::apply([&records](const auto&... v) { (records(v), ...); }, values);
     if (!records.any) return run<true>(values);
+    if constexpr (EagerNode<Id>::kHas) {
+      if (takes_eager_node(records)) return run_eager(values);
+    }
     if (kHasRule[Id] && plain_eager()) {
       const InRule in_rule;
       return PyObject_Vectorcall(rule_of(Id), args, nargs, nullptr);
