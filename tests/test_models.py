@@ -315,7 +315,7 @@ def test_fusion_probe_in_train_mode_keeps_the_mode_and_draws_nothing():
 # the ratio on one seed ranges from ~0 to 59, so a single seed says nothing)
 
 
-def _seeds_ratio(n):
+def _study():
     import importlib.util
     import pathlib
 
@@ -323,6 +323,11 @@ def _seeds_ratio(n):
     spec = importlib.util.spec_from_file_location("accuracy_seeds", path)
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
+    return study
+
+
+def _seeds_ratio(n):
+    study = _study()
     _lib("transformers")
     pairs = [study.llama_errors(s) for s in range(n)]
     ours = sorted(p[0] for p in pairs)
@@ -338,3 +343,17 @@ def test_llama_bf16_autocast_loss_error_distribution():
 @pytest.mark.slow
 def test_llama_bf16_autocast_loss_error_distribution_30_seeds():
     assert _seeds_ratio(30) <= 1.5
+
+
+# efficientnet_b0, channels_last, float32: each weight gradient's max error against the float64
+# model, ours over torch's. The 30-seed study: at most 1.000 on every seed, for the weight of the
+# issue's single-seed 2.1x (features.6.3.block.0.1.weight) and as each seed's median over all
+# weights; that one seed's 2.1x was rounding, not a less accurate path.
+@pytest.mark.parametrize("seed", [0, 1])
+def test_efficientnet_channels_last_weight_grad_errors_within_torchs(seed):
+    study = _study()
+    _lib("torchvision")
+    ours, theirs = study.efficientnet_errors(seed)
+    ratios = sorted(ours[p] / max(theirs[p], 1e-30) for p in ours)
+    assert ratios[len(ratios) // 2] <= 1.2, ratios[len(ratios) // 2]
+    assert ours[study.WATCHED] <= 1.5 * theirs[study.WATCHED]
