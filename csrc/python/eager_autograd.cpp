@@ -11,6 +11,7 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
 
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -57,6 +58,22 @@ P record(P node, const variable_list& inputs, const variable_list& outputs) {
   return node;
 }
 
+// The op `op` called below autograd: what the node's forward computes.
+template <typename Op, typename... A>
+auto below_autograd(const Op& op, const A&... args) {
+  const at::AutoDispatchBelowAutograd below;
+  return op.call(args...);
+}
+
+// A node whose backward reads the SavedVariables it names in release_variables().
+struct SavingNode : Node {
+ protected:
+  void release(std::initializer_list<SavedVariable*> saved) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (SavedVariable* v : saved) v->reset_data();
+  }
+};
+
 // The gradient of the node's one output, zeros where none flows: as an autograd.Function's
 // backward gets it (materialized grads), which the rules are. (CrossEntropyLossBackward's rule
 // does not materialize, nor does it.)
@@ -72,7 +89,7 @@ struct Act {
 
 // --- activation_fwd: y = f(x); saves y or x (the activation table's `reads`)
 
-struct ActivationBackward final : Node {
+struct ActivationBackward final : SavingNode {
   explicit ActivationBackward(Act act) : act(std::move(act)) {}
   variable_list apply(variable_list&& grads) override {
     BACKPROP_EXT_OP(
@@ -82,17 +99,14 @@ struct ActivationBackward final : Node {
     return {bwd.call(materialized(*this, grads), s, act.name, act.p0, act.p1)};
   }
   std::string name() const override { return "backprop_ext::ActivationBackward"; }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    saved.reset_data();
-  }
+  void release_variables() override { release({&saved}); }
   Act act;
   SavedVariable saved;
 };
 
 // --- gated_fwd: y = f(gate) up; saves gate and up
 
-struct GatedBackward final : Node {
+struct GatedBackward final : SavingNode {
   explicit GatedBackward(Act act) : act(std::move(act)) {}
   variable_list apply(variable_list&& grads) override {
     BACKPROP_EXT_OP(
@@ -106,18 +120,14 @@ struct GatedBackward final : Node {
             should_compute_output(1) ? grad_up : at::Tensor()};
   }
   std::string name() const override { return "backprop_ext::GatedBackward"; }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    gate.reset_data();
-    up.reset_data();
-  }
+  void release_variables() override { release({&gate, &up}); }
   Act act;
   SavedVariable gate, up;
 };
 
 // --- softmax_fwd: y = softmax(x) or log_softmax(x); saves y
 
-struct SoftmaxBackward final : Node {
+struct SoftmaxBackward final : SavingNode {
   SoftmaxBackward(int64_t dim, bool log) : dim(dim), log(log) {}
   variable_list apply(variable_list&& grads) override {
     BACKPROP_EXT_OP(bwd, "softmax_bwd",
@@ -126,10 +136,7 @@ struct SoftmaxBackward final : Node {
     return {bwd.call(materialized(*this, grads), y, dim, log)};
   }
   std::string name() const override { return "backprop_ext::SoftmaxBackward"; }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    output.reset_data();
-  }
+  void release_variables() override { release({&output}); }
   int64_t dim;
   bool log;
   SavedVariable output;
@@ -137,7 +144,7 @@ struct SoftmaxBackward final : Node {
 
 // --- logsumexp_fwd: r = logsumexp(x, dim), dim kept; saves x and r
 
-struct LogsumexpBackward final : Node {
+struct LogsumexpBackward final : SavingNode {
   explicit LogsumexpBackward(int64_t dim) : dim(dim) {}
   variable_list apply(variable_list&& grads) override {
     BACKPROP_EXT_OP(bwd, "logsumexp_bwd",
@@ -147,11 +154,7 @@ struct LogsumexpBackward final : Node {
     return {bwd.call(materialized(*this, grads), x, r, dim)};
   }
   std::string name() const override { return "backprop_ext::LogsumexpBackward"; }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    self.reset_data();
-    result.reset_data();
-  }
+  void release_variables() override { release({&self, &result}); }
   int64_t dim;
   SavedVariable self, result;
 };
@@ -161,7 +164,7 @@ struct LogsumexpBackward final : Node {
 // scale = grad (/ total for "mean"), the rows' gradients are grad_nll = (1 - eps) scale w_i and
 // grad_smooth = eps / C scale, handed to cross_entropy_bwd (which zeroes ignored rows).
 
-struct CrossEntropyLossBackward final : Node {
+struct CrossEntropyLossBackward final : SavingNode {
   CrossEntropyLossBackward(int64_t ignore_index, double eps, bool mean)
       : ignore_index(ignore_index), eps(eps), mean(mean) {}
   variable_list apply(variable_list&& grads) override {
@@ -189,10 +192,7 @@ struct CrossEntropyLossBackward final : Node {
     return {bwd.call(x, t, w_opt, l, grad_nll, grad_smooth, ignore_index)};
   }
   std::string name() const override { return "backprop_ext::CrossEntropyLossBackward"; }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (SavedVariable* v : {&logits, &target, &weight, &lse, &total}) v->reset_data();
-  }
+  void release_variables() override { release({&logits, &target, &weight, &lse, &total}); }
   int64_t ignore_index;
   double eps;
   bool mean;
@@ -204,11 +204,7 @@ struct CrossEntropyLossBackward final : Node {
 at::Tensor activation_fwd(const at::Tensor& x, c10::string_view activation, double p0, double p1) {
   BACKPROP_EXT_OP(op, "activation_fwd",
                   at::Tensor(const at::Tensor&, c10::string_view, double, double));
-  at::Tensor y;
-  {
-    const at::AutoDispatchBelowAutograd below;
-    y = op.call(x, activation, p0, p1);
-  }
+  auto y = below_autograd(op, x, activation, p0, p1);
   auto node = record(make_node<ActivationBackward>(Act{std::string(activation), p0, p1}), {x}, {y});
   const bool output = activation_saves_output(activation_from_name(activation));
   node->saved = SavedVariable(output ? y : x, /*is_output=*/output);
@@ -220,11 +216,7 @@ at::Tensor gated_fwd(const at::Tensor& gate, const at::Tensor& up, c10::string_v
   BACKPROP_EXT_OP(
       op, "gated_fwd",
       at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view, double, double));
-  at::Tensor y;
-  {
-    const at::AutoDispatchBelowAutograd below;
-    y = op.call(gate, up, activation, p0, p1);
-  }
+  auto y = below_autograd(op, gate, up, activation, p0, p1);
   auto node =
       record(make_node<GatedBackward>(Act{std::string(activation), p0, p1}), {gate, up}, {y});
   node->gate = SavedVariable(gate, false);
@@ -234,11 +226,7 @@ at::Tensor gated_fwd(const at::Tensor& gate, const at::Tensor& up, c10::string_v
 
 at::Tensor softmax_fwd(const at::Tensor& x, int64_t dim, bool log) {
   BACKPROP_EXT_OP(op, "softmax_fwd", at::Tensor(const at::Tensor&, int64_t, bool));
-  at::Tensor y;
-  {
-    const at::AutoDispatchBelowAutograd below;
-    y = op.call(x, dim, log);
-  }
+  auto y = below_autograd(op, x, dim, log);
   auto node = record(make_node<SoftmaxBackward>(dim, log), {x}, {y});
   node->output = SavedVariable(y, /*is_output=*/true);
   return y;
@@ -246,11 +234,7 @@ at::Tensor softmax_fwd(const at::Tensor& x, int64_t dim, bool log) {
 
 at::Tensor logsumexp_fwd(const at::Tensor& x, int64_t dim) {
   BACKPROP_EXT_OP(op, "logsumexp_fwd", at::Tensor(const at::Tensor&, int64_t));
-  at::Tensor r;
-  {
-    const at::AutoDispatchBelowAutograd below;
-    r = op.call(x, dim);
-  }
+  auto r = below_autograd(op, x, dim);
   auto node = record(make_node<LogsumexpBackward>(dim), {x}, {r});
   node->self = SavedVariable(x, false);
   node->result = SavedVariable(r, /*is_output=*/true);
@@ -263,11 +247,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_loss_fwd(
   using Sig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
       const at::Tensor&, const at::Tensor&, const OptTensor&, int64_t, double, c10::string_view);
   BACKPROP_EXT_OP(op, "cross_entropy_loss_fwd", Sig);
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
-  {
-    const at::AutoDispatchBelowAutograd below;
-    out = op.call(logits, target, weight, ignore_index, label_smoothing, reduction);
-  }
+  auto out = below_autograd(op, logits, target, weight, ignore_index, label_smoothing, reduction);
   const auto& [loss, lse, total] = out;
   auto node = record(
       make_node<CrossEntropyLossBackward>(ignore_index, label_smoothing, reduction == "mean"),
