@@ -89,3 +89,31 @@ def test_bench_train_tiny_in_fresh_processes(tmp_path):
     assert main(["bench", "--family", "train", "--quick", "--device", "cpu", "--models", "gpt2",
                  "--ops", *ops, "--json", str(js), "--csv", str(cs), "--plot", str(png)]) == 0
     _check_output(js, cs, png, ["gpt2"], ops)
+
+
+def test_phases_split_time_and_memory():
+    """On the CPU a configuration is timed in one process and metered in another: "time" meters
+    nothing and times every step after the warm-up, "memory" runs only up to the metered step."""
+    spec = dict(bench_train.QUICK, model="gpt2", row="eager", device="cpu", dtype="float32",
+                budget=0.2, threads=1)
+    timed = bench_train.train(dict(spec, phase="time"))
+    assert timed["peak_bytes"] is None and timed["rss_peak_bytes"] is None
+    assert len(timed["losses"]) == spec["steps"]
+    assert len(timed["times_ms"]) == spec["steps"] - bench_train.WARMUP
+    metered = bench_train.train(dict(spec, phase="memory"))
+    assert metered["peak_bytes"] > 0 and metered["times_ms"] == []
+    assert len(metered["losses"]) == bench_train.WARMUP + 1
+    assert metered["losses"] == timed["losses"][:bench_train.WARMUP + 1]
+    with pytest.raises(ValueError, match="unknown phase"):
+        bench_train.train(dict(spec, phase="both"))
+
+
+@pytest.mark.slow
+def test_only_the_memory_process_mmaps_large_blocks(tmp_path):
+    spec = dict(bench_train.QUICK, model="gpt2", row="eager", device="cpu", dtype="float32",
+                budget=0.2, threads=1)
+    merged = bench_train._measure(spec, str(tmp_path))
+    assert merged["malloc_mmap_threshold"] == str(bench_train.MMAP_THRESHOLD)
+    assert merged["peak_bytes"] > 0 and len(merged["times_ms"]) == spec["steps"] - 2
+    assert bench_train._spawn(dict(spec, phase="time"), str(tmp_path))[
+        "malloc_mmap_threshold"] is None

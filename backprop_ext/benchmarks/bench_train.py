@@ -28,9 +28,9 @@ Rows (op), each the whole model trained one way:
 Measures, per row: the median time of a step (wall clock, CUDA synchronized; with one CPU thread
 that thread's CPU time, which other jobs on a shared machine do not inflate), steps after the
 first two (compilation, optimizer state) and other than the metered one; the peak memory of one
-step above its start, twice: the allocator's (CPU: checkpoint.memory.cpu_peak_bytes, every
-allocation counted; CUDA: torch.cuda.max_memory_allocated) and the resident one, what a job that
-runs out of memory sees (CPU: the process's resident-set high-water mark, reset by
+step (the third) above its start, twice: the allocator's (CPU: checkpoint.memory.cpu_peak_bytes,
+every allocation counted; CUDA: torch.cuda.max_memory_allocated) and the resident one, what a job
+that runs out of memory sees (CPU: the process's resident-set high-water mark, reset by
 /proc/self/clear_refs before the step, above the resident size at its start, with glibc's malloc
 told to mmap every block from 128 KiB up so that freed memory leaves the process at once; CUDA:
 torch.cuda.max_memory_reserved); and the loss agreement: the largest relative difference from
@@ -39,6 +39,11 @@ torch.compile's in-process caches start clean; the compiled code cache on disk i
 directory per run), the rows in turn within a round and in reverse order every other round
 (A B C, C B A, ...), several rounds: times, memory and ratios are medians over the rounds (a
 ratio per round against eager's run in that round), the loss difference the largest over them.
+On the CPU each row runs in two fresh processes: the steps are timed (and the losses taken) under
+malloc's defaults, as a user's job runs; the memory is metered in a second process, with malloc
+told to mmap large blocks from its start, which runs the steps up to the metered one. (The mmap
+threshold is no setting to time under: every large allocation then faults in fresh pages, which
+on a virtual machine costs about as much as the arithmetic of a small model's step.)
 
 `--quick` runs a tiny configuration in seconds (2 layers, hidden 32, vocabulary 512, 2 x 32
 tokens, 4 steps, one round), for tests; `--sizes` sets the hidden size, `--models` the models,
@@ -289,13 +294,24 @@ def resident_peak(device: str):
         out["bytes"] = max(0, hwm - start) * 1024
 
 
+PHASES = ("all", "time", "memory")  # what one process of a configuration measures
+
+
 def train(spec: dict) -> dict:
-    """Trains one configuration (spec: model, row, device, dtype, the sizes, budget, threads) and
-    returns its measures: losses per step, step times (ms), the first step's time, the metered
-    step's allocator and resident peaks (bytes), and notes."""
+    """Trains one configuration (spec: model, row, device, dtype, the sizes, budget, threads,
+    phase) and returns its measures: losses per step, step times (ms), the first step's time, the
+    metered step's allocator and resident peaks (bytes), and notes. spec["phase"]: "all" measures
+    everything; "time" meters no step; "memory" runs only the steps up to the metered one and
+    times none."""
     torch.set_num_threads(spec["threads"])
     device, dtype = spec["device"], getattr(torch, spec["dtype"])
+    phase = spec.get("phase", "all")
+    if phase not in PHASES:
+        raise ValueError(f"train benchmark: unknown phase {phase!r}; expected one of {PHASES}")
     data = [x.to(device) for x in batches(spec)]
+    metered = min(WARMUP, len(data) - 1) if phase != "time" else None
+    if phase == "memory":
+        data = data[:metered + 1]
     seen = {}
     model, loss = loss_fn(spec["row"], build_model(spec["model"], spec, device, dtype),
                           spec["budget"], seen)
@@ -312,7 +328,6 @@ def train(spec: dict) -> dict:
         state["loss"] = value.detach()
 
     losses, times = [], []
-    metered = min(WARMUP, len(data) - 1)
     out = {"first_step_ms": None, "peak_bytes": None, "rss_peak_bytes": None}
     for i, x in enumerate(data):
         if i == metered:
@@ -331,7 +346,7 @@ def train(spec: dict) -> dict:
             elif i >= WARMUP:
                 times.append(ms)
         losses.append(state["loss"].item())
-    if out["rss_peak_bytes"] is None:
+    if phase != "time" and out["rss_peak_bytes"] is None:
         notes.append("resident peak not measurable here (no /proc/self/clear_refs)")
     if spec["row"].startswith(("converted", "compile_converted")):
         notes.append("logits built: the loss is transformers'" if seen.get("logits_built")
@@ -342,11 +357,14 @@ def train(spec: dict) -> dict:
 
 
 def _spawn(spec: dict, cache_dir: str) -> dict:
-    """train(spec) in a fresh Python process; {"error": ...} when it fails."""
+    """train(spec) in a fresh Python process, malloc told to mmap large blocks where spec meters
+    memory; {"error": ...} when it fails."""
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-    env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)  # fixed: no dynamic threshold either
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    if spec.get("phase", "all") != "time":
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)  # fixed: no dynamic threshold either
     env["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
     with tempfile.TemporaryDirectory() as tmp:
         result = os.path.join(tmp, "result.json")
@@ -362,6 +380,22 @@ def _spawn(spec: dict, cache_dir: str) -> dict:
             return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
         with open(result) as f:
             return json.load(f)
+
+
+def _measure(spec: dict, cache_dir: str) -> dict:
+    """One configuration's measures: on CUDA from one process; on the CPU the times and losses
+    from a process under malloc's defaults and the memory from one that mmaps large blocks."""
+    if not spec["device"].startswith("cpu"):
+        return _spawn(dict(spec, phase="all"), cache_dir)
+    timed = _spawn(dict(spec, phase="time"), cache_dir)
+    if "error" in timed:
+        return timed
+    metered = _spawn(dict(spec, phase="memory"), cache_dir)
+    if "error" in metered:
+        return {"error": "memory process: " + metered["error"]}
+    notes = list(dict.fromkeys(timed["notes"] + metered["notes"]))
+    return dict(timed, peak_bytes=metered["peak_bytes"], rss_peak_bytes=metered["rss_peak_bytes"],
+                malloc_mmap_threshold=metered["malloc_mmap_threshold"], notes=notes)
 
 
 # --- the runs, the rows
@@ -450,7 +484,7 @@ def run(device: str, dtypes=None, sizes=None, ops=None, reps: int = 20, compiled
                     spec = dict(base_cfg, model=model, row=row, device=device, dtype=dtype,
                                 budget=budget, threads=torch.get_num_threads())
                     t0 = time.perf_counter()
-                    res = _spawn(spec, cache_dir)
+                    res = _measure(spec, cache_dir)
                     results[(model, dtype)][row].append(res)
                     what = (res["error"] if "error" in res else
                             f"{_median(res['times_ms']):.1f} ms/step, loss {res['losses'][-1]:.4f}")
