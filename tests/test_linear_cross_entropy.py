@@ -362,8 +362,8 @@ def test_inputs_are_not_modified(device):
 
 
 def test_default_chunk_size():
-    # 48 MiB of float32 logits of 32000 classes: 393 rows, in multiples of 64.
-    assert default_chunk_size(2048, 32000, torch.float32, "cpu") == 384
+    # 32 MiB of float32 logits of 32000 classes: 262 rows, in multiples of 64.
+    assert default_chunk_size(2048, 32000, torch.float32, "cpu") == 256
     assert default_chunk_size(100, 32000, torch.float32, "cpu") == 100
     assert default_chunk_size(8192, 128256, torch.bfloat16, "cuda") == 2048
     assert default_chunk_size(4096, 10_000_000, torch.float32, "cpu") == 8

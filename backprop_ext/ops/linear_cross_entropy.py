@@ -89,17 +89,20 @@ else:
 # the (V, H) weight gradient (one per block). CPU (the chunk sweep of
 # benchmarks/bench_linear_cross_entropy.py, 2048 x 1024 x 32000 float32, two runs): 64-row
 # blocks take 1.4x the unfused path's time, 128-row 1.15x, 256-row 1.04x, 512 rows and more the
-# same within the noise; 384 rows (48 MiB) keep the step's peak under a quarter of torch's and
-# its time at torch's. CUDA: not measured yet. 512 MiB is 2048 rows of a 128256-word bfloat16
-# vocabulary, the weight-gradient GEMM's K: large enough that reading and writing its (V, H)
-# accumulator (1 GiB each way in bfloat16 at H = 4096) stays small beside its 2 V H K FLOPs,
-# small enough to be under a tenth of torch's ~3 N V temporaries at N = 8192.
-_BLOCK_BYTES = {"cpu": 48 << 20, "cuda": 512 << 20}
+# same within the noise; at H = 256 (a transformers head of 1020 or 4096 rows, 32000 classes,
+# seven alternating calls) 256-row blocks take the time of 384-row ones. 32 MiB (256 rows of
+# 32000 float32 classes) is also the largest block glibc's malloc serves from its heap (its
+# dynamic mmap threshold stops at 32 MiB): a larger one is mapped afresh on every call and pays
+# a page fault per 4 KiB it writes. CUDA: not measured yet. 512 MiB is 2048 rows of a
+# 128256-word bfloat16 vocabulary, the weight-gradient GEMM's K: large enough that reading and
+# writing its (V, H) accumulator (1 GiB each way in bfloat16 at H = 4096) stays small beside its
+# 2 V H K FLOPs, small enough to be under a tenth of torch's ~3 N V temporaries at N = 8192.
+_BLOCK_BYTES = {"cpu": 32 << 20, "cuda": 512 << 20}
 
 
 def default_chunk_size(n_rows: int, n_classes: int, dtype: torch.dtype, device_type: str) -> int:
     """Rows per block when chunk_size is None: a block of logits of at most about
-    _BLOCK_BYTES[device] (48 MiB on CPU, 512 MiB on CUDA), in whole multiples of 64 rows (of 8
+    _BLOCK_BYTES[device] (32 MiB on CPU, 512 MiB on CUDA), in whole multiples of 64 rows (of 8
     below 64 rows), at least 8 rows, at most n_rows."""
     budget = _BLOCK_BYTES.get(device_type, _BLOCK_BYTES["cpu"])
     rows = budget // max(1, n_classes * dtype.itemsize)
@@ -540,7 +543,7 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
     options: torch's LinearCrossEntropyOptions or None. Here every call is chunked (torch's
     options=None path materializes the logits; ours never does). options.batch_chunk_size: rows
     per block of logits; None (or options=None) picks default_chunk_size() (a block of at most
-    about 48 MiB on CPU, 512 MiB on CUDA). The other fields change nothing here:
+    about 32 MiB on CPU, 512 MiB on CUDA). The other fields change nothing here:
     chunking_method (the default block is sized in bytes, not by aspect ratio), acc_policy and
     acc_dtype (the logits are always reduced in float32 or better; the weight gradient
     accumulates in its own dtype, see the module notes), allow_retain_graph (a second backward
