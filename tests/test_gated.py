@@ -329,3 +329,69 @@ def test_activation_parse_cache_is_linears_and_bounded():
         BF.gated(x, x, ("leaky_relu", 0.001 * i))
     assert len(L._PARSED) <= L._PARSED_MAX
     assert ("leaky_relu", 0.0) in L._PARSED  # gated's arguments are cached in linear's cache
+
+
+def _mlp_and_input(dtype=torch.float32):
+    torch.manual_seed(0)
+    return bnn.GatedMLP(16, 64, dtype=dtype), torch.randn(32, 16, dtype=dtype, requires_grad=True)
+
+
+def test_gated_mlp_recomputes_the_product_for_down_proj(monkeypatch):
+    """Without saved-tensor hooks of the user's, down_proj's input f(gate) * up is not kept: the
+    forward holds one (N, I) tensor less, and the gradients are those of the kept product, bit
+    for bit, first and second order."""
+    from backprop_ext.checkpoint.memory import AllocatorPeak
+    from backprop_ext.nn import modules
+
+    ours, x = _mlp_and_input()
+
+    def held_after_forward():
+        with AllocatorPeak() as mem:
+            y = ours(x)
+        del y  # the graph goes with it: live counted what it held
+        return mem.live
+
+    def grads(create_graph):
+        y = ours(x)
+        g = torch.autograd.grad(y.square().sum(), [x, *ours.parameters()],
+                                create_graph=create_graph)
+        if create_graph:
+            g = torch.autograd.grad(sum(t.square().sum() for t in g), [x, *ours.parameters()])
+        return g
+
+    recomputed = held_after_forward(), grads(False), grads(True)
+    monkeypatch.setattr(modules, "_recomputes_product", lambda product: False)
+    kept = held_after_forward(), grads(False), grads(True)
+    assert kept[0] - recomputed[0] == 32 * 64 * 4
+    for a, b in zip(recomputed[1] + recomputed[2], kept[1] + kept[2]):
+        assert torch.equal(a, b)
+
+
+def test_gated_mlp_leaves_saved_tensors_to_outer_hooks():
+    """Under the user's hooks (save_on_cpu here) every tensor down_proj saves reaches them."""
+    ours, x = _mlp_and_input()
+    seen = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t.shape) or t,
+                                                  lambda t: t):
+        y = ours(x)
+    assert torch.Size([32, 64]) in seen  # the product, as down_proj's input
+    with torch.autograd.graph.save_on_cpu():
+        y2 = ours(x)
+    a = torch.autograd.grad(y.sum(), x)[0]
+    b = torch.autograd.grad(y2.sum(), x)[0]
+    assert torch.equal(a, b)
+
+
+def test_gated_mlp_recompute_under_forward_ad_and_func():
+    ours, x = _mlp_and_input(torch.float64)
+    params = dict(ours.named_parameters())
+    t = torch.randn_like(x)
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        out = fwAD.unpack_dual(ours(fwAD.make_dual(x.detach(), t))).tangent
+    _, expected = torch.func.jvp(lambda x: torch.func.functional_call(ours, params, (x,)),
+                                 (x.detach(),), (t,))
+    torch.testing.assert_close(out, expected)
+    grad = torch.func.grad(lambda x: torch.func.functional_call(ours, params, (x,)).sum())
+    torch.testing.assert_close(grad(x.detach()), torch.autograd.grad(ours(x).sum(), x)[0])

@@ -281,7 +281,13 @@ class GatedMLP(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         try:
-            return self.down_proj(F.gated(self.gate_proj(x), self.up_proj(x), self.activation))
+            gate, up = self.gate_proj(x), self.up_proj(x)
+            product = F.gated(gate, up, self.activation)
+            if not _recomputes_product(product):
+                return self.down_proj(product)
+            with torch.autograd.graph.saved_tensors_hooks(
+                    *_product_recomputed(product, gate, up, self.activation)):
+                return self.down_proj(product)
         except Exception:
             if not isinstance(x, torch.Tensor):  # the error names gate_proj's `input`
                 raise TypeError("backprop_ext.nn.GatedMLP.forward(): argument 'x' (position 1) "
@@ -290,3 +296,41 @@ class GatedMLP(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"
+
+
+# GatedMLP's backward keeps gate_proj's and up_proj's outputs (the gated op saves them); the
+# product f(gate) * up that down_proj saves as its input is one more intermediate-sized tensor
+# per layer (a quarter of a Llama layer's activations), which f(gate) * up recomputes exactly,
+# bit for bit, from the two kept ones. So down_proj saves it through a saved-tensor hook that
+# keeps a note instead, in the one setting where nothing else decides what is saved: eager
+# autograd with no saved-tensor hooks of the user's (checkpointing, save_on_cpu, which must see
+# every saved tensor), no forward-mode AD (its jvp reads the saved input in the forward),
+# no torch.func transform and no torch.compile (AOTAutograd chooses what to recompute).
+
+
+def _recomputes_product(product: torch.Tensor) -> bool:
+    return (product.requires_grad and product.numel() > 0 and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+            and torch._C._autograd._top_saved_tensors_default_hooks(False) is None
+            and torch.autograd.forward_ad._current_level < 0
+            and not torch._C._are_functorch_transforms_active())
+
+
+def _product_recomputed(product, gate, up, activation):
+    """(pack, unpack) hooks under which a saved view of `product`'s storage is kept as a note
+    and comes back as f(gate) * up recomputed (differentiable when backward builds a graph)."""
+    # Plain values, not the product: the hooks live as long as what they saved.
+    storage, dtype, device = product.untyped_storage().data_ptr(), product.dtype, product.device
+
+    def pack(t: torch.Tensor):
+        if t.untyped_storage().data_ptr() != storage or t.dtype != dtype or t.device != device:
+            return t
+        return (t.size(), t.stride(), t.storage_offset())
+
+    def unpack(saved):
+        if isinstance(saved, torch.Tensor):
+            return saved
+        size, stride, offset = saved
+        return F.gated(gate, up, activation).as_strided(size, stride, offset)
+
+    return pack, unpack
