@@ -10,22 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.activation_functions import (
-    elu,
-    gelu,
-    hardsigmoid,
-    hardswish,
-    leaky_relu,
-    mish,
-    quick_gelu,
-    relu,
-    relu6,
-    selu,
-    sigmoid,
-    silu,
-    softplus,
-    tanh,
-)
+from ..ops import activation_functions as F
 
 
 class ReLU(torch.nn.ReLU):
@@ -33,7 +18,7 @@ class ReLU(torch.nn.ReLU):
     same constructor, attributes, repr and state_dict."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return relu(input, self.inplace)
+        return F.relu(input, self.inplace)
 
 
 class LeakyReLU(torch.nn.LeakyReLU):
@@ -41,7 +26,7 @@ class LeakyReLU(torch.nn.LeakyReLU):
     same constructor, attributes, repr and state_dict."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return leaky_relu(input, self.negative_slope, self.inplace)
+        return F.leaky_relu(input, self.negative_slope, self.inplace)
 
 
 class GELU(torch.nn.GELU):
@@ -49,7 +34,7 @@ class GELU(torch.nn.GELU):
     same constructor, attributes, repr and state_dict."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return gelu(input, self.approximate)
+        return F.gelu(input, self.approximate)
 
 
 class SiLU(torch.nn.SiLU):
@@ -57,7 +42,7 @@ class SiLU(torch.nn.SiLU):
     same constructor, attributes, repr and state_dict."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return silu(input, self.inplace)
+        return F.silu(input, self.inplace)
 
 
 class Sigmoid(torch.nn.Sigmoid):
@@ -65,7 +50,7 @@ class Sigmoid(torch.nn.Sigmoid):
     same constructor, attributes, repr and state_dict."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return sigmoid(input)
+        return F.sigmoid(input)
 
 
 class Tanh(torch.nn.Tanh):
@@ -73,7 +58,7 @@ class Tanh(torch.nn.Tanh):
     same constructor, attributes, repr and state_dict."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return tanh(input)
+        return F.tanh(input)
 
 
 class Softplus(torch.nn.Softplus):
@@ -81,7 +66,7 @@ class Softplus(torch.nn.Softplus):
     same constructor, attributes, repr and state_dict."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return softplus(input, self.beta, self.threshold)
+        return F.softplus(input, self.beta, self.threshold)
 
 
 class Hardsigmoid(torch.nn.Hardsigmoid):
@@ -89,7 +74,7 @@ class Hardsigmoid(torch.nn.Hardsigmoid):
     same constructor, attributes, repr and state_dict."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return hardsigmoid(input, self.inplace)
+        return F.hardsigmoid(input, self.inplace)
 
 
 class Hardswish(torch.nn.Hardswish):
@@ -97,7 +82,7 @@ class Hardswish(torch.nn.Hardswish):
     same constructor, attributes, repr and state_dict."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return hardswish(input, self.inplace)
+        return F.hardswish(input, self.inplace)
 
 
 class ReLU6(torch.nn.ReLU6):
@@ -105,7 +90,7 @@ class ReLU6(torch.nn.ReLU6):
     same constructor, attributes, repr and state_dict."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return relu6(input, self.inplace)
+        return F.relu6(input, self.inplace)
 
 
 class ELU(torch.nn.ELU):
@@ -113,7 +98,7 @@ class ELU(torch.nn.ELU):
     same constructor, attributes, repr and state_dict."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return elu(input, self.alpha, self.inplace)
+        return F.elu(input, self.alpha, self.inplace)
 
 
 class SELU(torch.nn.SELU):
@@ -121,7 +106,7 @@ class SELU(torch.nn.SELU):
     same constructor, attributes, repr and state_dict."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return selu(input, self.inplace)
+        return F.selu(input, self.inplace)
 
 
 class Mish(torch.nn.Mish):
@@ -129,7 +114,7 @@ class Mish(torch.nn.Mish):
     same constructor, attributes, repr and state_dict."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return mish(input, self.inplace)
+        return F.mish(input, self.inplace)
 
 
 class QuickGELU(torch.nn.Module):
@@ -139,7 +124,7 @@ class QuickGELU(torch.nn.Module):
         super().__init__()
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return quick_gelu(input)
+        return F.quick_gelu(input)
 
     def extra_repr(self) -> str:
         return ""

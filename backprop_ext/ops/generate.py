@@ -155,7 +155,7 @@ def _module_source(module: str, rows) -> str:
                  f"(backprop_ext.functional.{function}):",
                  '    same constructor, attributes, repr and state_dict."""', ""]
     lines += ["    def forward(self, input: torch.Tensor) -> torch.Tensor:",
-              f"        return {function}(input{args})"]
+              f"        return F.{function}(input{args})"]
     if base is None:
         reprs = ", ".join(f"{a}={{self.{a}!r}}" for a, _ in arguments)
         lines += ["", "    def extra_repr(self) -> str:", f'        return f"{reprs}"'
@@ -169,9 +169,9 @@ def modules_file() -> str:
             "activation table. Each subclasses its torch.nn counterpart (same constructor,\n"
             "attributes, repr and state_dict); its forward calls backprop_ext.functional's\n"
             "function with the Module's attributes.")
-    functions = sorted({rows[0].function for rows in modules.values()})
     source = "\n".join([HEADER.format(what=what), "from __future__ import annotations\n",
-                        "import torch\n", _import("..ops.activation_functions", functions)]) + "\n"
+                        "import torch\n",
+                        "from ..ops import activation_functions as F"]) + "\n"
     for module, rows in modules.items():
         source += "\n\n" + _module_source(module, rows)
     names = ", ".join(f"{m!r}: {m}" for m in modules)
