@@ -248,7 +248,9 @@ class Conv1D(torch.nn.Module):
 class GatedMLP(torch.nn.Module):
     """down_proj(f(gate_proj(x)) * up_proj(x)), the MLP of Llama, Mistral, Qwen2 and Gemma, with
     the gate's activation and the product fused (backprop_ext.functional.gated): one pass each
-    way, and backward keeps gate_proj's and up_proj's outputs, not f of the first.
+    way, and backward keeps gate_proj's and up_proj's outputs, not f of the first; in eager
+    autograd it does not keep down_proj's input f(gate) * up either, but recomputes it from
+    them (see _product_recomputed).
 
     Parameters as transformers' LlamaMLP: gate_proj, up_proj (Linear(hidden_size,
     intermediate_size, bias)) and down_proj (Linear(intermediate_size, hidden_size, bias)), so
