@@ -12,6 +12,7 @@ import math
 import torch
 
 from .. import functional as F
+from ..ops.autograd import saved_tensors_hooked
 from ..ops.errors import public_init
 from ..ops.linear import parse_activation
 
@@ -312,8 +313,7 @@ class GatedMLP(torch.nn.Module):
 
 def _recomputes_product(product: torch.Tensor) -> bool:
     return (product.requires_grad and product.numel() > 0 and torch.is_grad_enabled()
-            and not torch.compiler.is_compiling()
-            and torch._C._autograd._top_saved_tensors_default_hooks(False) is None
+            and not torch.compiler.is_compiling() and not saved_tensors_hooked()
             and torch.autograd.forward_ad._current_level < 0
             and not torch._C._are_functorch_transforms_active())
 
